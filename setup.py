@@ -1,0 +1,122 @@
+"""Build the Cython kernels of convtune.
+
+Environment switches (all optional):
+
+- ``CONVTUNE_PORTABLE=1``  build for a generic x86-64-v2 (or the compiler's default)
+  instead of ``-march=native``, for wheels that must run on other machines.
+- ``CONVTUNE_DEBUG=1``     turn Cython's bounds/wraparound checks back on and build with
+  ``-O1 -g``: slow, for hunting out-of-bounds accesses.
+- ``CONVTUNE_NO_OPENMP=1`` build without OpenMP even where the compiler has it.
+- ``CONVTUNE_ONLY=name``   build only the named kernel modules (comma separated, e.g.
+  ``pool,direct``); a developer convenience for ``build_ext --inplace``.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+KERNELS = ["padding", "direct", "im2col", "pool", "winograd", "_buildinfo"]
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _compiler():
+    return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+
+
+def _compiles(flags, source="int main(void){return 0;}\n"):
+    """True when the C compiler accepts ``flags`` on a tiny program (and links it)."""
+    tmp = tempfile.mkdtemp(prefix="convtune-probe-")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        cmd = [_compiler(), *flags, src, "-o", os.path.join(tmp, "probe")]
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+OPENMP_PROBE = """
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+}
+"""
+
+
+def compile_flags():
+    debug = _flag("CONVTUNE_DEBUG")
+    cflags = ["-O1", "-g"] if debug else ["-O3"]
+    if not _flag("CONVTUNE_PORTABLE") and _compiles(["-march=native"]):
+        cflags.append("-march=native")
+    elif _compiles(["-march=x86-64-v2"]):
+        cflags.append("-march=x86-64-v2")
+    # Let the compiler contract a*b+c into FMA and vectorise reductions over float;
+    # we never rely on strict IEEE ordering inside a kernel (tests bound the error).
+    cflags += ["-fno-math-errno", "-fno-trapping-math"]
+    ldflags = []
+    openmp = False
+    if _flag("CONVTUNE_NO_OPENMP"):
+        pass
+    elif _compiles(["-fopenmp", "-O1"], OPENMP_PROBE) or _compiles(["-fopenmp"], OPENMP_PROBE):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+        openmp = True
+    if not openmp:
+        msg = ("convtune: OpenMP was not found (or CONVTUNE_NO_OPENMP is set): the kernels "
+               "will be built SERIAL and use one core. Install a compiler with OpenMP "
+               "(gcc, or clang with libomp) and rebuild for parallel kernels.")
+        warnings.warn(msg)
+        print("\n" + "*" * 78 + "\n" + msg + "\n" + "*" * 78 + "\n", file=sys.stderr)
+    return cflags, ldflags, openmp, debug
+
+
+def extensions():
+    cflags, ldflags, openmp, debug = compile_flags()
+    only = [s.strip() for s in os.environ.get("CONVTUNE_ONLY", "").split(",") if s.strip()]
+    names = [k for k in KERNELS if not only or k in only]
+    # The build info module reports exactly what was used to build.
+    flags_macro = '"' + " ".join(cflags).replace('"', "") + '"'
+    exts = []
+    for name in names:
+        path = os.path.join("engine", "kernels", name + ".pyx")
+        if not os.path.exists(path):
+            continue
+        exts.append(Extension(
+            "engine.kernels." + name,
+            [path],
+            include_dirs=[numpy.get_include()],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("CONVTUNE_CFLAGS", flags_macro),
+                           ("CONVTUNE_OPENMP_BUILD", "1" if openmp else "0")],
+        ))
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": debug,
+        "initializedcheck": debug,
+        "cdivision": True,
+        "nonecheck": False,
+        "embedsignature": True,
+    }
+    return cythonize(exts, compiler_directives=directives, quiet=True)
+
+
+setup(ext_modules=extensions())
