@@ -1,0 +1,28 @@
+"""convtune's runtime: PyTorch-exact convolution and pooling on numpy arrays.
+
+Architecture, in the order a call travels:
+
+    layers      Conv2d / MaxPool2d / AvgPool2d hold parameters and per-shape caches
+    functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
+    dispatch    pick the algorithm: forced > plan entry (``plan``) > heuristic
+    algorithms  the table of algorithms: what each handles, how to run its kernel
+    kernels/    Cython + OpenMP: direct, im2col (+ BLAS via _blas.pxd), winograd, pool
+    threads     one thread count for the OpenMP team and BLAS
+
+The tuner (package ``tuner``) measures algorithms and writes plans; it talks to the
+runtime only through ``engine.plan`` and the public ``algorithm=`` override.
+"""
+from . import functional
+from .algorithms import algorithms
+from .build import build_info
+from .explain import explain
+from .layers import AvgPool2d, Conv2d, MaxPool2d, manual_seed
+from .plan import use_plan
+from .threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv2d", "MaxPool2d", "AvgPool2d", "functional", "algorithms", "build_info", "explain",
+    "get_num_threads", "set_num_threads", "use_plan", "manual_seed", "__version__",
+]

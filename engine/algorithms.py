@@ -1,0 +1,149 @@
+"""The convolution algorithms: what each one can do, and how to run it.
+
+Each ``Algorithm`` knows one thing the others do not: which parameters it handles
+(``why_not`` returns the reason it cannot, or None) and how to call its kernel. The
+forced path, the plan, the heuristic and the tuner all go through this one table.
+
+Every ``run`` receives an input that already carries any non-zero padding mode
+(``functional`` applies reflect/replicate/circular with the compiled ``pad2d`` first),
+so the kernels only ever see zero padding.
+"""
+import numpy as np
+
+from .kernels import direct as _direct
+from .kernels import im2col as _im2col
+from .threads import blas_single_threaded
+
+try:  # Winograd is its own module; the engine works without it.
+    from .kernels import winograd as _winograd
+except ImportError:  # pragma: no cover - only when the module was not built
+    _winograd = None
+
+# Relative error bound (max |out - ref| / max(1, max |ref|)) each algorithm is held
+# to against a float64 reference, per dtype. Tests, the tuner's accuracy gate and the
+# heuristic all read this one table. Winograd's figures come from the measured
+# accuracy table in README.md.
+TOLERANCE = {
+    ("direct", "float32"): 1e-5, ("direct", "float64"): 1e-12,
+    ("im2col", "float32"): 1e-5, ("im2col", "float64"): 1e-12,
+    ("winograd_f2x3", "float32"): 2e-5, ("winograd_f2x3", "float64"): 1e-12,
+    ("winograd_f4x3", "float32"): 1e-4, ("winograd_f4x3", "float64"): 1e-11,
+    ("winograd_f6x3", "float32"): 1e-3, ("winograd_f6x3", "float64"): 1e-10,
+}
+# What the engine accepts when it chooses on its own (heuristic, tuner default).
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+
+
+class Algorithm:
+    name = None
+    uses_blas = False
+
+    def why_not(self, p):
+        """None when this algorithm computes ``p`` (a ConvParams), else the reason."""
+        return None
+
+    def prepare_weight(self, weight, p):
+        """Weight in the form the kernel consumes; layers cache the result."""
+        return weight
+
+    def run(self, x, prepared_weight, bias, out, p, num_threads, relu=False):
+        raise NotImplementedError
+
+    def __call__(self, x, prepared_weight, bias, out, p, num_threads, relu=False):
+        """Run the kernel into ``out`` with the BLAS pool held where needed."""
+        if self.uses_blas:
+            with blas_single_threaded():
+                self.run(x, prepared_weight, bias, out, p, num_threads, relu)
+        else:
+            self.run(x, prepared_weight, bias, out, p, num_threads, relu)
+        return out
+
+    def __repr__(self):
+        return f"<algorithm {self.name}>"
+
+
+def _kernel_pads(p):
+    """(top, left) zero padding the kernel applies: none once a mode pre-pass ran."""
+    return (p.pads[0], p.pads[2]) if p.padding_mode == "zeros" else (0, 0)
+
+
+class Direct(Algorithm):
+    """Direct summation; any parameters. Depthwise convolutions (groups == C_in) take a
+    specialised kernel whose inner loops vectorise along the output row."""
+    name = "direct"
+
+    def run(self, x, w, bias, out, p, num_threads, relu=False):
+        top, left = _kernel_pads(p)
+        if p.is_depthwise:
+            _direct.conv2d_depthwise(x, w, bias, out, p.stride[0], p.stride[1], top, left,
+                                     p.dilation[0], p.dilation[1], num_threads, relu)
+        else:
+            _direct.conv2d_direct(x, w, bias, out, p.stride[0], p.stride[1], top, left,
+                                  p.dilation[0], p.dilation[1], p.groups, num_threads, relu)
+
+
+class Im2col(Algorithm):
+    """im2col + GEMM per group through BLAS; a 1x1 stride-1 unpadded convolution is a
+    plain GEMM with no column buffer. Column slices keep the workspace bounded."""
+    name = "im2col"
+    uses_blas = True
+
+    def run(self, x, w, bias, out, p, num_threads, relu=False):
+        top, left = _kernel_pads(p)
+        _im2col.conv2d_im2col(x, w, bias, out, p.stride[0], p.stride[1], top, left,
+                              p.dilation[0], p.dilation[1], p.groups, num_threads, relu)
+
+
+class Winograd(Algorithm):
+    """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block."""
+    uses_blas = True
+
+    def __init__(self, m):
+        self.m = m
+        self.name = f"winograd_f{m}x3"
+
+    def why_not(self, p):
+        if p.kernel != (3, 3):
+            return f"{self.name} needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
+        if p.stride != (1, 1):
+            return f"{self.name} needs stride 1, got stride {p.stride}"
+        if p.dilation != (1, 1):
+            return f"{self.name} needs dilation 1, got dilation {p.dilation}"
+        return None
+
+    def prepare_weight(self, weight, p):
+        return _winograd.transform_weight(weight, self.m, p.groups)
+
+    def run(self, x, u, bias, out, p, num_threads, relu=False):
+        top, left = _kernel_pads(p)
+        _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu)
+
+
+_ALGORITHMS = [Direct(), Im2col()]
+if _winograd is not None:
+    _ALGORITHMS += [Winograd(2), Winograd(4), Winograd(6)]
+REGISTRY = {a.name: a for a in _ALGORITHMS}
+
+
+def algorithms():
+    """Names accepted by ``algorithm=``, in a stable order."""
+    return list(REGISTRY)
+
+
+def get(name):
+    """The Algorithm called ``name``; ValueError listing the known names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"algorithm must be a str naming one of {algorithms()}, got {name!r}")
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of {algorithms()}") from None
+
+
+def applicable(p):
+    """Names of the algorithms that can compute ``p``."""
+    return [a.name for a in _ALGORITHMS if a.why_not(p) is None]
+
+
+def tolerance(name, dtype):
+    return TOLERANCE[(name, str(np.dtype(dtype)))]

@@ -1,0 +1,71 @@
+"""Which algorithm computes a convolution: forced > plan entry > heuristic.
+
+``choose`` returns a ``Choice`` (algorithm name, where the decision came from, why).
+Layers cache the choice per input shape, so this runs once per layer and shape; the
+functional API calls it on every call (it is a few dictionary look-ups).
+"""
+from dataclasses import dataclass
+
+from . import algorithms as _algorithms
+from . import plan as _plan
+
+
+@dataclass(frozen=True)
+class Choice:
+    algorithm: str
+    source: str          # "forced" | "plan" | "heuristic"
+    reason: str
+
+    def as_dict(self):
+        return {"algorithm": self.algorithm, "source": self.source, "reason": self.reason}
+
+
+def heuristic(p):
+    """The documented default when neither the caller nor a plan decides.
+
+    - depthwise (groups == C_in > 1): ``direct``, whose depthwise kernel streams each
+      plane once; GEMM formulations have K = kH*kW there and waste the BLAS;
+    - 3x3, stride 1, dilation 1, at least 16 channels in and out per group and an
+      output of at least 14x14: Winograd (F(4x4) normally, F(2x2) for small images,
+      where the bigger tiles mostly pad), within the default float32 tolerance;
+    - grouped convolutions with fewer than 4 channels per group: ``direct``;
+    - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1).
+    """
+    if p.is_depthwise:
+        return "direct", "depthwise convolution: the direct depthwise kernel"
+    cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
+    winograd_ok = (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
+                   and "winograd_f4x3" in _algorithms.REGISTRY)
+    if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 14:
+        m = 4 if min(p.out_h, p.out_w) >= 28 else 2
+        name = f"winograd_f{m}x3"
+        if _algorithms.tolerance(name, p.dtype) <= _algorithms.DEFAULT_TOLERANCE[p.dtype]:
+            return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"
+    if p.groups > 1 and cin_g < 4:
+        return "direct", f"grouped convolution with {cin_g} channel(s) per group"
+    if p.kernel == (1, 1) and p.stride == (1, 1) and max(p.pads) == 0:
+        return "im2col", "1x1 stride-1 convolution: a plain GEMM"
+    return "im2col", "general convolution: im2col + GEMM"
+
+
+def check_forced(name, p):
+    """Validate a forced algorithm for ``p``: ValueError naming it and why not."""
+    algo = _algorithms.get(name)
+    reason = algo.why_not(p)
+    if reason is not None:
+        raise ValueError(f"algorithm {name!r} cannot compute this convolution: {reason}")
+    return algo
+
+
+def choose(p, forced=None, num_threads=None):
+    """The Choice for ConvParams ``p``: forced > plan entry > heuristic."""
+    if forced is not None:
+        check_forced(forced, p)
+        return Choice(forced, "forced", "algorithm= given by the caller")
+    entry = _plan.lookup(p, num_threads)
+    if entry is not None:
+        algo = _algorithms.REGISTRY.get(entry.algorithm)
+        if algo is not None and algo.why_not(p) is None:
+            return Choice(entry.algorithm, "plan", entry.describe())
+    name, reason = heuristic(p)
+    return Choice(name, "heuristic", reason)

@@ -1,0 +1,56 @@
+"""``engine.explain``: which algorithm a convolution uses, and why."""
+import numpy as np
+
+from . import algorithms as _algorithms
+from . import dispatch as _dispatch
+from . import shapes as _shapes
+from .layers import AvgPool2d, Conv2d, MaxPool2d
+from .threads import get_num_threads
+
+_CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                      dtype="float32", algorithm=None)
+
+
+def explain(layer_or_params, input_shape):
+    """Say which algorithm computes a layer on ``input_shape`` and where that came from.
+
+    ``layer_or_params`` is a Conv2d/MaxPool2d/AvgPool2d layer, or a dict with
+    Conv2d's arguments (in_channels, out_channels, kernel_size and optionally stride,
+    padding, dilation, groups, padding_mode, dtype, algorithm). Returns a dict with
+    "algorithm", "source" ("forced", "plan" or "heuristic"), "reason", "params" (the
+    resolved shape key) and "applicable" (every algorithm that could compute it).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"explain: input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if isinstance(layer_or_params, Conv2d):
+        return layer_or_params.explain(shape)
+    if isinstance(layer_or_params, (MaxPool2d, AvgPool2d)):
+        op = "max_pool2d" if isinstance(layer_or_params, MaxPool2d) else "avg_pool2d"
+        l = layer_or_params
+        p = _shapes.pool_params(op, shape, l.kernel_size, l.stride, l.padding,
+                                getattr(l, "dilation", 1), l.ceil_mode, "float32")
+        return {"algorithm": "pool", "source": "heuristic",
+                "reason": "pooling has one kernel", "params": p.key(), "applicable": ["pool"]}
+    if isinstance(layer_or_params, dict):
+        args = {**_CONV_DEFAULTS, **layer_or_params}
+        unknown = set(args) - set(_CONV_DEFAULTS) - {"in_channels", "out_channels", "kernel_size"}
+        if unknown:
+            raise ValueError(f"explain: unknown convolution parameter(s) {sorted(unknown)}")
+        try:
+            cin, cout, k = args["in_channels"], args["out_channels"], args["kernel_size"]
+        except KeyError as e:
+            raise ValueError(f"explain: the parameter dict needs {e.args[0]!r}") from None
+        kh, kw = _shapes.pair(k, "kernel_size", "explain")
+        groups = args["groups"]
+        if not isinstance(groups, int) or groups <= 0 or cout % groups or cin % groups:
+            raise ValueError(f"explain: groups={groups!r} must be a positive int dividing "
+                             f"in_channels={cin} and out_channels={cout}")
+        p = _shapes.conv_params(shape, (cout, cin // groups, kh, kw), args["stride"], args["padding"],
+                                args["dilation"], groups, args["padding_mode"], str(np.dtype(args["dtype"])))
+        choice = _dispatch.choose(p, args["algorithm"], get_num_threads())
+        return {**choice.as_dict(), "params": p.key(), "applicable": _algorithms.applicable(p)}
+    raise TypeError(f"explain: expected a layer or a dict of Conv2d parameters, "
+                    f"got {type(layer_or_params).__name__}")
