@@ -5,7 +5,7 @@ Architecture, in the order a call travels:
     layers      Conv2d / MaxPool2d / AvgPool2d hold parameters and per-shape caches
     functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
     dispatch    pick the algorithm: forced > plan entry (``plan``) > heuristic
-    algorithms  the table of algorithms: what each handles, how to run its kernel
+    registry    the table of algorithms: what each handles, how to run its kernel
     kernels/    Cython + OpenMP: direct, im2col (+ BLAS via _blas.pxd), winograd, pool
     threads     one thread count for the OpenMP team and BLAS
 
@@ -13,7 +13,7 @@ The tuner (package ``tuner``) measures algorithms and writes plans; it talks to 
 runtime only through ``engine.plan`` and the public ``algorithm=`` override.
 """
 from . import functional
-from .algorithms import algorithms
+from .registry import algorithms
 from .build import build_info
 from .explain import explain
 from .layers import AvgPool2d, Conv2d, MaxPool2d, manual_seed

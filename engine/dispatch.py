@@ -6,7 +6,7 @@ functional API calls it on every call (it is a few dictionary look-ups).
 """
 from dataclasses import dataclass
 
-from . import algorithms as _algorithms
+from . import registry as _registry
 from . import plan as _plan
 
 
@@ -35,11 +35,11 @@ def heuristic(p):
         return "direct", "depthwise convolution: the direct depthwise kernel"
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
     winograd_ok = (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
-                   and "winograd_f4x3" in _algorithms.REGISTRY)
+                   and "winograd_f4x3" in _registry.REGISTRY)
     if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 14:
         m = 4 if min(p.out_h, p.out_w) >= 28 else 2
         name = f"winograd_f{m}x3"
-        if _algorithms.tolerance(name, p.dtype) <= _algorithms.DEFAULT_TOLERANCE[p.dtype]:
+        if _registry.tolerance(name, p.dtype) <= _registry.DEFAULT_TOLERANCE[p.dtype]:
             return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"
     if p.groups > 1 and cin_g < 4:
         return "direct", f"grouped convolution with {cin_g} channel(s) per group"
@@ -50,7 +50,7 @@ def heuristic(p):
 
 def check_forced(name, p):
     """Validate a forced algorithm for ``p``: ValueError naming it and why not."""
-    algo = _algorithms.get(name)
+    algo = _registry.get(name)
     reason = algo.why_not(p)
     if reason is not None:
         raise ValueError(f"algorithm {name!r} cannot compute this convolution: {reason}")
@@ -64,7 +64,7 @@ def choose(p, forced=None, num_threads=None):
         return Choice(forced, "forced", "algorithm= given by the caller")
     entry = _plan.lookup(p, num_threads)
     if entry is not None:
-        algo = _algorithms.REGISTRY.get(entry.algorithm)
+        algo = _registry.REGISTRY.get(entry.algorithm)
         if algo is not None and algo.why_not(p) is None:
             return Choice(entry.algorithm, "plan", entry.describe())
     name, reason = heuristic(p)

@@ -1,7 +1,7 @@
 """``engine.explain``: which algorithm a convolution uses, and why."""
 import numpy as np
 
-from . import algorithms as _algorithms
+from . import registry as _registry
 from . import dispatch as _dispatch
 from . import shapes as _shapes
 from .layers import AvgPool2d, Conv2d, MaxPool2d
@@ -51,6 +51,6 @@ def explain(layer_or_params, input_shape):
         p = _shapes.conv_params(shape, (cout, cin // groups, kh, kw), args["stride"], args["padding"],
                                 args["dilation"], groups, args["padding_mode"], str(np.dtype(args["dtype"])))
         choice = _dispatch.choose(p, args["algorithm"], get_num_threads())
-        return {**choice.as_dict(), "params": p.key(), "applicable": _algorithms.applicable(p)}
+        return {**choice.as_dict(), "params": p.key(), "applicable": _registry.applicable(p)}
     raise TypeError(f"explain: expected a layer or a dict of Conv2d parameters, "
                     f"got {type(layer_or_params).__name__}")

@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from . import algorithms as _algorithms
+from . import registry as _registry
 from . import dispatch as _dispatch
 from . import shapes as _shapes
 from .kernels import padding as _padding
@@ -95,7 +95,7 @@ def run_conv(x, prepared_weight, bias, p, algorithm, num_threads, relu=False):
     if p.n == 0:
         return out
     x = apply_padding_mode(x, p, num_threads)
-    _algorithms.REGISTRY[algorithm](x, prepared_weight, bias, out, p, num_threads, relu)
+    _registry.REGISTRY[algorithm](x, prepared_weight, bias, out, p, num_threads, relu)
     return out
 
 
@@ -114,7 +114,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                                                dilation, groups, padding_mode)
     threads = get_num_threads()
     choice = _dispatch.choose(p, algorithm, threads)
-    algo = _algorithms.REGISTRY[choice.algorithm]
+    algo = _registry.REGISTRY[choice.algorithm]
     prepared = algo.prepare_weight(weight, p)
     return _batched_result(run_conv(x, prepared, bias, p, choice.algorithm, threads), unbatched)
 

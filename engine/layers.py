@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from . import algorithms as _algorithms
+from . import registry as _registry
 from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
@@ -87,7 +87,7 @@ class Conv2d:
         self.padding = padding if isinstance(padding, str) else _shapes.pair(padding, "padding", op)
         self.padding_mode = _shapes.check_padding_mode(padding_mode, op)
         if algorithm is not None:
-            _algorithms.get(algorithm)
+            _registry.get(algorithm)
         self.algorithm = algorithm
         self._resolved = {}
 
@@ -137,7 +137,7 @@ class Conv2d:
         """The weights as ``algorithm`` consumes them, computed once per weights."""
         prepared = self._prepared.get(algorithm)
         if prepared is None:
-            prepared = _algorithms.REGISTRY[algorithm].prepare_weight(self._weight, p)
+            prepared = _registry.REGISTRY[algorithm].prepare_weight(self._weight, p)
             self._prepared[algorithm] = prepared
         return prepared
 
@@ -161,7 +161,7 @@ class Conv2d:
             shape = (1, *shape)
         p, choice = self._resolve(shape, get_num_threads())
         return {**choice.as_dict(), "params": p.key(),
-                "applicable": _algorithms.applicable(p)}
+                "applicable": _registry.applicable(p)}
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,4 +1,4 @@
-"""The convolution algorithms: what each one can do, and how to run it.
+"""The algorithm registry: what each convolution algorithm can do, and how to run it.
 
 Each ``Algorithm`` knows one thing the others do not: which parameters it handles
 (``why_not`` returns the reason it cannot, or None) and how to call its kernel. The
