@@ -7,21 +7,26 @@ conv2d_direct     any kernel size, stride, dilation, zero padding and groups. Ro
                   kw tap the range of ow whose input column lies inside [0, W) is
                   computed analytically, so the inner loop is branch-free and, for stride
                   1, contiguous: it vectorises. Padding taps are skipped, never copied.
+                  For kW == 3 the three taps of a kernel row are fused over the ow range
+                  where all are inside (each accumulator loaded once per 12 FMAs).
 conv2d_depthwise  groups == C_in (depth multiplier m = C_out / C_in). Each input plane
                   (or band of rows) is copied once into a zero-padded per-thread block
-                  whose width is a multiple of the stride; then every output is the same
-                  branch-free expression at a constant offset, vectorised along ow. 3x3
-                  is specialised (9 weights in registers, one pass, stride 1 and 2
-                  unrolled). Small planes are computed over the padded block flattened
-                  ("wide rows", garbage columns computed and dropped) so the vector loop
-                  is long even for 7x7 outputs.
+                  whose width PW is a multiple of the stride; then every output is the
+                  same branch-free expression at a constant offset. The block is walked
+                  flattened ("wide rows": q = oh*WW + ow, WW = sh*PW/sw, the garbage
+                  columns ow >= OW computed and dropped, the length rounded up to whole
+                  vectors), so the vector loop is long and has no scalar remainder even
+                  for 7x7 outputs. 3x3 is specialised (9 weights in registers, one pass,
+                  stride 1 and 2 unrolled).
 
 Both accumulate in the input dtype with plain multiply-add (NaN/inf propagate as in
 torch). Output size, per dimension:  OH = (H + pt + pb - dh*(kH-1) - 1) // sh + 1.
 """
+import numpy
+
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 cdef enum:
@@ -29,8 +34,9 @@ cdef enum:
     OCB = 4
     # Depthwise: cap on the padded block per thread, in elements (~128 KB of float32: L2).
     DW_BLOCK_ELEMS = 32768
-    # Depthwise: below this output width use flattened "wide rows" (longer vector loops).
-    DW_WIDE_MAX_OW = 32
+    # Depthwise: wide-row loops run in whole multiples of this many elements (a zmm
+    # of float32); the scratch has that much slack.
+    DW_VEC = 16
 
 
 # ----------------------------------------------------------------------------------
@@ -121,6 +127,81 @@ cdef inline void _axpy4(floating* acc, Py_ssize_t ld, const floating* src, Py_ss
             a3[i] += w3 * v
 
 
+cdef inline void _axpy4_k3(floating* acc, Py_ssize_t ld, const floating* src, Py_ssize_t n,
+                           Py_ssize_t sx, Py_ssize_t d, const floating* w,
+                           Py_ssize_t wld) noexcept nogil:
+    """acc[b][i] += sum_{k<3} w[b*wld + k] * src[i*sx + k*d], b < 4, i < n.
+
+    Three taps of one kernel row fused: each accumulator is loaded and stored once per
+    12 multiply-adds instead of once per 4 (the accumulators, not the FMAs, bound the
+    per-tap loop). Only for the ow range where all three taps are inside the input.
+    """
+    cdef floating* a0 = acc
+    cdef floating* a1 = acc + ld
+    cdef floating* a2 = acc + 2 * ld
+    cdef floating* a3 = acc + 3 * ld
+    cdef floating w00 = w[0], w01 = w[1], w02 = w[2]
+    cdef floating w10 = w[wld], w11 = w[wld + 1], w12 = w[wld + 2]
+    cdef floating w20 = w[2 * wld], w21 = w[2 * wld + 1], w22 = w[2 * wld + 2]
+    cdef floating w30 = w[3 * wld], w31 = w[3 * wld + 1], w32 = w[3 * wld + 2]
+    cdef floating v0, v1, v2
+    cdef Py_ssize_t i
+    if sx == 1:
+        for i in range(n):
+            v0 = src[i]
+            v1 = src[i + d]
+            v2 = src[i + 2 * d]
+            a0[i] += w00 * v0 + w01 * v1 + w02 * v2
+            a1[i] += w10 * v0 + w11 * v1 + w12 * v2
+            a2[i] += w20 * v0 + w21 * v1 + w22 * v2
+            a3[i] += w30 * v0 + w31 * v1 + w32 * v2
+    elif sx == 2:
+        for i in range(n):
+            v0 = src[2 * i]
+            v1 = src[2 * i + d]
+            v2 = src[2 * i + 2 * d]
+            a0[i] += w00 * v0 + w01 * v1 + w02 * v2
+            a1[i] += w10 * v0 + w11 * v1 + w12 * v2
+            a2[i] += w20 * v0 + w21 * v1 + w22 * v2
+            a3[i] += w30 * v0 + w31 * v1 + w32 * v2
+    else:
+        for i in range(n):
+            v0 = src[i * sx]
+            v1 = src[i * sx + d]
+            v2 = src[i * sx + 2 * d]
+            a0[i] += w00 * v0 + w01 * v1 + w02 * v2
+            a1[i] += w10 * v0 + w11 * v1 + w12 * v2
+            a2[i] += w20 * v0 + w21 * v1 + w22 * v2
+            a3[i] += w30 * v0 + w31 * v1 + w32 * v2
+
+
+cdef inline void _row_taps(floating* acc, Py_ssize_t ld, const floating* xrow, Py_ssize_t nb,
+                           const floating* wp, Py_ssize_t wld, Py_ssize_t kW, Py_ssize_t sw,
+                           Py_ssize_t pl, Py_ssize_t dw, const Py_ssize_t* tr,
+                           Py_ssize_t lo0, Py_ssize_t hi0) noexcept nogil:
+    """acc[b][ow] += sum_kw wp[b*wld + kw] * xrow[ow*sw + kw*dw - pl] for ow in [lo0, hi0)
+    whose tap lies inside [0, W) (b < nb); one input row, one kernel row, nb channels.
+
+    tr[2*kw], tr[2*kw+1]: the precomputed ow range of tap kw (see _tap_range).
+    """
+    cdef Py_ssize_t kw, lo, hi, off, b
+    for kw in range(kW):
+        off = kw * dw - pl                       # iw = ow*sw + off
+        lo = tr[2 * kw]
+        hi = tr[2 * kw + 1]
+        if lo < lo0:
+            lo = lo0
+        if hi > hi0:
+            hi = hi0
+        if lo >= hi:
+            continue
+        if nb == OCB:
+            _axpy4(acc + lo, ld, xrow + lo * sw + off, hi - lo, sw, wp + kw, wld)
+        else:
+            for b in range(nb):
+                _axpy1(acc + b * ld + lo, xrow + lo * sw + off, hi - lo, sw, wp[b * wld + kw])
+
+
 cdef inline void _store_row(floating* dst, const floating* acc, Py_ssize_t n,
                             bint relu) noexcept nogil:
     """dst[i] = acc[i], clamped at 0 when relu (NaN stays NaN, as torch's relu)."""
@@ -135,7 +216,7 @@ cdef inline void _store_row(floating* dst, const floating* acc, Py_ssize_t n,
 
 
 cdef void _direct_task(const floating* x, const floating* wt, const floating* bias,
-                       floating* out, floating* acc,
+                       floating* out, floating* acc, const Py_ssize_t* tr,
                        Py_ssize_t n, Py_ssize_t g, Py_ssize_t ob, Py_ssize_t oh0, Py_ssize_t oh1,
                        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                        Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW,
@@ -144,7 +225,8 @@ cdef void _direct_task(const floating* x, const floating* wt, const floating* bi
                        Py_ssize_t dh, Py_ssize_t dw, bint relu) noexcept nogil:
     """Output rows [oh0, oh1) of channels oc0 .. oc0+nb-1 (one block of group g), image n.
 
-    acc[OCB][OW] (scratch) holds one output row of each channel of the block.
+    acc[OCB][OW] (scratch) holds one output row of each channel of the block;
+    tr[kW][2] the ow range of each kw tap whose input column is inside [0, W).
     """
     cdef Py_ssize_t oc0 = g * Cgo + ob * OCB
     cdef Py_ssize_t nb = Cgo - ob * OCB
@@ -153,8 +235,15 @@ cdef void _direct_task(const floating* x, const floating* wt, const floating* bi
     cdef const floating* xrow
     cdef const floating* wp
     cdef floating bv
+    cdef Py_ssize_t lo3 = 0, hi3 = 0
+    cdef bint fuse3 = False
     if nb > OCB:
         nb = OCB
+    if kW == 3 and nb == OCB:
+        # ow range where all three taps of a kernel row are inside [0, W)
+        lo3 = tr[0] if tr[0] > tr[4] else tr[4]
+        hi3 = tr[1] if tr[1] < tr[5] else tr[5]
+        fuse3 = hi3 - lo3 > 0
     for oh in range(oh0, oh1):
         for b in range(nb):                       # acc = bias (or 0)
             bv = bias[oc0 + b] if bias != NULL else 0
@@ -167,17 +256,15 @@ cdef void _direct_task(const floating* x, const floating* wt, const floating* bi
                     continue
                 xrow = x + ((n * C + g * Cgi + ic) * H + ih) * W
                 wp = wt + (oc0 * Cgi + ic) * kH * kW + kh * kW
-                for kw in range(kW):
-                    off = kw * dw - pl            # iw = ow*sw + off
-                    _tap_range(off, sw, W, OW, &lo, &hi)
-                    if lo >= hi:
-                        continue
-                    if nb == OCB:
-                        _axpy4(acc + lo, OW, xrow + lo * sw + off, hi - lo, sw, wp + kw, wld)
-                    else:
-                        for b in range(nb):
-                            _axpy1(acc + b * OW + lo, xrow + lo * sw + off, hi - lo, sw,
-                                   wp[b * wld + kw])
+                if fuse3:
+                    # interior: the three taps fused; the edges tap by tap
+                    _axpy4_k3(acc + lo3, OW, xrow + lo3 * sw - pl, hi3 - lo3, sw, dw, wp, wld)
+                    if lo3 > 0:
+                        _row_taps(acc, OW, xrow, nb, wp, wld, kW, sw, pl, dw, tr, 0, lo3)
+                    if hi3 < OW:
+                        _row_taps(acc, OW, xrow, nb, wp, wld, kW, sw, pl, dw, tr, hi3, OW)
+                else:
+                    _row_taps(acc, OW, xrow, nb, wp, wld, kW, sw, pl, dw, tr, 0, OW)
         for b in range(nb):
             _store_row(out + ((n * Cout + oc0 + b) * OH + oh) * OW, acc + b * OW, OW, relu)
 
@@ -211,7 +298,7 @@ def conv2d_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     cdef Py_ssize_t nchunk, rows, ntask, t, r, chunk, ob, g, n, oh0, oh1
     cdef const floating[::1] bview
     cdef const floating* bp = NULL
-    cdef floating* acc
+    cdef floating* acc = NULL
     cdef int nfail = 0
     if N == 0 or Cout == 0 or OH == 0 or OW == 0:
         return
@@ -223,6 +310,13 @@ def conv2d_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]
+    # per-tap ow ranges, computed once: the inner loops never divide
+    tr_arr = numpy.empty(2 * kW, dtype=numpy.intp)
+    cdef Py_ssize_t[::1] trv = tr_arr
+    cdef const Py_ssize_t* trp = &trv[0]
+    cdef Py_ssize_t kw
+    for kw in range(kW):
+        _tap_range(kw * dilation_w - pad_left, stride_w, W, OW, &trv[2 * kw], &trv[2 * kw + 1])
     _tasks_split(base, OH, num_threads, &nchunk, &rows)
     ntask = base * nchunk
     with nogil, parallel(num_threads=num_threads):
@@ -241,7 +335,7 @@ def conv2d_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
             oh1 = oh0 + rows
             if oh1 > OH:
                 oh1 = OH
-            _direct_task(xp, wp, bp, op, acc, n, g, ob, oh0, oh1, C, H, W, Cout, OH, OW,
+            _direct_task(xp, wp, bp, op, acc, trp, n, g, ob, oh0, oh1, C, H, W, Cout, OH, OW,
                          Cgi, Cgo, kH, kW, stride_h, stride_w, pad_top, pad_left,
                          dilation_h, dilation_w, relu)
         free(acc)
@@ -324,35 +418,38 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
     cdef Py_ssize_t nrows = (oh1 - oh0 - 1) * sh + (kH - 1) * dh + 1
     cdef Py_ssize_t r, ih, m, oc, oh, j, Q
     cdef Py_ssize_t WW = sh * PW // sw     # wide-row length: PW is a multiple of sw
-    cdef Py_ssize_t tail = PW - pl - W
     cdef const floating* xplane = x + (n * C + c) * H * W
     cdef floating* dst
     cdef floating bv
-    for r in range(nrows):                  # src = x plane band, dst = padded block
+    # src = x plane band, dst = padded block. blk was calloc'ed and its columns outside
+    # [pl, pl + W) are never written, so only rows need zeroing (they may hold data of
+    # an earlier band). Short rows are copied by a plain loop: cheaper than a call.
+    for r in range(nrows):
         ih = R0 + r - pt
         if ih < 0 or ih >= H:
-            memset(blk + r * PW, 0, <size_t>PW * sizeof(floating))
+            memset(blk + r * PW + pl, 0, <size_t>W * sizeof(floating))
+        elif W <= 32:
+            for j in range(W):
+                blk[r * PW + pl + j] = xplane[ih * W + j]
         else:
-            if pl > 0:
-                memset(blk + r * PW, 0, <size_t>pl * sizeof(floating))
             memcpy(blk + r * PW + pl, xplane + ih * W, <size_t>W * sizeof(floating))
-            if tail > 0:
-                memset(blk + r * PW + pl + W, 0, <size_t>tail * sizeof(floating))
     for m in range(mult):
         oc = c * mult + m
         bv = bias[oc] if bias != NULL else 0
         dst = out + ((n * C * mult + oc) * OH + oh0) * OW
-        if wide != NULL:
-            # flattened: wide[q], q = (oh-oh0)*WW + ow, reads blk[sw*q + taps]; the
-            # columns ow >= OW of each wide row are computed and dropped.
-            Q = (oh1 - oh0 - 1) * WW + OW
-            _dw_line(wide, blk, Q, sw, PW, dh, dw, wt + oc * kH * kW, kH, kW, bv, relu)
+        # flattened: wide[q], q = (oh-oh0)*WW + ow, reads blk[sw*q + taps]; the columns
+        # ow >= OW of each wide row, and q >= Q up to a whole vector, are computed and
+        # dropped (so the vector loop has no scalar remainder).
+        Q = (oh1 - oh0 - 1) * WW + OW
+        Q = _ceil_div(Q, DW_VEC) * DW_VEC
+        _dw_line(wide, blk, Q, sw, PW, dh, dw, wt + oc * kH * kW, kH, kW, bv, relu)
+        if OW <= 32:
             for oh in range(oh1 - oh0):
-                memcpy(dst + oh * OW, wide + oh * WW, <size_t>OW * sizeof(floating))
+                for j in range(OW):
+                    dst[oh * OW + j] = wide[oh * WW + j]
         else:
             for oh in range(oh1 - oh0):
-                _dw_line(dst + oh * OW, blk + oh * sh * PW, OW, sw, PW, dh, dw,
-                         wt + oc * kH * kW, kH, kW, bv, relu)
+                memcpy(dst + oh * OW, wide + oh * WW, <size_t>OW * sizeof(floating))
 
 
 def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight, bias,
@@ -380,11 +477,10 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef Py_ssize_t sh = stride_h, sw = stride_w
     cdef Py_ssize_t PW, WW, nchunk, rows, cap_rows, ntask, t, r, chunk, c, n, oh0, oh1
     cdef Py_ssize_t blk_elems, wide_elems
-    cdef bint use_wide
     cdef const floating[::1] bview
     cdef const floating* bp = NULL
-    cdef floating* blk
-    cdef floating* wide
+    cdef floating* blk = NULL
+    cdef floating* wide = NULL
     cdef int nfail = 0
     if N == 0 or Cout == 0 or OH == 0 or OW == 0:
         return
@@ -403,7 +499,6 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
         PW = sw * (OW - 1) + (kW - 1) * dilation_w + 1
     PW = _ceil_div(PW, sw) * sw
     WW = sh * PW // sw
-    use_wide = OW < DW_WIDE_MAX_OW
     # bands of output rows: enough tasks for the threads, and the padded band in L2
     _tasks_split(N * C, OH, num_threads, &nchunk, &rows)
     cap_rows = (DW_BLOCK_ELEMS // PW - (kH - 1) * dilation_h - 1) // sh + 1
@@ -413,13 +508,15 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
         rows = cap_rows
         nchunk = _ceil_div(OH, rows)
     blk_elems = ((rows - 1) * sh + (kH - 1) * dilation_h + 1) * PW
-    wide_elems = (rows - 1) * WW + OW
+    wide_elems = _ceil_div((rows - 1) * WW + OW, DW_VEC) * DW_VEC
+    blk_elems += DW_VEC * sw       # slack read by the rounded-up vector loop
     ntask = N * C * nchunk
     with nogil, parallel(num_threads=num_threads):
-        blk = <floating*>malloc(<size_t>blk_elems * sizeof(floating))      # this thread's
-        wide = <floating*>malloc(<size_t>wide_elems * sizeof(floating)) if use_wide else NULL
+        # this thread's scratch; calloc: the slack past the band is read (lanes dropped)
+        blk = <floating*>calloc(<size_t>blk_elems, sizeof(floating))
+        wide = <floating*>malloc(<size_t>wide_elems * sizeof(floating))
         for t in prange(ntask, schedule='static'):
-            if blk == NULL or (use_wide and wide == NULL):
+            if blk == NULL or wide == NULL:
                 nfail += 1
                 continue
             chunk = t % nchunk
