@@ -37,18 +37,22 @@ from libc.string cimport memcpy, memset
 from ._blas cimport gemm
 
 
-# Tuning constants, measured on the 2-core Sapphire Rapids box (L2 = 2 MiB per core).
-# The column slice (K x width) is sized to this many bytes so that it, the packed
-# weights and the output slice share L2.
-cdef Py_ssize_t COL_TARGET_BYTES = 768 * 1024
-# Below this slice width OpenBLAS's packing/edge overhead starts to show; pixel slices
-# narrower than this are avoided when splitting work over threads (we split output
-# channels instead, when there are enough of them).
+# Tuning constants, measured on the 2-core Sapphire Rapids box (L2 = 2 MiB per core)
+# with OpenBLAS sgemm. The GEMM's speed depends on the slice width (its N) far more
+# than on the column slice staying in L2: widths below ~192 lose up to half the
+# speed at large K, widths past ~512 lose a little at small K. So a slice is
+# max(COL_TARGET_BYTES / (K*itemsize), MIN_WIDTH) columns (256 for every K >= 256,
+# wider for small K such as the 7x7 stem's K = 147), capped by the workspace.
+cdef Py_ssize_t COL_TARGET_BYTES = 256 * 1024
+cdef Py_ssize_t MIN_WIDTH = 256
+# When splitting work over threads, pixel slices narrower than this are avoided
+# (output channels are split instead, when there are enough of them).
 cdef Py_ssize_t MIN_SLICE = 64
 # Fewest output channels per block when output channels are split over threads.
 cdef Py_ssize_t MIN_MBLOCK = 32
-# 1x1 stride-1 path (no column buffer): widest pixel slice per GEMM.
-cdef Py_ssize_t DIRECT_SLICE_BYTES = 1024 * 1024
+# 1x1 stride-1 path (no column buffer): pixel slice per GEMM, in bytes of x read.
+# Measured flat from 1 MiB to whole planes; smaller slices repack the weights often.
+cdef Py_ssize_t DIRECT_SLICE_BYTES = 4 * 1024 * 1024
 
 DEFAULT_MAX_WORKSPACE_BYTES = 16 * 1024 * 1024
 
@@ -210,6 +214,8 @@ cdef void _plan(Geom* g, Py_ssize_t N, int nt, Py_ssize_t itemsize,
         # Per-thread budget: the total workspace is nt * K * width * itemsize.
         budget = max_workspace_bytes // nt
         width = COL_TARGET_BYTES // colbytes
+        if width < MIN_WIDTH:
+            width = MIN_WIDTH
         if width > budget // colbytes:
             width = budget // colbytes
     if width >= 32:
