@@ -10,54 +10,145 @@ How the work is split and vectorised:
 - the unit of parallel work is one output row ``(p, oh)``; the P*OH rows are cut into
   contiguous static chunks, so large P means whole planes per thread and small P
   still keeps every thread busy;
-- within a row the output columns split into left edge / interior / right edge. An
-  interior column has every tap of its window inside ``[0, W)``, so the interior is
-  computed as ``kh * kw`` branch-free passes over the output row, one per tap, each a
-  strided sweep along W that the compiler vectorises (stride 1 and 2 are specialised
-  so the strided loads become permutes, not gathers). The few edge columns use the
-  scalar reference loop;
-- the passes visit taps in PyTorch's order (kernel rows outer, kernel columns inner)
-  and apply PyTorch's update rule per output, so every value and index is bit-for-bit
-  PyTorch's, including ties, NaN and infinities.
+- a row is computed as branch-free passes along W over all its output columns at
+  once, each pass applying up to three kernel columns of one kernel row (the
+  compiler vectorises the sweep over columns; strides 1 and 2 and pass widths 1-3
+  are literal so strided loads become permutes, not gathers);
+- max pooling copies each input row it needs into a per-thread scratch row padded
+  with -inf, so edge windows need no special case (a -inf tap never wins), and keeps
+  the running max/index in scratch rounded up to whole vectors. Average pooling
+  reads the input directly for interior columns (every tap inside the row, one
+  divisor per row) and uses the scalar reference loop for the few edge columns;
+- taps are visited in PyTorch's order (kernel rows outer, kernel columns inner) with
+  PyTorch's update rule and accumulation order per output, so values and indices are
+  bit-for-bit PyTorch's, including ties, NaN, infinities and signed zeros.
 """
 
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from cython cimport floating
+
+
+# Smallest amount of work (window taps) worth a thread: waking an OpenMP team costs
+# microseconds (far more on a busy machine), so tiny pools run on fewer threads.
+cdef enum:
+    GRAIN = 32768
+
+
+cdef inline int _team(int num_threads, Py_ssize_t work) noexcept nogil:
+    """``num_threads`` capped so that each thread gets at least GRAIN taps."""
+    cdef Py_ssize_t cap = work // GRAIN
+    if cap < 1:
+        cap = 1
+    return <int>cap if cap < num_threads else num_threads
 
 
 # ----------------------------------------------------------------------------------
 # max pooling
 # ----------------------------------------------------------------------------------
 
-cdef inline void _max_tap_idx(const floating* src, floating* o, int64_t* idx,
-                              Py_ssize_t n, Py_ssize_t sw, int64_t flat0) noexcept nogil:
-    """One tap over ``n`` interior outputs: ``src[j*sw]`` is output j's tap, whose
-    flat index in the plane is ``flat0 + j*sw``. PyTorch's update, branch-free:
-    take the value when it is greater or NaN (so ties keep the first, the last NaN
-    wins)."""
+cdef inline void _max_taps_idx(const floating* src, floating* o, int64_t* idx,
+                               Py_ssize_t n, Py_ssize_t sw, int ntap, Py_ssize_t dw,
+                               int64_t flat0) noexcept nogil:
+    """``ntap`` consecutive kernel columns of one kernel row over ``n`` interior
+    outputs: output j's taps are ``src[j*sw + t*dw]``, flat index ``flat0 + j*sw +
+    t*dw``, visited in order t = 0..ntap-1. PyTorch's update, branch-free: take the
+    tap when it is greater or NaN (ties keep the first, the last NaN wins). Called
+    with literal ``sw`` and ``ntap`` so the tap loop unrolls and the j loop
+    vectorises with permutes instead of gathers."""
     cdef Py_ssize_t j
+    cdef int t
     cdef floating v, m
+    cdef int64_t mi
     cdef bint take
     for j in range(n):
-        v = src[j * sw]
         m = o[j]
-        take = (v > m) | (v != v)
-        o[j] = v if take else m
-        idx[j] = (flat0 + j * sw) if take else idx[j]
+        mi = idx[j]
+        for t in range(ntap):
+            v = src[j * sw + t * dw]
+            take = (v > m) | (v != v)
+            m = v if take else m
+            mi = (flat0 + j * sw + t * dw) if take else mi
+        o[j] = m
+        idx[j] = mi
 
 
-cdef inline void _max_tap(const floating* src, floating* o,
-                          Py_ssize_t n, Py_ssize_t sw) noexcept nogil:
-    """As ``_max_tap_idx`` without indices."""
+cdef inline void _max_taps(const floating* src, floating* o, Py_ssize_t n,
+                           Py_ssize_t sw, int ntap, Py_ssize_t dw) noexcept nogil:
+    """As ``_max_taps_idx`` without indices."""
     cdef Py_ssize_t j
+    cdef int t
     cdef floating v, m
     for j in range(n):
-        v = src[j * sw]
         m = o[j]
-        o[j] = v if ((v > m) | (v != v)) else m
+        for t in range(ntap):
+            v = src[j * sw + t * dw]
+            m = v if ((v > m) | (v != v)) else m
+        o[j] = m
+
+
+cdef void _max_kernel_row(const floating* src, floating* o, int64_t* idx,
+                          Py_ssize_t n, int sw, int kw, Py_ssize_t dw,
+                          int64_t flat0) noexcept nogil:
+    """All ``kw`` taps of one kernel row, in groups of up to three columns per pass
+    over the outputs (fewer loads and stores of the running maxima); ``idx`` may be
+    NULL."""
+    cdef int t0 = 0, g
+    while t0 < kw:
+        g = kw - t0
+        if g > 3:
+            g = 3
+        if idx != NULL:
+            if sw == 1:
+                if g == 3:
+                    _max_taps_idx(src, o, idx, n, 1, 3, dw, flat0)
+                elif g == 2:
+                    _max_taps_idx(src, o, idx, n, 1, 2, dw, flat0)
+                else:
+                    _max_taps_idx(src, o, idx, n, 1, 1, dw, flat0)
+            elif sw == 2:
+                if g == 3:
+                    _max_taps_idx(src, o, idx, n, 2, 3, dw, flat0)
+                elif g == 2:
+                    _max_taps_idx(src, o, idx, n, 2, 2, dw, flat0)
+                else:
+                    _max_taps_idx(src, o, idx, n, 2, 1, dw, flat0)
+            else:
+                if g == 3:
+                    _max_taps_idx(src, o, idx, n, sw, 3, dw, flat0)
+                elif g == 2:
+                    _max_taps_idx(src, o, idx, n, sw, 2, dw, flat0)
+                else:
+                    _max_taps_idx(src, o, idx, n, sw, 1, dw, flat0)
+        else:
+            if sw == 1:
+                if g == 3:
+                    _max_taps(src, o, n, 1, 3, dw)
+                elif g == 2:
+                    _max_taps(src, o, n, 1, 2, dw)
+                else:
+                    _max_taps(src, o, n, 1, 1, dw)
+            elif sw == 2:
+                if g == 3:
+                    _max_taps(src, o, n, 2, 3, dw)
+                elif g == 2:
+                    _max_taps(src, o, n, 2, 2, dw)
+                else:
+                    _max_taps(src, o, n, 2, 1, dw)
+            else:
+                if g == 3:
+                    _max_taps(src, o, n, sw, 3, dw)
+                elif g == 2:
+                    _max_taps(src, o, n, sw, 2, dw)
+                else:
+                    _max_taps(src, o, n, sw, 1, dw)
+        src += g * dw
+        flat0 += g * dw
+        t0 += g
 
 
 cdef inline void _max_window(const floating* xp, Py_ssize_t H, Py_ssize_t W,
@@ -102,9 +193,8 @@ cdef void _max_row(const floating* xp, floating* orow, int64_t* irow,
     Columns ``[lo, hi)`` are interior (all taps inside the row), the rest edges."""
     cdef Py_ssize_t ih0 = oh * sh - ph
     cdef Py_ssize_t ih1 = ih0 + <Py_ssize_t>(kh - 1) * dh + 1
-    cdef Py_ssize_t ow, ih, k, n = hi - lo
+    cdef Py_ssize_t ow, ih, n = hi - lo
     cdef Py_ssize_t c0 = lo * sw - pw      # input column of interior output lo's tap 0
-    cdef const floating* src
     if ih1 > H:
         ih1 = H
     while ih0 < 0:
@@ -127,24 +217,52 @@ cdef void _max_row(const floating* xp, floating* orow, int64_t* irow,
 
     ih = ih0
     while ih < ih1:
-        for k in range(kw):
-            src = xp + ih * W + c0 + k * dw
-            if irow != NULL:
-                # literal strides let the compiler turn strided loads into permutes
-                if sw == 1:
-                    _max_tap_idx(src, orow + lo, irow + lo, n, 1, ih * W + c0 + k * dw)
-                elif sw == 2:
-                    _max_tap_idx(src, orow + lo, irow + lo, n, 2, ih * W + c0 + k * dw)
-                else:
-                    _max_tap_idx(src, orow + lo, irow + lo, n, sw, ih * W + c0 + k * dw)
-            else:
-                if sw == 1:
-                    _max_tap(src, orow + lo, n, 1)
-                elif sw == 2:
-                    _max_tap(src, orow + lo, n, 2)
-                else:
-                    _max_tap(src, orow + lo, n, sw)
+        _max_kernel_row(xp + ih * W + c0, orow + lo, (irow + lo) if irow != NULL else NULL,
+                        n, sw, kw, dw, ih * W + c0)
         ih += dh
+
+
+cdef void _max_row_padded(const floating* xp, floating* orow, int64_t* irow,
+                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t OWr,
+                          Py_ssize_t oh, const Py_ssize_t* first,
+                          floating* srow, floating* mrow, int64_t* mirow,
+                          int kh, int kw, int sh, int sw, int ph, int pw,
+                          int dh, int dw) noexcept nogil:
+    """One output row through per-thread scratch, with no edge cases at all:
+
+        srow[pw + iw] = x[ih][iw], -inf elsewhere (set once per thread; only the
+                        middle is rewritten), so every tap of every column is a load
+        mrow[0:OWr], mirow[0:OWr]  running max / index; OWr = OW rounded up to 16,
+                        so every pass is whole vectors (columns past OW discarded)
+
+    A padding tap is -inf, which never replaces the running max (not greater, not
+    NaN), so this is PyTorch's loop over valid taps exactly. ``first[ow]`` is the
+    first valid column of window ow (PyTorch's ``iw0`` after skipping padding)."""
+    cdef Py_ssize_t ih0 = oh * sh - ph
+    cdef Py_ssize_t ih1 = ih0 + <Py_ssize_t>(kh - 1) * dh + 1
+    cdef Py_ssize_t j, ih
+    if ih1 > H:
+        ih1 = H
+    while ih0 < 0:
+        ih0 += dh
+    for j in range(OWr):
+        mrow[j] = -INFINITY
+    if irow != NULL:
+        for j in range(OW):
+            mirow[j] = ih0 * W + first[j]
+        for j in range(OW, OWr):
+            mirow[j] = 0
+    ih = ih0
+    while ih < ih1:
+        memcpy(srow + pw, xp + ih * W, W * sizeof(floating))
+        # padded column c is input column c - pw: tap (j, t) has flat index
+        # ih*W - pw + j*sw + t*dw
+        _max_kernel_row(srow, mrow, mirow if irow != NULL else NULL, OWr, sw, kw, dw,
+                        ih * W - pw)
+        ih += dh
+    memcpy(orow, mrow, OW * sizeof(floating))
+    if irow != NULL:
+        memcpy(irow, mirow, OW * sizeof(int64_t))
 
 
 cdef inline Py_ssize_t _interior_hi(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t lo,
@@ -180,12 +298,18 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     """
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
+    cdef Py_ssize_t OWr = (OW + 15) // 16 * 16
+    cdef Py_ssize_t Lp, r, p, oh, lo, hi, j, c
     cdef int64_t[:, :, ::1] ind
     cdef int64_t* ip = NULL
     cdef int64_t* irow
     cdef const floating* xp
     cdef floating* op
-    cdef Py_ssize_t r, p, oh, lo, hi
+    cdef Py_ssize_t* first
+    cdef floating* srow
+    cdef floating* mrow
+    cdef int64_t* mirow
+    cdef bint scratch
     if P == 0 or OH == 0 or OW == 0:
         return
     if indices is not None:
@@ -193,34 +317,110 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
         ip = &ind[0, 0, 0]
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
-    # interior columns: first tap at or right of column 0, last tap left of W
+    # Fallback split (used only if scratch cannot be allocated): interior columns
+    # have their first tap at or right of column 0 and their last tap left of W.
     lo = (pad_w + stride_w - 1) // stride_w
     if lo > OW:
         lo = OW
     hi = _interior_hi(W, OW, lo, <Py_ssize_t>(kernel_w - 1) * dilation_w + 1, stride_w, pad_w)
+    # padded row length: every tap of the OWr columns, and the whole input row
+    Lp = (OWr - 1) * stride_w + <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
+    if Lp < pad_w + W:
+        Lp = pad_w + W
+    first = <Py_ssize_t*>malloc(OW * sizeof(Py_ssize_t))
+    if first == NULL:
+        raise MemoryError()
+    for j in range(OW):
+        c = j * stride_w - pad_w
+        while c < 0:
+            c += dilation_w
+        first[j] = c
+    # (assigned again in each thread; set here so the compiler sees them initialised)
+    srow = mrow = NULL
+    mirow = NULL
+    scratch = False
+    c = 0
+
+    num_threads = _team(num_threads, P * OH * OWr * kernel_h * kernel_w)
 
     with nogil, parallel(num_threads=num_threads):
+        srow = <floating*>malloc(Lp * sizeof(floating))
+        mrow = <floating*>malloc(OWr * sizeof(floating))
+        mirow = <int64_t*>malloc(OWr * sizeof(int64_t)) if ip != NULL else NULL
+        scratch = srow != NULL and mrow != NULL and (ip == NULL or mirow != NULL)
+        if scratch:
+            for c in range(Lp):
+                srow[c] = -INFINITY
         # one output row per work item: whole planes per thread when P is large,
         # rows of one plane shared out when P is small
         for r in prange(P * OH, schedule='static'):
             p = r // OH
             oh = r - p * OH
             irow = (ip + r * OW) if ip != NULL else NULL
-            _max_row(xp + p * H * W, op + r * OW, irow, H, W, OW, oh, lo, hi,
-                     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                     dilation_h, dilation_w)
+            if scratch:
+                _max_row_padded(xp + p * H * W, op + r * OW, irow, H, W, OW, OWr, oh,
+                                first, srow, mrow, mirow,
+                                kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                dilation_h, dilation_w)
+            else:
+                _max_row(xp + p * H * W, op + r * OW, irow, H, W, OW, oh, lo, hi,
+                         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                         dilation_h, dilation_w)
+        free(srow)
+        free(mrow)
+        free(mirow)
+    free(first)
 
 
 # ----------------------------------------------------------------------------------
 # average pooling
 # ----------------------------------------------------------------------------------
 
-cdef inline void _sum_tap(const floating* src, floating* o,
-                          Py_ssize_t n, Py_ssize_t sw) noexcept nogil:
-    """One tap over ``n`` interior outputs: ``o[j] += src[j*sw]``."""
+cdef inline void _sum_taps(const floating* src, floating* o, Py_ssize_t n,
+                           Py_ssize_t sw, int ntap) noexcept nogil:
+    """``o[j] += src[j*sw + t]`` for t = 0..ntap-1 in that order (PyTorch's order,
+    so the same rounding), over ``n`` interior outputs; literal ``sw``/``ntap``."""
     cdef Py_ssize_t j
+    cdef int t
+    cdef floating acc
     for j in range(n):
-        o[j] = o[j] + src[j * sw]
+        acc = o[j]
+        for t in range(ntap):
+            acc = acc + src[j * sw + t]
+        o[j] = acc
+
+
+cdef void _sum_kernel_row(const floating* src, floating* o, Py_ssize_t n,
+                          int sw, int kw) noexcept nogil:
+    """All ``kw`` taps of one kernel row, up to three columns per pass."""
+    cdef int t0 = 0, g
+    while t0 < kw:
+        g = kw - t0
+        if g > 3:
+            g = 3
+        if sw == 1:
+            if g == 3:
+                _sum_taps(src, o, n, 1, 3)
+            elif g == 2:
+                _sum_taps(src, o, n, 1, 2)
+            else:
+                _sum_taps(src, o, n, 1, 1)
+        elif sw == 2:
+            if g == 3:
+                _sum_taps(src, o, n, 2, 3)
+            elif g == 2:
+                _sum_taps(src, o, n, 2, 2)
+            else:
+                _sum_taps(src, o, n, 2, 1)
+        else:
+            if g == 3:
+                _sum_taps(src, o, n, sw, 3)
+            elif g == 2:
+                _sum_taps(src, o, n, sw, 2)
+            else:
+                _sum_taps(src, o, n, sw, 1)
+        src += g
+        t0 += g
 
 
 cdef inline floating _avg_window(const floating* xp, Py_ssize_t H, Py_ssize_t W,
@@ -268,10 +468,9 @@ cdef void _avg_row(const floating* xp, floating* orow,
     """One output row ``orow[0:OW]`` of plane ``xp``; columns ``[lo, hi)`` interior."""
     cdef Py_ssize_t ih0 = oh * sh - ph
     cdef Py_ssize_t ih1 = ih0 + kh
-    cdef Py_ssize_t ih0c, ih1c, div, ow, ih, k, n = hi - lo
+    cdef Py_ssize_t ih0c, ih1c, div, ow, ih, n = hi - lo
     cdef Py_ssize_t c0 = lo * sw - pw
     cdef floating d
-    cdef const floating* src
     if ih1 > H + ph:
         ih1 = H + ph
     ih0c = ih0 if ih0 > 0 else 0
@@ -295,14 +494,7 @@ cdef void _avg_row(const floating* xp, floating* orow,
     for ow in range(lo, hi):
         orow[ow] = 0
     for ih in range(ih0c, ih1c):
-        for k in range(kw):
-            src = xp + ih * W + c0 + k
-            if sw == 1:
-                _sum_tap(src, orow + lo, n, 1)
-            elif sw == 2:
-                _sum_tap(src, orow + lo, n, 2)
-            else:
-                _sum_tap(src, orow + lo, n, sw)
+        _sum_kernel_row(xp + ih * W + c0, orow + lo, n, sw, kw)
     # every interior window spans kw columns; only its rows can be clipped
     if divisor_override != 0:
         div = divisor_override
@@ -345,6 +537,7 @@ def avg_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     if lo > OW:
         lo = OW
     hi = _interior_hi(W, OW, lo, kernel_w, stride_w, pad_w)
+    num_threads = _team(num_threads, P * OH * OW * kernel_h * kernel_w)
 
     with nogil, parallel(num_threads=num_threads):
         for r in prange(P * OH, schedule='static'):
