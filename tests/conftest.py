@@ -1,0 +1,75 @@
+"""Shared fixtures: thread-count restore, a seeded rng, torch when installed, and a
+reproducible hypothesis profile."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    # Derandomized: CI runs the same examples every time; no deadline (first calls
+    # JIT nothing, but thread pools and BLAS warm up).
+    settings.register_profile("convtune", derandomize=True, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.function_scoped_fixture])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "convtune"))
+except ImportError:  # pragma: no cover
+    pass
+
+DTYPES = ["float32", "float64"]
+
+
+def algorithm_table():
+    """The module holding TOLERANCE, DEFAULT_TOLERANCE and REGISTRY (``engine.registry``;
+    it was ``engine.algorithms``, a name the public function ``engine.algorithms()``
+    shadows as an attribute, hence the import by module name)."""
+    import importlib
+    for name in ("engine.registry", "engine.algorithms"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "TOLERANCE") and hasattr(module, "REGISTRY"):
+            return module
+    raise ImportError("no engine module holds the algorithm table (TOLERANCE, REGISTRY)")
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Every test leaves engine's thread count as it found it."""
+    import engine
+    before = engine.get_num_threads()
+    yield
+    engine.set_num_threads(before)
+
+
+@pytest.fixture
+def plans_off(monkeypatch):
+    """No plan file decides anything: dispatch is forced or heuristic. Used by this
+    suite's modules (``pytestmark``), not autouse, so other modules' plan tests keep
+    their own set-up."""
+    import engine
+    from engine import plan
+    monkeypatch.setenv("CONVTUNE_PLAN", "none")
+    engine.use_plan(None)
+    yield
+    if hasattr(plan, "reset"):
+        plan.reset()
+    else:  # pragma: no cover - older plan module
+        engine.use_plan(None)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    return pytest.importorskip("torch")

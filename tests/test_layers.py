@@ -1,0 +1,288 @@
+"""Layers: equal to the functional calls, PyTorch's initialisation, weight caching and
+its invalidation, read-only parameters, explain, thread safety, build info."""
+import concurrent.futures
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+import engine.functional as F
+
+import reference as ref
+from conftest import ROOT, algorithm_table
+
+pytestmark = pytest.mark.usefixtures("plans_off")
+
+algos = algorithm_table()
+ALGORITHMS = engine.algorithms()
+WINOGRAD = [n for n in ALGORITHMS if n.startswith("winograd")]
+
+LAYER_CONFIGS = [
+    dict(in_channels=3, out_channels=4, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=(2, 1), padding=(1, 0), bias=False),
+    dict(in_channels=6, out_channels=6, kernel_size=3, groups=3, dilation=2, padding="same"),
+    dict(in_channels=5, out_channels=10, kernel_size=3, groups=5, stride=2, padding=1),
+    dict(in_channels=3, out_channels=2, kernel_size=4, padding="same", padding_mode="reflect"),
+    dict(in_channels=3, out_channels=2, kernel_size=3, padding=2, padding_mode="circular"),
+    dict(in_channels=3, out_channels=2, kernel_size=1, padding="valid", padding_mode="replicate"),
+]
+
+
+def _functional_kwargs(cfg):
+    return {k: cfg[k] for k in ("stride", "padding", "dilation", "groups", "padding_mode") if k in cfg}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cfg", LAYER_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_conv2d_layer_equals_functional(cfg, dtype, rng):
+    layer = engine.Conv2d(**cfg, dtype=dtype, seed=1)
+    assert layer.weight.dtype == np.dtype(dtype)
+    x = rng.standard_normal((2, cfg["in_channels"], 9, 8)).astype(dtype)
+    out = layer(x)
+    expected = F.conv2d(x, layer.weight, layer.bias, **_functional_kwargs(cfg))
+    np.testing.assert_array_equal(out, expected)
+    ref.assert_close(out, ref.conv2d(x, layer.weight, layer.bias, **_functional_kwargs(cfg)),
+                     algos.DEFAULT_TOLERANCE[dtype])
+    # unbatched input through the same layer (another shape: resolved separately)
+    out1 = layer(x[1])
+    assert out1.shape == out.shape[1:]
+    np.testing.assert_allclose(out1, out[1], rtol=0, atol=algos.DEFAULT_TOLERANCE[dtype] * 10)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_forced_layer_equals_forced_functional(name, rng):
+    layer = engine.Conv2d(4, 5, 3, padding=1, seed=2, algorithm=name)
+    x = rng.standard_normal((2, 4, 7, 7)).astype(np.float32)
+    np.testing.assert_array_equal(layer(x), F.conv2d(x, layer.weight, layer.bias, padding=1, algorithm=name))
+
+
+def test_layer_follows_input_shape_changes(rng):
+    layer = engine.Conv2d(3, 4, 3, padding=1, seed=0)
+    for shape in [(1, 3, 5, 5), (2, 3, 9, 7), (1, 3, 5, 5), (3, 3, 16, 16)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        ref.assert_close(layer(x), ref.conv2d(x, layer.weight, layer.bias, padding=1), 1e-4)
+
+
+POOL_LAYERS = [
+    (dict(kernel_size=3, stride=2, padding=1), "max"),
+    (dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1), ceil_mode=True), "max"),
+    (dict(kernel_size=2), "max"),
+    (dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), "avg"),
+    (dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, divisor_override=5), "avg"),
+    (dict(kernel_size=(3, 2)), "avg"),
+]
+
+
+@pytest.mark.parametrize("cfg, op", POOL_LAYERS, ids=[f"{op}-{i}" for i, (_, op) in enumerate(POOL_LAYERS)])
+def test_pool_layers_equal_functional(cfg, op, rng):
+    x = rng.standard_normal((2, 3, 11, 10))
+    if op == "max":
+        layer = engine.MaxPool2d(**cfg)
+        np.testing.assert_array_equal(layer(x), F.max_pool2d(x, **cfg))
+        np.testing.assert_array_equal(layer(x), ref.max_pool2d(x, **cfg)[0])
+        layer_i = engine.MaxPool2d(**cfg, return_indices=True)
+        v, i = layer_i(x)
+        ev, ei = F.max_pool2d(x, **cfg, return_indices=True)
+        np.testing.assert_array_equal(v, ev)
+        np.testing.assert_array_equal(i, ei)
+    else:
+        layer = engine.AvgPool2d(**cfg)
+        np.testing.assert_array_equal(layer(x), F.avg_pool2d(x, **cfg))
+        ref.assert_close(layer(x), ref.avg_pool2d(x, **cfg), 1e-13)
+    out3 = layer(x[0])
+    np.testing.assert_array_equal(out3[0] if isinstance(out3, tuple) else out3,
+                                  (layer(x)[0] if isinstance(out3, tuple) else layer(x))[0])
+
+
+# --------------------------------------------------------------------- init
+@pytest.mark.parametrize("cin, cout, k, groups", [(3, 16, 3, 1), (8, 16, (1, 5), 2), (6, 12, 3, 6)])
+def test_weight_init_bound(cin, cout, k, groups):
+    layer = engine.Conv2d(cin, cout, k, groups=groups, seed=11)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    fan_in = cin // groups * kh * kw
+    bound = 1 / math.sqrt(fan_in)
+    w, b = layer.weight, layer.bias
+    assert w.shape == (cout, cin // groups, kh, kw) and b.shape == (cout,)
+    assert w.dtype == np.float32 and b.dtype == np.float32
+    assert np.abs(w).max() <= bound * (1 + 1e-6) and np.abs(b).max() <= bound * (1 + 1e-6)
+    # uniform over the whole interval, not a narrower one
+    assert np.abs(w).max() > 0.8 * bound
+    assert abs(float(w.mean())) < 0.25 * bound
+    assert (w > 0).any() and (w < 0).any()
+
+
+def test_weight_init_seedable():
+    a = engine.Conv2d(3, 8, 3, seed=5)
+    b = engine.Conv2d(3, 8, 3, seed=5)
+    c = engine.Conv2d(3, 8, 3, seed=6)
+    np.testing.assert_array_equal(a.weight, b.weight)
+    np.testing.assert_array_equal(a.bias, b.bias)
+    assert not np.array_equal(a.weight, c.weight)
+    g1 = engine.Conv2d(3, 8, 3, seed=np.random.default_rng(9))
+    g2 = engine.Conv2d(3, 8, 3, seed=np.random.default_rng(9))
+    np.testing.assert_array_equal(g1.weight, g2.weight)
+
+
+def test_manual_seed():
+    engine.manual_seed(1234)
+    a1, a2 = engine.Conv2d(3, 8, 3), engine.Conv2d(3, 8, 3)
+    engine.manual_seed(1234)
+    b1, b2 = engine.Conv2d(3, 8, 3), engine.Conv2d(3, 8, 3)
+    np.testing.assert_array_equal(a1.weight, b1.weight)
+    np.testing.assert_array_equal(a2.weight, b2.weight)
+    assert not np.array_equal(a1.weight, a2.weight)     # the stream moves on
+    engine.manual_seed(None)
+
+
+def test_no_bias():
+    layer = engine.Conv2d(3, 4, 3, bias=False, seed=0)
+    assert layer.bias is None
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    ref.assert_close(layer(x), ref.conv2d(x, layer.weight), 1e-4)
+
+
+# ------------------------------------------------- parameters and caching
+@pytest.mark.parametrize("algorithm", [None] + ALGORITHMS)
+def test_assigning_weight_invalidates_cache(algorithm, rng):
+    # 16 channels and 16x16: the heuristic path (algorithm=None) may pick Winograd too
+    layer = engine.Conv2d(16, 16, 3, padding=1, seed=3, algorithm=algorithm)
+    x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    tol = algos.DEFAULT_TOLERANCE["float32"] if algorithm is None else algos.TOLERANCE[(algorithm, "float32")]
+    first = layer(x)
+    ref.assert_close(first, ref.conv2d(x, layer.weight, layer.bias, padding=1), tol)
+    new_w = rng.standard_normal(layer.weight.shape).astype(np.float32) / 12
+    layer.weight = new_w
+    second = layer(x)
+    ref.assert_close(second, ref.conv2d(x, new_w, layer.bias, padding=1), tol)
+    assert not np.allclose(first, second)
+    new_b = np.arange(16, dtype=np.float32)
+    layer.bias = new_b
+    ref.assert_close(layer(x), ref.conv2d(x, new_w, new_b, padding=1), tol)
+    layer.bias = None
+    ref.assert_close(layer(x), ref.conv2d(x, new_w, None, padding=1), tol)
+
+
+def test_weight_is_read_only_and_a_private_copy(rng):
+    layer = engine.Conv2d(3, 4, 3, seed=0)
+    with pytest.raises(ValueError):
+        layer.weight[0, 0, 0, 0] = 1.0
+    with pytest.raises(ValueError):
+        layer.bias[0] = 1.0
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    src = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    layer.weight = src
+    before = layer(x)
+    src[...] = 0.0                       # the caller's array changes, the layer's does not
+    np.testing.assert_array_equal(layer(x), before)
+    assert not np.shares_memory(layer.weight, src)
+    assert not layer.weight.flags.writeable
+
+
+def test_weight_assignment_casts_to_layer_dtype(rng):
+    layer = engine.Conv2d(2, 3, 3, seed=0, dtype=np.float64)
+    layer.weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    assert layer.weight.dtype == np.float64
+
+
+# -------------------------------------------------------------------- explain
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_explain_forced_layer(name):
+    layer = engine.Conv2d(8, 8, 3, padding=1, seed=0, algorithm=name)
+    info = engine.explain(layer, (2, 8, 12, 12))
+    assert info["source"] == "forced"
+    assert info["algorithm"] == name
+    assert name in info["applicable"]
+    assert set(info["applicable"]) <= set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("shape, kwargs", [
+    ((1, 32, 28, 28), dict(in_channels=32, out_channels=32, kernel_size=3, padding=1)),
+    ((1, 8, 9, 9), dict(in_channels=8, out_channels=8, kernel_size=3, groups=8, padding=1)),
+    ((8, 5, 5), dict(in_channels=8, out_channels=4, kernel_size=1)),
+    ((2, 4, 10, 10), dict(in_channels=4, out_channels=6, kernel_size=5, stride=2, padding=2)),
+])
+def test_explain_heuristic_layer_and_dict(shape, kwargs):
+    layer = engine.Conv2d(**kwargs, seed=0)
+    info = engine.explain(layer, shape)
+    assert info["source"] == "heuristic"
+    assert info["algorithm"] in info["applicable"]
+    assert info["reason"]
+    info_d = engine.explain(dict(kwargs), shape)
+    assert info_d["source"] == "heuristic"
+    assert info_d["algorithm"] == info["algorithm"]
+    assert info_d["algorithm"] in info_d["applicable"]
+    assert ("direct" in info["applicable"]) and ("im2col" in info["applicable"])
+    k = kwargs["kernel_size"]
+    stride = kwargs.get("stride", 1)
+    wino_ok = k == 3 and stride == 1
+    assert all((n in info["applicable"]) == wino_ok for n in WINOGRAD)
+
+
+def test_explain_forced_dict():
+    name = ALGORITHMS[-1]
+    info = engine.explain(dict(in_channels=4, out_channels=4, kernel_size=3, algorithm=name), (1, 4, 8, 8))
+    assert info["source"] == "forced" and info["algorithm"] == name and name in info["applicable"]
+
+
+def test_explain_forced_where_impossible_raises():
+    if not WINOGRAD:
+        pytest.skip("Winograd not built")
+    with pytest.raises(ValueError, match=WINOGRAD[0]):
+        engine.explain(dict(in_channels=4, out_channels=4, kernel_size=5, algorithm=WINOGRAD[0]), (1, 4, 8, 8))
+
+
+# --------------------------------------------------------------- concurrency
+@pytest.mark.parametrize("algorithm", [None, "direct", "im2col"] + WINOGRAD[1:2])
+def test_layer_called_from_4_threads(algorithm, rng):
+    layer = engine.Conv2d(16, 16, 3, padding=1, seed=4, algorithm=algorithm)
+    xs = [rng.standard_normal((n, 16, s, s)).astype(np.float32)
+          for n, s in [(1, 14), (2, 16), (1, 14), (3, 9), (1, 20), (2, 16), (1, 14), (2, 11)]]
+    # concurrent first: the per-shape caches are filled under contention
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent_out = list(pool.map(layer, xs * 2))
+    serial = [layer(x) for x in xs * 2]
+    for c, s, x in zip(concurrent_out, serial, xs * 2):
+        np.testing.assert_array_equal(c, s)
+        tol = algos.DEFAULT_TOLERANCE["float32"] if algorithm is None else algos.TOLERANCE[(algorithm, "float32")]
+        ref.assert_close(c, ref.conv2d(x, layer.weight, layer.bias, padding=1), tol)
+
+
+def test_pool_layers_from_4_threads(rng):
+    mp = engine.MaxPool2d(3, 2, 1, return_indices=True)
+    av = engine.AvgPool2d(3, 2, 1, count_include_pad=False)
+    xs = [rng.standard_normal((2, 8, s, s)).astype(np.float32) for s in (9, 12, 16, 9, 12, 16)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        mres = list(pool.map(mp, xs))
+        ares = list(pool.map(av, xs))
+    for x, (v, i), a in zip(xs, mres, ares):
+        ev, ei = mp(x)
+        np.testing.assert_array_equal(v, ev)
+        np.testing.assert_array_equal(i, ei)
+        np.testing.assert_array_equal(a, av(x))
+
+
+# ----------------------------------------------------------------- build info
+def test_build_info_keys():
+    info = engine.build_info()
+    for key in ("openmp", "cflags", "isa", "blas"):
+        assert key in info
+    assert isinstance(info["openmp"], bool)
+    assert isinstance(info["isa"], (list, tuple))
+    assert isinstance(info["blas"], list)
+
+
+def test_python_m_engine_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "engine"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "convtune" in proc.stdout.lower()
+
+
+def test_thread_count_api():
+    engine.set_num_threads(1)
+    assert engine.get_num_threads() == 1
+    engine.set_num_threads(3)
+    assert engine.get_num_threads() == 3
