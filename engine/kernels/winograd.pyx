@@ -23,18 +23,27 @@ Layouts (all row-major, C-contiguous):
 where TB is the tile-block size (a multiple of the 16-lane vector chunk). Tiles are
 numbered over the whole batch (n, tile_row, tile_col), so a block may span images.
 
-Per block the three phases run on all threads in turn:
-    1. input transform, parallel over (c, chunk of 16 tiles): gather 16 tiles into a
-       [alpha][alpha][16] stack buffer, B^T d B with the 16 tiles in the innermost,
-       contiguous loop (it vectorises: one AVX-512 lane per tile), store V[:, c, chunk];
-    2. groups * alpha^2 single-threaded GEMMs (C_out/g x C_in/g) @ (C_in/g x tiles),
-       parallel over the GEMMs, so each thread streams only its share of U (U is the
-       big operand on deep layers: alpha^2 * C_out * C_in/g, e.g. 64 MiB at 512 ch);
-    3. output transform, parallel over (oc, chunk): A^T M A, + bias, relu, scattered
-       into ``out`` with bounds checks (partial tiles at the right/bottom edges).
-Workspace: alpha^2 * TB * (C_in + C_out) elements plus 3 int arrays of TB, chosen
-from a byte budget (default 6 MiB, about the two L2s plus slack) and independent of
-the batch size N.
+One OpenMP region; work items are (tile block, C_out slice) pairs dealt statically.
+For each of its items a thread, on its own workspace and with no barrier in between:
+    1. input transform (skipped if its V already holds that tile block): gather 16
+       tiles into a [alpha][alpha][16] stack buffer, B^T d B with the 16 tiles as one
+       vector (C helper with GCC vector extensions: AVX-512 FMAs), store V[:, c, chunk];
+    2. groups * alpha^2 single-threaded GEMMs (C_out slice x C_in/g) @ (C_in/g x tiles);
+    3. output transform A^T M A, + bias (+ relu), scattered into ``out`` with bounds
+       checks (partial tiles at the right/bottom edges).
+C_out is sliced only when there are too few tiles to give each thread a block
+(deep layers on small images): then each thread reads only its slice of U, the big
+operand there (alpha^2 * C_out * C_in/g, 64 MiB for 512 channels at F(6,3)).
+Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 7 * TB ints,
+TB chosen from a per-thread byte budget (WORKSPACE_BYTES), independent of N.
+float32 with AVX-512 (module SIMD is True; int32 offsets must fit): the gather of
+phase 1 is one masked vpgatherdps per (i, j) tile element (padding lanes read 0), the
+scatter of phase 3 one masked vpscatterdps per (i, j) (relu as max(0, v)), and the GEMMs
+of phase 2 are our own 8-row x 48-column register-blocked kernel (wg_sgemm: V[a] is
+already the packed panel, U rows are contiguous in K; K sliced by 128 so the V panel
+stays in L1, next U row block prefetched), not BLAS sgemm (OpenBLAS re-packs U per
+call, ~45-55 GF/s at these shapes vs ~110-125 here). float64 keeps the scalar
+gather/scatter and BLAS dgemm. Tile blocks hold whole 16-tile chunks, dealt evenly.
 """
 import numpy as np
 
@@ -42,11 +51,251 @@ cimport cython
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
+from openmp cimport omp_get_wtime, omp_get_thread_num
 
 from ._blas cimport gemm
 
 from .. import winograd_transforms as _wt
 
+# The hot transforms, as C with GCC vector extensions: one 16-lane vector per (i, j)
+# element of the tile (16 tiles side by side), so every FMA is a full AVX-512 op
+# (float: 1 zmm, double: 2 zmm) whatever the auto-vectoriser decides. ``alpha`` is a
+# compile-time constant in each specialisation (switch below), so loops unroll; the
+# branch on zero coefficients is perfectly predicted.
+cdef extern from *:
+    """
+    typedef float wg_vf __attribute__((vector_size(64)));
+    typedef double wg_vd __attribute__((vector_size(128)));
+    #define WG_DEF(NAME, T, VT)                                                        \\
+    static inline __attribute__((always_inline)) void NAME##_in_a(                       \\
+            const T* d, const double* BT, T* V, Py_ssize_t plane, const int alpha) {     \\
+        VT t[64];                                                                        \\
+        for (int k = 0; k < alpha; k++)                                                  \\
+            for (int j = 0; j < alpha; j++) {                                            \\
+                VT acc = {0};                                                            \\
+                for (int i = 0; i < alpha; i++) {                                        \\
+                    T c = (T)BT[k * alpha + i];                                          \\
+                    if (c != 0) { VT v; __builtin_memcpy(&v, d + (i * alpha + j) * 16, sizeof(VT)); acc += c * v; } \\
+                }                                                                        \\
+                t[k * alpha + j] = acc;                                                  \\
+            }                                                                            \\
+        for (int k = 0; k < alpha; k++)                                                  \\
+            for (int q = 0; q < alpha; q++) {                                            \\
+                VT acc = {0};                                                            \\
+                for (int j = 0; j < alpha; j++) {                                        \\
+                    T c = (T)BT[q * alpha + j];                                          \\
+                    if (c != 0) acc += c * t[k * alpha + j];                             \\
+                }                                                                        \\
+                __builtin_memcpy(V + (k * alpha + q) * plane, &acc, sizeof(VT));         \\
+            }                                                                            \\
+    }                                                                                    \\
+    static void NAME##_in(const T* d, const double* BT, T* V, Py_ssize_t plane, int alpha) { \\
+        switch (alpha) {                                                                 \\
+            case 4: NAME##_in_a(d, BT, V, plane, 4); break;                              \\
+            case 6: NAME##_in_a(d, BT, V, plane, 6); break;                              \\
+            default: NAME##_in_a(d, BT, V, plane, 8); break;                             \\
+        }                                                                                \\
+    }                                                                                    \\
+    static inline __attribute__((always_inline)) void NAME##_out_a(                      \\
+            const T* M, Py_ssize_t plane, const double* AT, T b, int relu, T* o,         \\
+            const int m) {                                                               \\
+        const int alpha = m + 2;                                                         \\
+        VT mm[64], t[48];                                                                \\
+        for (int k = 0; k < alpha * alpha; k++)                                          \\
+            __builtin_memcpy(&mm[k], M + k * plane, sizeof(VT));                         \\
+        for (int i = 0; i < m; i++)                                                      \\
+            for (int q = 0; q < alpha; q++) {                                            \\
+                VT acc = {0};                                                            \\
+                for (int k = 0; k < alpha; k++) {                                        \\
+                    T c = (T)AT[i * alpha + k];                                          \\
+                    if (c != 0) acc += c * mm[k * alpha + q];                            \\
+                }                                                                        \\
+                t[i * alpha + q] = acc;                                                  \\
+            }                                                                            \\
+        for (int i = 0; i < m; i++)                                                      \\
+            for (int j = 0; j < m; j++) {                                                \\
+                VT acc = {0};                                                            \\
+                acc += b;                                                                \\
+                for (int q = 0; q < alpha; q++) {                                        \\
+                    T c = (T)AT[j * alpha + q];                                          \\
+                    if (c != 0) acc += c * t[i * alpha + q];                             \\
+                }                                                                        \\
+                __builtin_memcpy(o + (i * m + j) * 16, &acc, sizeof(VT));               \\
+            }                                                                            \\
+    }                                                                                    \\
+    static void NAME##_out(const T* M, Py_ssize_t plane, const double* AT, T b, int relu, \\
+                           T* o, int m) {                                                \\
+        switch (m) {                                                                     \\
+            case 2: NAME##_out_a(M, plane, AT, b, relu, o, 2); break;                    \\
+            case 4: NAME##_out_a(M, plane, AT, b, relu, o, 4); break;                    \\
+            default: NAME##_out_a(M, plane, AT, b, relu, o, 6); break;                   \\
+        }                                                                                \\
+    }
+    WG_DEF(wg_f, float, wg_vf)
+    WG_DEF(wg_d, double, wg_vd)
+    #include <time.h>
+    /* calling thread's CPU time (s): the phase profile stays meaningful on a loaded machine */
+    static double wg_thread_cpu(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+
+    /* float32 gather/scatter with AVX-512 (16 tiles = 16 lanes, one index per lane):
+       the input tile elements come in with one masked vpgatherdps per (i, j) (lanes
+       outside the image or past nl read 0), and the output goes out with one masked
+       vpscatterdps per (i, j) (lanes outside out or past nl are not written). Offsets
+       are int32 element offsets relative to the channel-plane base (caller checks the
+       range). off/iy/ix arrays always hold 16 entries. */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #define WG_SIMD 1
+    static inline __attribute__((always_inline)) void wg_f_in_g_a(
+            const float* xc, const int* off, const int* iy, const int* ix, int nl,
+            int H, int W, const double* BT, float* V, Py_ssize_t plane, const int alpha) {
+        float d[64 * 16] __attribute__((aligned(64)));
+        __m512i voff = _mm512_loadu_si512((const void*)off);
+        __m512i vy = _mm512_loadu_si512((const void*)iy), vx = _mm512_loadu_si512((const void*)ix);
+        __m512i vH = _mm512_set1_epi32(H), vW = _mm512_set1_epi32(W), z = _mm512_setzero_si512();
+        __mmask16 lm = nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1u);
+        __mmask16 rm[8], cm[8];
+        for (int i = 0; i < alpha; i++) {
+            __m512i yy = _mm512_add_epi32(vy, _mm512_set1_epi32(i));
+            rm[i] = lm & _mm512_cmpge_epi32_mask(yy, z) & _mm512_cmplt_epi32_mask(yy, vH);
+            __m512i xx = _mm512_add_epi32(vx, _mm512_set1_epi32(i));
+            cm[i] = _mm512_cmpge_epi32_mask(xx, z) & _mm512_cmplt_epi32_mask(xx, vW);
+        }
+        for (int i = 0; i < alpha; i++)
+            for (int j = 0; j < alpha; j++)
+                _mm512_store_ps(d + (i * alpha + j) * 16,
+                    _mm512_mask_i32gather_ps(_mm512_setzero_ps(), rm[i] & cm[j], voff,
+                                             xc + i * W + j, 4));
+        wg_f_in_a(d, BT, V, plane, alpha);
+    }
+    static void wg_f_in_g(const float* xc, const int* off, const int* iy, const int* ix,
+                          int nl, int H, int W, const double* BT, float* V, Py_ssize_t plane,
+                          int alpha) {
+        switch (alpha) {
+            case 4: wg_f_in_g_a(xc, off, iy, ix, nl, H, W, BT, V, plane, 4); break;
+            case 6: wg_f_in_g_a(xc, off, iy, ix, nl, H, W, BT, V, plane, 6); break;
+            default: wg_f_in_g_a(xc, off, iy, ix, nl, H, W, BT, V, plane, 8); break;
+        }
+    }
+    static inline __attribute__((always_inline)) void wg_f_out_s_a(
+            const float* M, Py_ssize_t plane, const double* AT, float b, int relu,
+            float* oc, const int* off, const int* oy, const int* ox, int nl,
+            int OH, int OW, const int m) {
+        float o[36 * 16] __attribute__((aligned(64)));
+        wg_f_out_a(M, plane, AT, b, relu, o, m);
+        __m512i voff = _mm512_loadu_si512((const void*)off);
+        __m512i vy = _mm512_loadu_si512((const void*)oy), vx = _mm512_loadu_si512((const void*)ox);
+        __m512i vH = _mm512_set1_epi32(OH), vW = _mm512_set1_epi32(OW);
+        __mmask16 lm = nl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nl) - 1u);
+        __mmask16 rm[6], cm[6];
+        for (int i = 0; i < m; i++) {
+            rm[i] = lm & _mm512_cmplt_epi32_mask(_mm512_add_epi32(vy, _mm512_set1_epi32(i)), vH);
+            cm[i] = _mm512_cmplt_epi32_mask(_mm512_add_epi32(vx, _mm512_set1_epi32(i)), vW);
+        }
+        __m512 zero = _mm512_setzero_ps();
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < m; j++) {
+                __m512 v = _mm512_load_ps(o + (i * m + j) * 16);
+                if (relu) v = _mm512_max_ps(zero, v);   /* NaN and -0.0 pass, as v < 0 ? 0 : v */
+                _mm512_mask_i32scatter_ps(oc + i * OW + j, rm[i] & cm[j], voff, v, 4);
+            }
+    }
+    static void wg_f_out_s(const float* M, Py_ssize_t plane, const double* AT, float b, int relu,
+                           float* oc, const int* off, const int* oy, const int* ox, int nl,
+                           int OH, int OW, int m) {
+        switch (m) {
+            case 2: wg_f_out_s_a(M, plane, AT, b, relu, oc, off, oy, ox, nl, OH, OW, 2); break;
+            case 4: wg_f_out_s_a(M, plane, AT, b, relu, oc, off, oy, ox, nl, OH, OW, 4); break;
+            default: wg_f_out_s_a(M, plane, AT, b, relu, oc, off, oy, ox, nl, OH, OW, 6); break;
+        }
+    }
+    /* C[R][16*NV] (ldm) = U[R][K] (ldu) @ V[K][16*NV] (ldv): R x NV zmm accumulators,
+       U broadcast from its rows, V rows loaded as vectors. V's layout [C_in][TB] is
+       already the packed panel a BLAS would build, and U rows are contiguous in K. */
+    static inline __attribute__((always_inline)) void wg_gemm_rb(
+            const float* U, int ldu, const float* V, int ldv, float* C, int ldm, int K,
+            int acc_in, const int R, const int NV) {
+        __m512 acc[8][4];
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = acc_in ? _mm512_loadu_ps(C + (Py_ssize_t)r * ldm + 16 * v) : _mm512_setzero_ps();
+        for (int k = 0; k < K; k++) {
+            __m512 b[4];
+            for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(V + (Py_ssize_t)k * ldv + 16 * v);
+            for (int r = 0; r < R; r++) {
+                __m512 a = _mm512_set1_ps(U[(Py_ssize_t)r * ldu + k]);
+                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++) _mm512_storeu_ps(C + (Py_ssize_t)r * ldm + 16 * v, acc[r][v]);
+    }
+    #define WG_GR(R) static void wg_gemm_r##R(const float* U, int ldu, const float* V, int ldv, \\
+            float* C, int ldm, int K, int acc_in, int nv) {                                   \\
+        switch (nv) {                                                                         \\
+            case 1: wg_gemm_rb(U, ldu, V, ldv, C, ldm, K, acc_in, R, 1); break;               \\
+            case 2: wg_gemm_rb(U, ldu, V, ldv, C, ldm, K, acc_in, R, 2); break;               \\
+            default: wg_gemm_rb(U, ldu, V, ldv, C, ldm, K, acc_in, R, 3); break;              \\
+        }                                                                                     \\
+    }
+    WG_GR(1) WG_GR(2) WG_GR(3) WG_GR(4) WG_GR(5) WG_GR(6) WG_GR(7) WG_GR(8)
+    /* C[Mr][N] = U[Mr][K] @ V[K][N], N a multiple of 16 (beta = 0). Loop order: 48-column
+       panel of V, K slice of WG_KC (the V panel slice, <= 24 KiB, stays in L1 across all
+       row blocks), 8-row blocks of U (U[a] stays in L2 across the panels). */
+    #define WG_KC 128
+    static void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv,
+                         float* C, int ldm) {
+        typedef void (*fn)(const float*, int, const float*, int, float*, int, int, int, int);
+        static const fn tab[9] = {0, wg_gemm_r1, wg_gemm_r2, wg_gemm_r3, wg_gemm_r4,
+                                  wg_gemm_r5, wg_gemm_r6, wg_gemm_r7, wg_gemm_r8};
+        for (int j = 0; j < N; j += 48) {
+            int nv = (N - j) / 16;
+            if (nv > 3) nv = 3;
+            for (int k0 = 0; k0 < K; k0 += WG_KC) {
+                int kc = K - k0 < WG_KC ? K - k0 : WG_KC;
+                for (int i = 0; i < Mr; i += 8) {
+                    int R = Mr - i < 8 ? Mr - i : 8;
+                    if (i + 8 < Mr) {     /* next row block's U slice (first panel: from L3/DRAM) */
+                        int R2 = Mr - i - 8 < 8 ? Mr - i - 8 : 8;
+                        for (int r = 0; r < R2; r++) {
+                            const char* pu = (const char*)(U + (Py_ssize_t)(i + 8 + r) * ldu + k0);
+                            for (int q = 0; q < kc * 4; q += 64) _mm_prefetch(pu + q, _MM_HINT_T0);
+                        }
+                    }
+                    tab[R](U + (Py_ssize_t)i * ldu + k0, ldu, V + (Py_ssize_t)k0 * ldv + j, ldv,
+                           C + (Py_ssize_t)i * ldm + j, ldm, kc, k0 > 0, nv);
+                }
+            }
+        }
+    }
+    #else
+    #define WG_SIMD 0
+    static void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv,
+                         float* C, int ldm) {}
+    static void wg_f_in_g(const float* xc, const int* off, const int* iy, const int* ix,
+                          int nl, int H, int W, const double* BT, float* V, Py_ssize_t plane,
+                          int alpha) {}
+    static void wg_f_out_s(const float* M, Py_ssize_t plane, const double* AT, float b, int relu,
+                           float* oc, const int* off, const int* oy, const int* ox, int nl,
+                           int OH, int OW, int m) {}
+    #endif
+    """
+    int WG_SIMD
+    double wg_thread_cpu() noexcept nogil
+    void wg_f_in_g(const float* xc, const int* off, const int* iy, const int* ix, int nl, int H, int W, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
+    void wg_f_out_s(const float* M, Py_ssize_t plane, const double* AT, float b, int relu, float* oc, const int* off, const int* oy, const int* ox, int nl, int OH, int OW, int m) noexcept nogil
+    void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv, float* C, int ldm) noexcept nogil
+    void wg_f_in(const float* d, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
+    void wg_d_in(const double* d, const double* BT, double* V, Py_ssize_t plane, int alpha) noexcept nogil
+    void wg_f_out(const float* M, Py_ssize_t plane, const double* AT, float b, int relu, float* o, int m) noexcept nogil
+    void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, int relu, double* o, int m) noexcept nogil
+
+
+DEF OWN_GEMM = 1        # float32 + AVX-512: own register-blocked GEMM instead of BLAS sgemm
 DEF VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
 DEF MAXA = 8            # largest alpha (F(6,3))
 
@@ -54,12 +303,40 @@ DEF MAXA = 8            # largest alpha (F(6,3))
 cdef double _AT[3][MAXA * MAXA]
 cdef double _BT[3][MAXA * MAXA]
 
-WORKSPACE_BYTES = 6 << 20
+WORKSPACE_BYTES = 4 << 20     # per-thread V + M budget (bytes)
+MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out instead
+
+# seconds spent in the input transform, GEMMs and output transform, summed over calls
+# (profiling aid; reset with reset_profile())
+DEF MAXTHR = 256
+cdef double _prof[MAXTHR][3]
+cdef int _fail[1]           # set by a thread whose workspace malloc failed
+
+
+def reset_profile():
+    cdef int i
+    for i in range(MAXTHR):
+        _prof[i][0] = _prof[i][1] = _prof[i][2] = 0
+
+
+def profile():
+    """{'input': s, 'gemm': s, 'output': s}: thread CPU seconds accumulated since
+    reset_profile() (summed over threads; divide by the thread count for wall time)."""
+    cdef int i
+    p = [0.0, 0.0, 0.0]
+    for i in range(MAXTHR):
+        for k in range(3):
+            p[k] += _prof[i][k]
+    return {"input": p[0], "gemm": p[1], "output": p[2]}
+
+
+_G = {}        # m -> G (float64), for transform_weight: derived once, not per call
 
 
 def _load_matrices():
     for idx, m in enumerate((2, 4, 6)):
         AT, G, BT = _wt.transform_matrices(m, 3)
+        _G[m] = G
         alpha = m + 2
         for i in range(m):
             for j in range(alpha):
@@ -101,7 +378,7 @@ def transform_weight(weight, int m, int groups=1):
         raise ValueError(f"transform_weight expects weight[C_out][C_in/g][3][3], got {w.shape}")
     if m not in (2, 4, 6):
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
-    _, G, _ = _wt.transform_matrices(m, 3)
+    G = _G[m]
     alpha = m + 2
     U = np.einsum("ik,ockl,jl->ijoc", G, w.astype(np.float64), G, optimize=True)
     return np.ascontiguousarray(U.reshape(alpha * alpha, w.shape[0], w.shape[1]), dtype=w.dtype)
@@ -115,16 +392,12 @@ cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
     """V[xi*alpha+nu][lane] (plane stride ``plane``) = (B^T d B)[xi][nu] for nl <= 16 tiles.
 
     ``ty``/``tx`` are the tiles' top-left input coordinates (padding already subtracted),
-    ``tn`` their image. Lanes >= nl are zero. Stack scratch: 2 * 64 * 16 elements.
+    ``tn`` their image. Lanes >= nl are zero. Stack scratch: 2 * 64 * 16 elements (d, and t in the C helper).
     """
     cdef floating d[MAXA * MAXA * VL]      # d[i][j][lane]
-    cdef floating t[MAXA * MAXA * VL]      # t[xi][j][lane] = sum_i BT[xi][i] d[i][j]
-    cdef floating acc[VL]
-    cdef floating cf
     cdef const floating* src
     cdef const floating* row
-    cdef floating* dst
-    cdef int l, i, j, k, q, y0, x0, yy, xx
+    cdef int l, i, j, k, y0, x0, yy, xx
     cdef int aa = alpha * alpha
     # gather: one tile per lane; fast path for tiles entirely inside the image
     for l in range(VL):
@@ -149,34 +422,11 @@ cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                         d[(i * alpha + j) * VL + l] = src[yy * W + xx]
                     else:
                         d[(i * alpha + j) * VL + l] = 0
-    # columns: t = B^T d   (innermost loop over the 16 lanes: vectorised)
-    for k in range(alpha):
-        for j in range(alpha):
-            for l in range(VL):
-                acc[l] = 0
-            for i in range(alpha):
-                cf = <floating>BT[k * alpha + i]
-                if cf != 0:                        # B^T is sparse: skip zero entries
-                    src = &d[(i * alpha + j) * VL]
-                    for l in range(VL):
-                        acc[l] += cf * src[l]
-            dst = &t[(k * alpha + j) * VL]
-            for l in range(VL):
-                dst[l] = acc[l]
-    # rows: V[k][q] = sum_j t[k][j] BT[q][j]
-    for k in range(alpha):
-        for q in range(alpha):
-            for l in range(VL):
-                acc[l] = 0
-            for j in range(alpha):
-                cf = <floating>BT[q * alpha + j]
-                if cf != 0:
-                    src = &t[(k * alpha + j) * VL]
-                    for l in range(VL):
-                        acc[l] += cf * src[l]
-            dst = V + (k * alpha + q) * plane
-            for l in range(VL):
-                dst[l] = acc[l]
+    # B^T d B, 16 tiles per vector op (C helper above)
+    if floating is float:
+        wg_f_in(d, BT, V, plane, alpha)
+    else:
+        wg_d_in(d, BT, V, plane, alpha)
 
 
 @cython.boundscheck(False)
@@ -190,50 +440,15 @@ cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
     M[xi*alpha+nu][lane] with plane stride ``plane``; ``oy``/``ox`` are the tiles'
     top-left output coordinates. Stack scratch: (64 + 48 + 36) * 16 elements.
     """
-    cdef int alpha = m + 2
-    cdef floating mm[MAXA * MAXA * VL]     # mm[k][q][lane]
-    cdef floating t[6 * MAXA * VL]         # t[i][q][lane] = sum_k AT[i][k] M[k][q]
     cdef floating o[6 * 6 * VL]            # o[i][j][lane]
-    cdef floating acc[VL]
-    cdef floating cf
-    cdef const floating* src
-    cdef floating* dst
     cdef floating* orow
-    cdef int l, i, j, k, q, hh, ww
-    for k in range(alpha * alpha):
-        src = M + k * plane
-        dst = &mm[k * VL]
-        for l in range(VL):
-            dst[l] = src[l]
-    for i in range(m):
-        for q in range(alpha):
-            for l in range(VL):
-                acc[l] = 0
-            for k in range(alpha):
-                cf = <floating>AT[i * alpha + k]
-                if cf != 0:
-                    src = &mm[(k * alpha + q) * VL]
-                    for l in range(VL):
-                        acc[l] += cf * src[l]
-            dst = &t[(i * alpha + q) * VL]
-            for l in range(VL):
-                dst[l] = acc[l]
-    for i in range(m):
-        for j in range(m):
-            for l in range(VL):
-                acc[l] = b                        # bias added here, not in another pass
-            for q in range(alpha):
-                cf = <floating>AT[j * alpha + q]
-                if cf != 0:
-                    src = &t[(i * alpha + q) * VL]
-                    for l in range(VL):
-                        acc[l] += cf * src[l]
-            if relu:
-                for l in range(VL):
-                    acc[l] = acc[l] if acc[l] > 0 else 0
-            dst = &o[(i * m + j) * VL]
-            for l in range(VL):
-                dst[l] = acc[l]
+    cdef floating v
+    cdef int l, i, j, hh, ww
+    # A^T M A + b (and relu), 16 tiles per vector op (C helper above)
+    if floating is float:
+        wg_f_out(M, plane, AT, b, relu, o, m)
+    else:
+        wg_d_out(M, plane, AT, b, relu, o, m)
     for l in range(nl):
         orow = out + ((tn[l] * Cout + oc) * OH + oy[l]) * OW + ox[l]
         hh = OH - oy[l]
@@ -244,25 +459,54 @@ cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
             ww = m
         for i in range(hh):
             for j in range(ww):
-                orow[i * OW + j] = o[(i * m + j) * VL + l]
+                v = o[(i * m + j) * VL + l]
+                if relu and v < 0:        # relu where the output is written
+                    v = 0
+                orow[i * OW + j] = v
 
 
-def choose_tile_block(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
-                      int itemsize, int num_threads=1, Py_ssize_t budget=0):
-    """Tiles per block: the largest multiple of 16 whose V + M workspace
-    (alpha^2 * TB * (C_in + C_out) elements) fits ``budget`` bytes, at least 32,
-    then evened out over the blocks so the last one is not a sliver."""
+def choose_blocking(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
+                    int itemsize, int num_threads=1, Py_ssize_t tile_block=0,
+                    Py_ssize_t budget=0):
+    """(TB, n_cout_blocks); see _blocking."""
+    return _blocking(n_tiles, m, C_in, C_out, itemsize, num_threads, tile_block, budget)[:2]
+
+
+def _blocking(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
+              int itemsize, int num_threads=1, Py_ssize_t tile_block=0,
+              Py_ssize_t budget=0):
+    """(TB, n_cout_blocks): tiles per block (a multiple of 16) and how many slices the
+    output channels are cut into.
+
+    Work items are (tile block, C_out slice) pairs, dealt statically to the threads.
+    Normally C_out is not cut (each thread owns whole tile blocks, and its per-thread
+    V + M workspace, alpha^2 * TB * (C_in + C_out) elements, stays within ``budget``
+    bytes, default WORKSPACE_BYTES). When there are too few tiles to give every thread
+    a GEMM-worthy block (deep layers on small images, where U is the big operand),
+    the threads instead share the tiles and split C_out: each reads only its slice of
+    U and repeats the (cheap) input transform.
+    """
     cdef Py_ssize_t alpha = m + 2
+    nthr = max(1, num_threads)
     if budget <= 0:
         budget = WORKSPACE_BYTES
-    per_tile = alpha * alpha * (C_in + C_out) * itemsize
-    tb = max(32, (budget // per_tile) // VL * VL)
-    n_pad = (n_tiles + VL - 1) // VL * VL
-    if tb >= n_pad:
-        return n_pad
-    nblocks = (n_tiles + tb - 1) // tb
-    tb = (n_tiles + nblocks - 1) // nblocks
-    return (tb + VL - 1) // VL * VL
+    ncb = 1
+    if nthr > 1 and n_tiles < nthr * MIN_TILES_PER_THREAD and C_out >= 16 * nthr:
+        ncb = nthr
+    cout_slice = (C_out + ncb - 1) // ncb
+    nch = (n_tiles + VL - 1) // VL          # 16-tile chunks; blocks get whole chunks, evenly
+    if tile_block > 0:
+        tb = (tile_block + VL - 1) // VL
+        nblocks = (nch + tb - 1) // tb
+        return tb * VL, ncb, nblocks
+    per_tile = alpha * alpha * (C_in + cout_slice) * itemsize
+    tb_max = max(2 * VL, (budget // per_tile) // VL * VL)
+    nblocks = (n_tiles + tb_max - 1) // tb_max
+    if ncb == 1:       # at least one block per thread, and a multiple of the thread count
+        nblocks = max(nblocks, nthr)
+        nblocks = (nblocks + nthr - 1) // nthr * nthr
+    nblocks = min(nblocks, nch)
+    return (nch + nblocks - 1) // nblocks * VL, ncb, nblocks
 
 
 @cython.boundscheck(False)
@@ -278,8 +522,15 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
          from out's shape: OH = H + pad_top + pad_bottom - 2).
     OUT: out[N][C_out][OH][OW], every element overwritten (+ bias, relu if asked).
     ``tile_block``: tiles per block (rounded up to a multiple of 16), 0 = automatic
-    (``choose_tile_block``). The caller holds BLAS at one thread while this runs.
-    Workspace: alpha^2 * tile_block * (C_in + C_out) elements, independent of N.
+    (``choose_blocking``). The caller holds BLAS at one thread while this runs.
+
+    One OpenMP region; each thread, for each of its (tile block, C_out slice) items:
+    input-transforms the block into its own V (skipped when the block is the one it
+    just did), runs groups * alpha^2 single-threaded GEMMs into its own M, and
+    output-transforms M into ``out``. No barrier between phases, so a descheduled
+    thread on a busy machine stalls nobody but itself until the end.
+    Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 7 * TB ints,
+    independent of N.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Cout = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -288,21 +539,22 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef Py_ssize_t Cig = C // groups, Cog = Cout // groups
     cdef Py_ssize_t TH = (OH + m - 1) // m, TW = (OW + m - 1) // m
     cdef Py_ssize_t n_tiles = N * TH * TW
-    cdef Py_ssize_t TB, t0, nt, t, w, nchunks, nwork, ch, c, oc, g, a, rem
-    cdef int nl, nthr = num_threads if num_threads > 0 else 1
+    cdef Py_ssize_t TB, ncb, cbs, nTB, w, MR
+    cdef int nthr = num_threads if num_threads > 0 else 1
+    cdef bint simd = False
     cdef const floating* xp
     cdef const floating* Up
     cdef floating* outp
-    cdef floating* V = NULL
-    cdef floating* Mw = NULL
-    cdef int* tn = NULL
-    cdef int* ty = NULL
-    cdef int* tx = NULL
     cdef const double* ATp = _AT[idx]
     cdef const double* BTp = _BT[idx]
     cdef const floating[::1] bview
     cdef const floating* bp = NULL
-    cdef floating bval
+    # thread-private (assigned inside the parallel block)
+    cdef floating* V
+    cdef floating* Mw
+    cdef int* tinfo
+    cdef double* tprof
+    cdef Py_ssize_t* state
 
     if m != 2 and m != 4 and m != 6:
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
@@ -313,85 +565,162 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     if bias is not None:
         bview = bias
         bp = &bview[0]
-    if tile_block <= 0:
-        TB = choose_tile_block(n_tiles, m, C, Cout, sizeof(floating), nthr)
-    else:
-        TB = (tile_block + VL - 1) // VL * VL
+    TB, ncb, nTB = _blocking(n_tiles, m, C, Cout, sizeof(floating), nthr, tile_block)
+    cbs = (Cog + ncb - 1) // ncb          # C_out slice per group
+    ncb = (Cog + cbs - 1) // cbs
+    MR = groups * cbs                      # rows of the per-thread M
     xp = &x[0, 0, 0, 0]
     Up = &U[0, 0, 0]
     outp = &out[0, 0, 0, 0]
-
-    V = <floating*>malloc(aa * C * TB * sizeof(floating))
-    Mw = <floating*>malloc(aa * Cout * TB * sizeof(floating))
-    tn = <int*>malloc(3 * TB * sizeof(int))
-    if V == NULL or Mw == NULL or tn == NULL:
-        free(V); free(Mw); free(tn)
-        raise MemoryError("winograd workspace")
-    ty = tn + TB
-    tx = tn + 2 * TB
-    try:
-        with nogil:
-            t0 = 0
-            while t0 < n_tiles:
-                nt = n_tiles - t0
-                if nt > TB:
-                    nt = TB
-                # tile -> (image, top-left output row/col), once per block
-                for t in range(nt):
-                    rem = t0 + t
-                    tn[t] = <int>(rem // (TH * TW))
-                    rem = rem % (TH * TW)
-                    ty[t] = <int>((rem // TW) * m)
-                    tx[t] = <int>((rem % TW) * m)
-                nchunks = (nt + VL - 1) // VL
-                # 1. input transform: padding folded into the tile's input origin
-                nwork = C * nchunks
-                for w in prange(nwork, num_threads=nthr, schedule="static"):
-                    c = w // nchunks
-                    ch = w % nchunks
-                    _in_chunk_padded(xp, C, H, W, c, tn + ch * VL, ty + ch * VL,
-                                     tx + ch * VL, nt, ch, pad_top, pad_left,
-                                     alpha, BTp, V + c * TB + ch * VL, C * TB)
-                # 2. alpha^2 GEMMs per group: M[a][g rows] = U[a][g rows] @ V[a][g rows]
-                for w in prange(groups * aa, num_threads=nthr, schedule="static"):
-                    a = w % aa
-                    g = w // aa
-                    gemm(False, False, <int>Cog, <int>nt, <int>Cig, <floating>1.0,
-                         Up + (a * Cout + g * Cog) * Cig, <int>Cig,
-                         V + (a * C + g * Cig) * TB, <int>TB, <floating>0.0,
-                         Mw + (a * Cout + g * Cog) * TB, <int>TB)
-                # 3. output transform + bias + relu, scattered into out
-                nwork = Cout * nchunks
-                for w in prange(nwork, num_threads=nthr, schedule="static"):
-                    oc = w // nchunks
-                    ch = w % nchunks
-                    nl = <int>(nt - ch * VL)
-                    if nl > VL:
-                        nl = VL
-                    bval = bp[oc] if bp != NULL else 0
-                    _output_chunk(Mw + oc * TB + ch * VL, Cout * TB, outp, Cout, OH, OW, oc,
-                                  tn + ch * VL, ty + ch * VL, tx + ch * VL, nl,
-                                  m, ATp, bval, relu)
-                t0 += nt
-    finally:
+    # AVX-512 gather/scatter path (float32): int32 element offsets must not overflow
+    if floating is float:
+        simd = WG_SIMD != 0 and N * C * H * W < (1 << 31) - 4096 and N * Cout * OH * OW < (1 << 31) - 4096
+    _fail[0] = 0
+    with nogil, parallel(num_threads=nthr):
+        V = <floating*>malloc(aa * C * TB * sizeof(floating))
+        Mw = <floating*>malloc(aa * MR * TB * sizeof(floating))
+        tinfo = <int*>malloc(7 * TB * sizeof(int))
+        state = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
+        tprof = <double*>malloc(4 * sizeof(double))
+        if V == NULL or Mw == NULL or tinfo == NULL or state == NULL or tprof == NULL:
+            _fail[0] = 1
+        else:
+            state[0] = -1                  # tile block currently in V
+            tprof[0] = tprof[1] = tprof[2] = 0
+            for w in prange(nTB * ncb, schedule="static"):
+                _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo, tprof,
+                           N, C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
+                           groups, Cig, Cog, m, pad_top, pad_left, ATp, BTp, relu, simd, nTB)
+            _add_profile(tprof)
         free(V)
         free(Mw)
-        free(tn)
+        free(tinfo)
+        free(state)
+        free(tprof)
+    if _fail[0]:
+        raise MemoryError("winograd: could not allocate the per-thread workspace")
 
 
-cdef inline void _in_chunk_padded(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                                  Py_ssize_t c, const int* tn, const int* oy, const int* ox,
-                                  Py_ssize_t nt, Py_ssize_t ch, int pad_top, int pad_left,
-                                  int alpha, const double* BT, floating* V,
-                                  Py_ssize_t plane) noexcept nogil:
-    """Input transform of chunk ``ch``: output origins -> input origins (minus padding)."""
+
+cdef void _add_profile(const double* tprof) noexcept nogil:
+    # one slot per OpenMP thread: no race, no lock; profile() sums them
+    cdef int tid = omp_get_thread_num()
+    if 0 <= tid < MAXTHR:
+        _prof[tid][0] += tprof[0]
+        _prof[tid][1] += tprof[1]
+        _prof[tid][2] += tprof[2]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _work_item(const floating* x, const floating* U, const floating* bp, floating* out,
+                     Py_ssize_t tb, Py_ssize_t cb, Py_ssize_t* state, floating* V,
+                     floating* Mw, int* tinfo, double* tprof,
+                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
+                     Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
+                     Py_ssize_t MR, int groups, Py_ssize_t Cig, Py_ssize_t Cog, int m,
+                     int pad_top, int pad_left, const double* AT, const double* BT,
+                     bint relu, bint simd, Py_ssize_t nTB) noexcept nogil:
+    """One (tile block tb, C_out slice cb) item on the calling thread's workspace."""
+    cdef int alpha = m + 2, aa = (m + 2) * (m + 2)
+    # block tb: 16-tile chunks [tb*nch/nTB, (tb+1)*nch/nTB), at most TB tiles
+    cdef Py_ssize_t nch = (n_tiles + VL - 1) // VL
+    cdef Py_ssize_t t0 = (tb * nch // nTB) * VL
+    cdef Py_ssize_t nt = ((tb + 1) * nch // nTB) * VL - t0
+    cdef Py_ssize_t t, rem, c, ch, g, a, r, oc
+    cdef Py_ssize_t nchunks, r0, r1
+    cdef int* tn = tinfo
+    cdef int* ty = tinfo + TB
+    cdef int* tx = tinfo + 2 * TB
+    cdef int* siy = tinfo + 3 * TB         # simd path: input top-left (padding subtracted)
+    cdef int* six = tinfo + 4 * TB
+    cdef int* ioff = tinfo + 5 * TB        # input offset from the channel plane of image 0
+    cdef int* ooff = tinfo + 6 * TB        # output offset from the channel plane of image 0
     cdef int iy[VL]
     cdef int ix[VL]
-    cdef int l
-    cdef int nl = <int>(nt - ch * VL)
-    if nl > VL:
-        nl = VL
-    for l in range(nl):
-        iy[l] = oy[l] - pad_top
-        ix[l] = ox[l] - pad_left
-    _input_chunk(x, C, H, W, c, tn, iy, ix, nl, alpha, BT, V, plane)
+    cdef int l, nl
+    cdef floating bval
+    cdef double tp0 = wg_thread_cpu(), tp1, tp2
+    if nt > n_tiles - t0:
+        nt = n_tiles - t0
+    nchunks = (nt + VL - 1) // VL
+    if state[0] != tb:
+        # tile -> (image, top-left output row/col)
+        for t in range(nt):
+            rem = t0 + t
+            tn[t] = <int>(rem // (TH * TW))
+            rem = rem % (TH * TW)
+            ty[t] = <int>((rem // TW) * m)
+            tx[t] = <int>((rem % TW) * m)
+        if simd:
+            for t in range(nchunks * VL):
+                if t < nt:
+                    siy[t] = ty[t] - pad_top
+                    six[t] = tx[t] - pad_left
+                    ioff[t] = <int>(tn[t] * C * H * W + siy[t] * W + six[t])
+                    ooff[t] = <int>(tn[t] * Cout * OH * OW + ty[t] * OW + tx[t])
+                else:
+                    tn[t] = ty[t] = tx[t] = siy[t] = six[t] = ioff[t] = ooff[t] = 0
+        # 1. input transform of all C_in channels, 16 tiles at a time
+        for ch in range(nchunks):
+            nl = <int>(nt - ch * VL)
+            if nl > VL:
+                nl = VL
+            if floating is float:
+                if simd:
+                    for c in range(C):
+                        wg_f_in_g(x + c * H * W, ioff + ch * VL, siy + ch * VL, six + ch * VL,
+                                  nl, <int>H, <int>W, BT, V + c * TB + ch * VL, C * TB, alpha)
+                    continue
+            for l in range(nl):
+                iy[l] = ty[ch * VL + l] - pad_top
+                ix[l] = tx[ch * VL + l] - pad_left
+            for c in range(C):
+                _input_chunk(x, C, H, W, c, tn + ch * VL, iy, ix, nl, alpha, BT,
+                             V + c * TB + ch * VL, C * TB)
+        state[0] = tb
+    tp1 = wg_thread_cpu()
+    # 2. GEMMs: M[a][g*cbs + i][t] = sum_k U[a][g*Cog + r0 + i][k] V[a][g*Cig + k][t]
+    r0 = cb * cbs
+    r1 = r0 + cbs
+    if r1 > Cog:
+        r1 = Cog
+    for g in range(groups):
+        for a in range(aa):
+            if floating is float:
+                if simd and OWN_GEMM:
+                    wg_sgemm(<int>(r1 - r0), <int>(nchunks * VL), <int>Cig,
+                             U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
+                             V + (a * C + g * Cig) * TB, <int>TB,
+                             Mw + (a * MR + g * cbs) * TB, <int>TB)
+                    continue
+            gemm(False, False, <int>(r1 - r0), <int>nt, <int>Cig, <floating>1.0,
+                 U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
+                 V + (a * C + g * Cig) * TB, <int>TB, <floating>0.0,
+                 Mw + (a * MR + g * cbs) * TB, <int>TB)
+    tp2 = wg_thread_cpu()
+    # 3. output transform + bias + relu into out
+    for g in range(groups):
+        for r in range(r0, r1):
+            oc = g * Cog + r
+            bval = bp[oc] if bp != NULL else 0
+            for ch in range(nchunks):
+                nl = <int>(nt - ch * VL)
+                if nl > VL:
+                    nl = VL
+                if floating is float:
+                    if simd:
+                        wg_f_out_s(Mw + (g * cbs + r - r0) * TB + ch * VL, MR * TB, AT, bval,
+                                   relu, out + oc * OH * OW, ooff + ch * VL, ty + ch * VL,
+                                   tx + ch * VL, nl, <int>OH, <int>OW, m)
+                        continue
+                _output_chunk(Mw + (g * cbs + r - r0) * TB + ch * VL, MR * TB, out,
+                              Cout, OH, OW, oc, tn + ch * VL, ty + ch * VL, tx + ch * VL,
+                              nl, m, AT, bval, relu)
+    tprof[0] += tp1 - tp0
+    tprof[1] += tp2 - tp1
+    tprof[2] += wg_thread_cpu() - tp2
+
+
+SIMD = bool(WG_SIMD)    # AVX-512 gather/scatter path compiled in (float32)

@@ -1,0 +1,193 @@
+"""Winograd F(m x m, 3 x 3): the exact derivation, the float64 tile identity, the kernel.
+
+1. Exact: A^T[(G g) * (B^T d)] is correlation as a polynomial identity (Fractions, and
+   Q(sqrt2) for the sqrt2 point set), for every variant.
+2. float64: A^T[(G g G^T) * (B^T d B)]A == direct 2-D correlation on random tiles.
+3. Kernel: conv2d_winograd vs a plain float64 numpy reference, over a table of named
+   edge cases (single/partial tiles, every padding side, groups, batch, channels off
+   the vector width), outputs pre-filled with NaN, float32 and float64, and 1 vs 2
+   threads and tile-block sizes giving the same result within tolerance.
+"""
+import numpy as np
+import pytest
+
+from engine import winograd_transforms as wt
+from engine.kernels import winograd as wk
+
+VARIANTS = [2, 4, 6]
+# max |err| / (1 + max |ref|) allowed, N(0,1) data and weights (see the report's table)
+TOL = {np.float64: {2: 1e-12, 4: 1e-12, 6: 1e-11},
+       np.float32: {2: 1e-5, 4: 3e-5, 6: 3e-4}}
+
+
+@pytest.mark.parametrize("m", VARIANTS)
+def test_exact_identity_rational(m):
+    assert wt.check_exact(m)
+    assert wt.check_exact(m, scale=False)
+
+
+def test_exact_identity_sqrt2_and_rational_f4x3():
+    assert wt.check_exact(4, points=wt.POINTS_RATIONAL_F4X3)
+    assert wt.check_exact(4, points=wt.POINTS_SQRT2_F4X3)
+    AT, G, BT = wt.transform_matrices(4, points=wt.POINTS_SQRT2_F4X3, exact=True)
+    # really irrational somewhere, and exact: (sqrt2)^2 == 2 in the field
+    assert any(isinstance(e, wt.QSqrt2) for row in BT for e in row)
+    assert wt.SQRT2 * wt.SQRT2 == 2
+
+
+def test_exact_rejects_bad_points():
+    with pytest.raises(ValueError):
+        wt.transform_matrices(4, points=(0, 1, 1, 2, -2))
+    with pytest.raises(ValueError):
+        wt.transform_matrices(4, points=(0, 1, -1))
+
+
+def test_known_f2x3_matches_lavin():
+    AT, G, BT = wt.transform_matrices(2)
+    np.testing.assert_array_equal(BT, [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]])
+    np.testing.assert_array_equal(G, [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+    np.testing.assert_array_equal(AT, [[1, 1, 1, 0], [0, 1, -1, 1]])
+
+
+def _corr2d_valid(d, g):
+    r = g.shape[-1]
+    m = d.shape[-1] - r + 1
+    y = np.zeros(d.shape[:-2] + (m, m))
+    for i in range(r):
+        for j in range(r):
+            y += d[..., i:i + m, j:j + m] * g[..., i:i + 1, j:j + 1]
+    return y
+
+
+@pytest.mark.parametrize("m,points", [(2, None), (4, None), (6, None),
+                                      (4, wt.POINTS_RATIONAL_F4X3)])
+def test_float64_tile_identity(m, points):
+    rng = np.random.default_rng(m)
+    AT, G, BT = wt.transform_matrices(m, points=points)
+    a = m + 2
+    d = rng.standard_normal((50, a, a))
+    g = rng.standard_normal((50, 3, 3))
+    Ug = G @ g @ G.T
+    Vd = BT @ d @ BT.T
+    y = AT @ (Ug * Vd) @ AT.T
+    np.testing.assert_allclose(y, _corr2d_valid(d, g), rtol=0, atol=1e-12 * 10 ** (m // 2))
+
+
+@pytest.mark.parametrize("m", VARIANTS)
+def test_kernel_matrices_are_the_derived_ones(m):
+    AT, G, BT = wt.transform_matrices(m)
+    kAT, kBT = wk.kernel_matrices(m)
+    np.testing.assert_array_equal(kAT, AT)
+    np.testing.assert_array_equal(kBT, BT)
+
+
+def ref_conv(x, w, b, pt, pl, pb, pr, groups):
+    """Plain float64 correlation, PyTorch semantics (zero padding, groups)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    w = w.astype(np.float64)
+    N, C, H, W = x.shape
+    Co = w.shape[0]
+    cig, cog = C // groups, Co // groups
+    OH, OW = H - 2, W - 2
+    out = np.zeros((N, Co, OH, OW))
+    for g in range(groups):
+        xs = x[:, g * cig:(g + 1) * cig]
+        ws = w[g * cog:(g + 1) * cog]
+        for i in range(3):
+            for j in range(3):
+                out[:, g * cog:(g + 1) * cog] += np.einsum(
+                    "nchw,oc->nohw", xs[:, :, i:i + OH, j:j + OW], ws[:, :, i, j])
+    if b is not None:
+        out += b.astype(np.float64)[None, :, None, None]
+    return out
+
+
+# name: (N, C_in, C_out, H, W, pad (top, left, bottom, right), groups, bias)
+CASES = {
+    "single_tile":         (1, 1, 1, 3, 3, (0, 0, 0, 0), 1, False),
+    "tiny_padded":         (1, 2, 3, 1, 1, (1, 1, 1, 1), 1, True),
+    "partial_tiles":       (2, 3, 5, 11, 13, (1, 1, 1, 1), 1, True),
+    "pad_top_left_only":   (1, 4, 4, 9, 10, (2, 1, 0, 0), 1, True),
+    "pad_bottom_right":    (1, 4, 4, 10, 9, (0, 0, 2, 1), 1, False),
+    "asymmetric_pad":      (3, 5, 7, 8, 12, (0, 2, 1, 0), 1, True),
+    "groups_2":            (2, 6, 4, 12, 12, (1, 1, 1, 1), 2, True),
+    "depthwise":           (1, 8, 8, 9, 9, (1, 1, 1, 1), 8, True),
+    "depth_multiplier":    (1, 4, 8, 7, 10, (1, 0, 1, 2), 4, False),
+    "channels_off_vector": (1, 17, 19, 15, 14, (1, 1, 1, 1), 1, True),
+    "many_tiles":          (2, 8, 16, 30, 27, (1, 1, 1, 1), 1, True),
+}
+
+
+def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False):
+    pt, pl, pb, pr = pads
+    N, C, H, W = x.shape
+    out = np.full((N, w.shape[0], H + pt + pb - 2, W + pl + pr - 2), np.nan, x.dtype)
+    U = wk.transform_weight(w, m, groups)
+    wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _blas_one_thread():
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", VARIANTS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_vs_reference(case, m, dtype):
+    N, C, Co, H, W, pads, groups, has_bias = CASES[case]
+    rng = np.random.default_rng(abs(hash(case)) % 2 ** 32)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Co, C // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(Co).astype(dtype) if has_bias else None
+    ref = ref_conv(x, w, b, *pads, groups)
+    out = run_kernel(x, w, b, pads, groups, m, threads=2)
+    assert out.shape == ref.shape
+    assert not np.isnan(out).any(), "unwritten output elements"
+    err = np.abs(out - ref).max() / (1 + np.abs(ref).max())
+    assert err <= TOL[dtype][m], err
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", VARIANTS)
+def test_threads_tile_block_and_relu_invariance(m, dtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 9, 25, 23)).astype(dtype)
+    w = rng.standard_normal((20, 9, 3, 3)).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    pads = (1, 2, 0, 1)
+    ref = ref_conv(x, w, b, *pads, 1)
+    outs = [run_kernel(x, w, b, pads, 1, m, t, tb) for t in (1, 2) for tb in (0, 16, 48)]
+    scale = 1 + np.abs(ref).max()
+    for o in outs:
+        assert np.abs(o - ref).max() / scale <= TOL[dtype][m]
+        assert np.abs(o - outs[0]).max() / scale <= TOL[dtype][m]
+    r = run_kernel(x, w, b, pads, 1, m, 2, relu=True)
+    assert np.abs(r - np.maximum(ref, 0)).max() / scale <= TOL[dtype][m]
+    assert (r >= 0).all()
+
+
+def test_split_cout_path_matches():
+    # few tiles, many output channels: the kernel splits C_out across threads
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 40, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((64, 40, 3, 3)).astype(np.float32)
+    assert wk.choose_blocking(4, 6, 40, 64, 4, 2)[1] == 2
+    ref = ref_conv(x, w, None, 1, 1, 1, 1, 1)
+    for m in VARIANTS:
+        out = run_kernel(x, w, None, (1, 1, 1, 1), 1, m, 2)
+        assert np.abs(out - ref).max() / (1 + np.abs(ref).max()) <= TOL[np.float32][m]
+
+
+def test_transform_weight_layout():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 4, 3, 3))
+    for m in VARIANTS:
+        a = m + 2
+        _, G, _ = wt.transform_matrices(m)
+        U = wk.transform_weight(w, m, 1)
+        assert U.shape == (a * a, 6, 4) and U.flags.c_contiguous and U.dtype == w.dtype
+        np.testing.assert_allclose(U[:, 2, 3].reshape(a, a), G @ w[2, 3] @ G.T, atol=1e-13)
