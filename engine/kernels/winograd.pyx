@@ -378,10 +378,35 @@ def transform_weight(weight, int m, int groups=1):
         raise ValueError(f"transform_weight expects weight[C_out][C_in/g][3][3], got {w.shape}")
     if m not in (2, 4, 6):
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
-    G = _G[m]
     alpha = m + 2
-    U = np.einsum("ik,ockl,jl->ijoc", G, w.astype(np.float64), G, optimize=True)
-    return np.ascontiguousarray(U.reshape(alpha * alpha, w.shape[0], w.shape[1]), dtype=w.dtype)
+    g = np.ascontiguousarray(w, dtype=np.float64)
+    U = np.empty((alpha * alpha, w.shape[0], w.shape[1]), dtype=w.dtype)
+    if U.dtype == np.float32:
+        _weight_transform[float](g, _G[m], U, alpha)
+    else:
+        _weight_transform[double](g, _G[m], U, alpha)
+    return U
+
+
+cdef void _weight_transform(const double[:, :, :, ::1] g, const double[:, ::1] G,
+                            floating[:, :, ::1] U, int alpha) noexcept:
+    """U[i*alpha + j][oc][ic] = sum_{k,l} G[i][k] g[oc][ic][k][l] G[j][l], in float64,
+    rounded once to U's dtype. One pass over the kernels: t = G g (alpha x 3), then
+    t G^T (alpha x alpha) written straight into the GEMM layout."""
+    cdef Py_ssize_t oc, ic
+    cdef int i, j, l
+    cdef double t[MAXA][3]
+    with nogil:
+        for oc in range(g.shape[0]):
+            for ic in range(g.shape[1]):
+                for i in range(alpha):
+                    for l in range(3):
+                        t[i][l] = (G[i, 0] * g[oc, ic, 0, l] + G[i, 1] * g[oc, ic, 1, l]
+                                   + G[i, 2] * g[oc, ic, 2, l])
+                for i in range(alpha):
+                    for j in range(alpha):
+                        U[i * alpha + j, oc, ic] = <floating>(t[i][0] * G[j, 0] + t[i][1] * G[j, 1]
+                                                              + t[i][2] * G[j, 2])
 
 
 @cython.boundscheck(False)

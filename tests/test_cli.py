@@ -1,0 +1,290 @@
+"""The ``convtune`` command: tune/show/bench/check/merge/info, exit codes, levels and
+--force, the accuracy gate, budgets, interruption, bad configs, concurrent tuners.
+
+Configs are tiny and written into tmp_path; tuning uses --reps 3 to stay fast."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = {"name": "tiny", "input": [16, 12, 12], "batch": 1, "dtype": "float32", "layers": [
+    {"type": "conv", "name": "c1", "out_channels": 16, "kernel_size": 3, "padding": 1},
+    {"type": "maxpool", "name": "p1", "kernel_size": 2},
+]}
+OTHER = {"name": "other", "input": [4, 9, 9], "batch": 1, "layers": [
+    {"type": "conv", "name": "c1", "out_channels": 8, "kernel_size": 1},
+    {"type": "avgpool", "name": "a1", "kernel_size": 3, "stride": 2, "padding": 1},
+]}
+
+
+def run(*args, env=None, timeout=180):
+    e = {**os.environ, "PYTHONPATH": ROOT, "CONVTUNE_PLAN": "none", **(env or {})}
+    e.pop("CONVTUNE_STRICT", None)
+    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    def write(doc, name="tiny.json"):
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return path
+    return write
+
+
+def entries(path):
+    return json.loads(open(path).read())["entries"]
+
+
+def test_tune_show_skip_and_force(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg(TINY)
+    r = run("tune", c, "--plan", plan, "--threads", 2, "--reps", 3)
+    assert r.returncode == 0, r.stderr
+    assert "tuned 2 shape(s)" in r.stdout
+    es = entries(plan)
+    assert {e["key"]["op"] for e in es} == {"conv2d", "max_pool2d"}
+    conv = next(e for e in es if e["key"]["op"] == "conv2d")
+    assert conv["key"]["threads"] == 2 and conv["level"] == "measure"
+    assert conv["algorithm"] == conv["candidates"][0]["algorithm"]
+    timed = [x for x in conv["candidates"] if x["status"] == "ok"]
+    assert len(timed) >= 2 and all(x["median_s"] > 0 and x["error"] is not None for x in timed)
+    assert [x["median_s"] for x in timed] == sorted(x["median_s"] for x in timed)
+
+    r = run("tune", c, "--plan", plan, "--threads", 2)          # equal level: skipped
+    assert r.returncode == 0 and "already tuned" in r.stdout and "nothing to do" in r.stdout
+    r = run("tune", c, "--plan", plan, "--threads", 2, "--level", "estimate")   # lower: skipped
+    assert "nothing to do" in r.stdout
+    before = {e["key"]["op"]: e["tuned_at"] for e in entries(plan)}
+    time.sleep(1.1)
+    r = run("tune", c, "--plan", plan, "--threads", 2, "--reps", 3, "--force")
+    assert r.returncode == 0 and "tuned 2 shape(s)" in r.stdout
+    assert all(e["tuned_at"] != before[e["key"]["op"]] for e in entries(plan))
+
+    conv = next(e for e in entries(plan) if e["key"]["op"] == "conv2d")
+    r = run("show", plan)
+    assert r.returncode == 0, r.stderr
+    for word in ("shape", "algorithm", "runner-up", "margin", "error", "level", "measure",
+                 "conv2d 1x16x12x12 -> 16 k3x3 s1 p1 f32 t2", conv["algorithm"]):
+        assert word in r.stdout
+    r = run("show", env={"CONVTUNE_PLAN": str(plan)})            # the active plan
+    assert r.returncode == 0 and "2 entries" in r.stdout
+
+
+def test_estimate_then_measure_upgrades(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg(TINY)
+    r = run("tune", c, "--plan", plan, "--threads", 1, "--level", "estimate")
+    assert r.returncode == 0, r.stderr
+    assert {e["level"] for e in entries(plan)} == {"estimate"}
+    assert all(e["time_s"] is None for e in entries(plan))
+    r = run("tune", c, "--plan", plan, "--threads", 1, "--reps", 3)
+    assert r.returncode == 0 and "tuned 2 shape(s)" in r.stdout
+    assert {e["level"] for e in entries(plan)} == {"measure"}
+
+
+def test_accuracy_gate(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg({**TINY, "layers": TINY["layers"][:1]})
+    # tighter than float32 can do: every candidate rejected, nothing written, exit 1
+    r = run("tune", c, "--plan", plan, "--threads", 1, "--tolerance", "1e-9", "--reps", 3)
+    assert r.returncode == 1
+    assert "no algorithm within tolerance" in r.stdout + r.stderr
+    assert not plan.exists() or entries(plan) == []
+    # a tolerance between the most and the least accurate candidate (Winograd's larger
+    # tiles are the least accurate): the gate must reject exactly those above it
+    from tuner import configs, search
+    shape = configs.load(c).shapes[0]
+    prep = search.Prepared(shape, 1)
+    errors = {n: prep.error(n) for n in prep.names}
+    lo, hi = min(errors.values()), max(errors.values())
+    assert hi > 2 * lo
+    tol = (lo * hi) ** 0.5
+    r = run("tune", c, "--plan", plan, "--threads", 1, "--tolerance", f"{tol:.3e}", "--reps", 3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (e,) = entries(plan)
+    status = {x["algorithm"]: x["status"] for x in e["candidates"]}
+    expect_rejected = {n for n, err in errors.items() if err > float(f"{tol:.3e}")}
+    assert expect_rejected and {n for n, st in status.items() if st.startswith("rejected")} == expect_rejected
+    assert e["algorithm"] not in expect_rejected
+    assert "rejected by the accuracy gate" in r.stdout
+
+
+def test_check_and_json(tmp_path, cfg):
+    c = cfg(OTHER, "other.json")
+    report = tmp_path / "report.json"
+    r = run("check", c, "--json", report, "--threads", 1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "within tolerance" in r.stdout
+    rep = json.loads(report.read_text())
+    assert rep["failures"] == 0 and {x["algorithm"] for x in rep["results"]} >= {"direct", "im2col", "pool"}
+    assert all(x["error_vs_float64"] is not None for x in rep["results"])
+    r = run("check", c, "--tolerance", "1e-12", "--json", report)
+    assert r.returncode == 1
+    assert "EXCESS" in r.stdout and "exceed" in r.stderr
+    assert json.loads(report.read_text())["failures"] > 0
+
+
+def test_bench(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg(OTHER, "other.json")
+    assert run("tune", c, "--plan", plan, "--threads", 1, "--reps", 3).returncode == 0
+    r = run("bench", c, "--plan", plan, "--threads", 1, "--reps", 3)
+    assert r.returncode == 0, r.stderr
+    assert "planned/fastest" in r.stdout and "(plan)" in r.stdout
+    assert "direct ms" in r.stdout
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ("{", "not valid JSON"),
+    ({"input": [3, 8, 8]}, "needs 'layers'"),
+    ({"input": [3, 8], "layers": []}, "input"),
+    ({"input": [3, 8, 8], "layers": [{"type": "conv", "kernel_size": 3}]}, "layers[0].out_channels"),
+    ({"input": [3, 8, 8], "layers": [{"type": "conv", "out_channels": 4, "kernel_size": "x"}]},
+     "layers[0].kernel_size"),
+    ({"input": [3, 8, 8], "layers": [{"type": "conv", "out_channels": 4, "kernel_size": 3},
+                                     {"type": "conv", "out_channels": 4, "kernel_size": 9}]}, "layers[1]"),
+    ({"input": [3, 8, 8], "layers": [{"type": "fancy"}]}, "layers[0].type"),
+    ({"input": [3, 8, 8], "batch": 0, "layers": []}, "batch"),
+    ({"input": [3, 8, 8], "layers": [{"type": "conv", "out_channels": 4, "kernel_size": 3, "groups": 2}]},
+     "layers[0].groups"),
+])
+def test_bad_config_names_file_and_field(tmp_path, doc, needle):
+    from tuner.configs import ConfigError, load
+    path = tmp_path / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(ConfigError) as ei:
+        load(path)
+    assert str(path) in str(ei.value) and needle in str(ei.value)
+
+
+def test_bad_config_exit_code(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"input": [3, 8, 8], "layers": [{"type": "conv", "kernel_size": 3}]}))
+    for args in (("tune", path, "--plan", tmp_path / "p.json"), ("check", path), ("bench", path)):
+        r = run(*args)
+        assert r.returncode == 2
+        assert str(path) in r.stderr and "layers[0].out_channels" in r.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_missing_config(tmp_path):
+    r = run("tune", tmp_path / "nope.json", "--plan", tmp_path / "p.json")
+    assert r.returncode == 2 and "nope.json" in r.stderr
+
+
+def test_usage_errors():
+    assert run().returncode == 2
+    assert run("tune").returncode == 2
+    assert run("tune", "configs/seed_cnn.json", "--level", "bogus").returncode == 2
+    assert run("tune", "configs/seed_cnn.json", "--threads", "0").returncode == 2
+
+
+def test_untrusted_plan_is_refused_and_untouched(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(b"not a plan {")
+    c = cfg({**TINY, "layers": TINY["layers"][1:]})
+    r = run("tune", c, "--plan", plan, "--reps", 3)
+    assert r.returncode == 2
+    assert "refusing" in r.stderr and str(plan) in r.stderr and "--force" in r.stderr
+    assert plan.read_bytes() == b"not a plan {"
+    assert run("show", plan).returncode == 2
+    r = run("tune", c, "--plan", plan, "--reps", 3, "--force")
+    assert r.returncode == 0, r.stderr
+    baks = [f for f in os.listdir(tmp_path) if f.startswith("plan.json.bak-")]
+    assert len(baks) == 1 and (tmp_path / baks[0]).read_bytes() == b"not a plan {"
+    assert len(entries(plan)) == 1
+
+
+def test_foreign_plan_shown_as_untrusted(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg({**TINY, "layers": TINY["layers"][1:]})
+    assert run("tune", c, "--plan", plan, "--level", "estimate").returncode == 0
+    doc = json.loads(plan.read_text())
+    doc["hardware"]["cpu"] = "Other CPU"
+    plan.write_text(json.dumps(doc))
+    r = run("show", plan)
+    assert r.returncode == 0 and "NOT TRUSTED" in r.stdout and "other hardware" in r.stdout
+    r = run("info", env={"CONVTUNE_PLAN": str(plan)})
+    assert r.returncode == 0 and "NOT TRUSTED" in r.stdout
+    assert run("tune", c, "--plan", plan, "--level", "estimate").returncode == 2
+
+
+def test_merge_and_info(tmp_path, cfg):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    assert run("tune", cfg(TINY), "--plan", a, "--level", "estimate").returncode == 0
+    assert run("tune", cfg(OTHER, "o.json"), "--plan", b, "--level", "estimate").returncode == 0
+    r = run("merge", out, a, b)
+    assert r.returncode == 0, r.stderr
+    assert len(entries(out)) == 4
+    (tmp_path / "bad.json").write_text("{")
+    r = run("merge", out, a, tmp_path / "bad.json")
+    assert r.returncode == 2 and "bad.json" in r.stderr
+    assert run("merge", out, a, tmp_path / "bad.json", "--force").returncode == 0
+    r = run("info", env={"CONVTUNE_PLAN": str(out)})
+    assert r.returncode == 0
+    for word in ("CPU", "ISA", "BLAS", "threads", str(out), "CONVTUNE_PLAN", "4 entries"):
+        assert word in r.stdout
+
+
+def test_budget_stops_cleanly(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    doc = {"name": "many", "batch": 1, "shapes": [
+        {"input": [8, 10 + i, 10 + i], "type": "conv", "out_channels": 8, "kernel_size": 3, "padding": 1}
+        for i in range(30)]}
+    r = run("tune", cfg(doc, "many.json"), "--plan", plan, "--threads", 1, "--budget", "1.5")
+    assert r.returncode == 0, r.stderr
+    assert "budget" in r.stdout and "left untuned" in r.stdout
+    n = len(entries(plan)) if plan.exists() else 0
+    assert n < 30
+    if plan.exists():
+        json.loads(plan.read_text())        # a valid file, not a half-written one
+
+
+def test_interrupt_keeps_measured(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    doc = {"name": "many", "batch": 1, "shapes": [
+        {"input": [8, 10 + i, 10 + i], "type": "conv", "out_channels": 8, "kernel_size": 3, "padding": 1}
+        for i in range(40)]}
+    c = cfg(doc, "many.json")
+    e = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "tune", str(c), "--plan", str(plan),
+                             "--threads", "1", "--reps", "3"], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while not plan.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the tuner finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert 1 <= len(entries(plan)) < 40
+
+
+def test_two_tuners_one_file(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    e = {**os.environ, "PYTHONPATH": ROOT}
+    procs = [subprocess.Popen([sys.executable, "-m", "tuner", "tune", str(cfg(doc, f"{i}.json")),
+                               "--plan", str(plan), "--threads", "1", "--reps", "3", "--no-progress"],
+                              cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, doc in enumerate((TINY, OTHER))]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ops = sorted((x["key"]["op"], x["key"]["C"]) for x in entries(plan))
+    assert ops == [("avg_pool2d", 8), ("conv2d", 4), ("conv2d", 16), ("max_pool2d", 16)]
+
+
+def test_python_m_tuner_help():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("tune", "show", "bench", "check", "merge", "info"):
+        assert cmd in r.stdout

@@ -1,0 +1,279 @@
+"""The plan file (engine.plan): round trip, merging under concurrency, untrusted files
+(corrupt, foreign hardware, incompatible engine), strict mode, lazy reloading."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import engine
+from engine import dispatch, plan, shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def isolated_plan(tmp_path, monkeypatch):
+    """Every test starts with no use_plan(), no strict mode, CONVTUNE_PLAN in tmp_path."""
+    monkeypatch.delenv("CONVTUNE_STRICT", raising=False)
+    monkeypatch.setenv("CONVTUNE_PLAN", "none")
+    plan.reset()
+    plan._warned.clear()
+    yield
+    plan.reset()
+
+
+def conv_p(c=8, h=10, cout=8, k=3, pad=1, groups=1, dtype="float32", n=1):
+    return shapes.conv_params((n, c, h, h), (cout, c // groups, k, k), 1, pad, 1, groups, "zeros", dtype)
+
+
+def entry_for(p, threads, algorithm="direct", level="measure", time_s=1e-3, tuned_at="2025-01-01T00:00:00Z"):
+    return {"key": plan.params_key(p, threads), "algorithm": algorithm, "params": {}, "level": level,
+            "tolerance": 1e-4, "time_s": time_s, "tuned_at": tuned_at,
+            "candidates": [{"algorithm": algorithm, "params": {}, "median_s": time_s, "spread": 0.01,
+                            "error": 1e-7, "status": "ok"},
+                           {"algorithm": "im2col", "params": {}, "median_s": 2 * time_s, "spread": 0.02,
+                            "error": 2e-7, "status": "ok"}]}
+
+
+def write_doc(path, **overrides):
+    p = conv_p()
+    plan.write_entries(path, [entry_for(p, 2)])
+    with open(path) as f:
+        doc = json.load(f)
+    doc.update(overrides)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return p
+
+
+# ------------------------------------------------------------------ round trip
+def test_round_trip_and_dispatch(tmp_path):
+    path = tmp_path / "plan.json"
+    p1, p2 = conv_p(), conv_p(c=16, cout=32)
+    n = plan.write_entries(path, [entry_for(p1, 2, "direct"), entry_for(p2, 1, "im2col")])
+    assert n == 2
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "convtune-plan" and doc["format_version"] == plan.FORMAT_VERSION
+    assert doc["engine_version"] == engine.__version__
+    hw = doc["hardware"]
+    assert {"cpu", "isa", "cores", "caches"} <= set(hw)
+    assert hw["isa"] == list(engine.build_info()["isa"])
+    key = doc["entries"][0]["key"]
+    for field in ("op", "dtype", "N", "C", "H", "W", "out_channels", "kernel", "stride", "padding",
+                  "dilation", "groups", "padding_mode", "threads"):
+        assert field in key
+
+    engine.use_plan(path)
+    e = plan.lookup(p1, 2)
+    assert e.algorithm == "direct" and e.level == "measure"
+    assert "direct" not in e.describe() or "measure" in e.describe()
+    assert plan.lookup(p1, 1) is None          # thread count is part of the key
+    assert plan.lookup(p2, 1).algorithm == "im2col"
+    assert plan.lookup(conv_p(dtype="float64"), 2) is None
+    c = dispatch.choose(p1, None, 2)
+    assert (c.algorithm, c.source) == ("direct", "plan")
+    assert dispatch.choose(p1, "im2col", 2).source == "forced"
+
+
+def test_layer_uses_plan_and_follows_use_plan(tmp_path):
+    path = tmp_path / "plan.json"
+    layer = engine.Conv2d(8, 8, 3, padding=1, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 8, 10, 10)).astype(np.float32)
+    engine.set_num_threads(2)
+    heuristic = layer.explain(x.shape)
+    assert heuristic["source"] == "heuristic"
+    other = "direct" if heuristic["algorithm"] != "direct" else "im2col"
+    plan.write_entries(path, [entry_for(conv_p(), 2, other)])
+    engine.use_plan(path)
+    got = layer.explain(x.shape)
+    assert (got["algorithm"], got["source"]) == (other, "plan")
+    ref = engine.functional.conv2d(x, layer.weight, layer.bias, padding=1, algorithm="direct")
+    np.testing.assert_allclose(layer(x), ref, rtol=1e-5, atol=1e-5)
+    engine.use_plan(None)
+    assert layer.explain(x.shape)["source"] == "heuristic"
+
+
+def test_rewrite_is_seen_without_use_plan(tmp_path):
+    path = tmp_path / "plan.json"
+    engine.use_plan(path)
+    p = conv_p()
+    with pytest.warns(RuntimeWarning, match="does not exist"):
+        assert plan.lookup(p, 2) is None
+    plan.write_entries(path, [entry_for(p, 2, "im2col")])   # same process: invalidates
+    assert plan.lookup(p, 2).algorithm == "im2col"
+    # another process rewrites it: noticed once the re-check interval has passed
+    doc = json.loads(path.read_text())
+    doc["entries"][0]["algorithm"] = "direct"
+    path.write_text(json.dumps(doc) + "\n   ")
+    gen = plan.generation()
+    plan._last_check -= plan.RECHECK_SECONDS + 1
+    assert plan.generation() > gen
+    assert plan.lookup(p, 2).algorithm == "direct"
+
+
+def test_merge_rules(tmp_path):
+    path = tmp_path / "plan.json"
+    p = conv_p()
+    plan.write_entries(path, [entry_for(p, 2, "direct", "exhaustive", tuned_at="2025-01-01T00:00:00Z")])
+    plan.write_entries(path, [entry_for(p, 2, "im2col", "measure", tuned_at="2025-06-01T00:00:00Z")])
+    engine.use_plan(path)
+    assert plan.lookup(p, 2).algorithm == "direct"      # higher level wins over newer
+    plan.write_entries(path, [entry_for(p, 2, "im2col", "exhaustive", tuned_at="2025-06-01T00:00:00Z")])
+    assert plan.lookup(p, 2).algorithm == "im2col"      # same level: newer wins
+    plan.write_entries(path, [entry_for(p, 2, "direct", "estimate")], prefer_new=True)
+    assert plan.lookup(p, 2).algorithm == "direct"      # a forced re-tune wins
+    assert len(json.loads(path.read_text())["entries"]) == 1
+
+
+WRITER = r"""
+import sys
+from engine import plan, shapes
+path, start = sys.argv[1], int(sys.argv[2])
+for c in range(start, start + 12):
+    p = shapes.conv_params((1, c, 9, 9), (4, c, 3, 3), 1, 1, 1, 1, "zeros", "float32")
+    plan.write_entries(path, [{"key": plan.params_key(p, 1), "algorithm": "direct", "params": {},
+                               "level": "measure", "tuned_at": "x", "candidates": []}])
+"""
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "plan.json")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, str(start)], cwd=ROOT, env=env)
+             for start in (1, 101, 201)]
+    assert [pr.wait(timeout=120) for pr in procs] == [0, 0, 0]
+    doc = json.loads(open(path).read())
+    assert sorted(e["key"]["C"] for e in doc["entries"]) == \
+        list(range(1, 13)) + list(range(101, 113)) + list(range(201, 213))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ untrusted
+def _model_runs(path):
+    engine.use_plan(path)
+    layer = engine.Conv2d(8, 8, 3, padding=1, seed=1)
+    x = np.ones((1, 8, 10, 10), np.float32)
+    out = layer(x)
+    assert out.shape == (1, 8, 10, 10)
+    return layer.explain(x.shape)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b'{"format": "convtune-plan", "entries": 5}',
+                                     b"\xff\xfe\x00garbage"])
+def test_corrupt_file_warns_once_and_is_untouched(tmp_path, content):
+    path = tmp_path / "plan.json"
+    path.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="corrupt") as rec:
+        info = _model_runs(path)
+        plan.lookup(conv_p(c=16), 2)
+        plan.lookup(conv_p(c=4), 2)
+    assert len([w for w in rec if "convtune plan" in str(w.message)]) == 1
+    assert str(path) in str(rec[0].message)
+    assert info["source"] == "heuristic"
+    assert path.read_bytes() == content
+    with pytest.raises(plan.PlanError, match="refusing"):
+        plan.write_entries(path, [entry_for(conv_p(), 2)])
+    assert path.read_bytes() == content
+
+
+def test_force_moves_an_untrusted_file_aside(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_bytes(b"{oops")
+    moved = []
+    plan.write_entries(path, [entry_for(conv_p(), 2)], force=True, on_move=moved.append)
+    assert len(moved) == 1 and open(moved[0], "rb").read() == b"{oops"
+    assert plan.read_plan(path).trusted
+
+
+def test_foreign_hardware_not_trusted(tmp_path):
+    path = tmp_path / "plan.json"
+    hw = {**plan.hardware_fingerprint(), "cpu": "Some Other CPU 9000"}
+    p = write_doc(path, hardware=hw)
+    before = path.read_bytes()
+    with pytest.warns(RuntimeWarning, match="other hardware"):
+        assert plan.lookup(p, 2) is None if engine.use_plan(path) is None else False
+    assert plan.read_plan(path).status == "foreign"
+    assert _model_runs(path)["source"] == "heuristic"
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("override", [{"engine_version": "9.0.0"}, {"format_version": 99}])
+def test_incompatible_version_not_trusted(tmp_path, override):
+    path = tmp_path / "plan.json"
+    p = write_doc(path, **override)
+    engine.use_plan(path)
+    with pytest.warns(RuntimeWarning, match="incompatible"):
+        assert plan.lookup(p, 2) is None
+    assert plan.read_plan(path).status == "incompatible"
+
+
+def test_missing_explicit_plan_warns_but_default_is_silent(tmp_path, monkeypatch):
+    engine.use_plan(tmp_path / "nope.json")
+    with pytest.warns(RuntimeWarning, match="does not exist"):
+        assert plan.lookup(conv_p(), 2) is None
+    plan.reset()
+    monkeypatch.delenv("CONVTUNE_PLAN")
+    monkeypatch.setattr(plan, "_default_path", str(tmp_path / "cache" / "plan.json"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plan.lookup(conv_p(), 2) is None
+    assert plan.active_source()[1].startswith("the default")
+
+
+def test_plan_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVTUNE_PLAN", str(tmp_path / "env.json"))
+    assert plan.active_path() == str(tmp_path / "env.json")
+    engine.use_plan(tmp_path / "explicit.json")
+    assert plan.active_path() == str(tmp_path / "explicit.json")
+    engine.use_plan(None)
+    assert plan.active_path() is None
+    plan.reset()
+    monkeypatch.setenv("CONVTUNE_PLAN", "none")
+    assert plan.active_path() is None
+    monkeypatch.delenv("CONVTUNE_PLAN")
+    assert plan.active_path() == plan.default_path()
+    assert "convtune" in plan.default_path()
+
+
+# ------------------------------------------------------------------ strict mode
+def test_strict_mode(tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+    p = conv_p()
+    plan.write_entries(path, [entry_for(p, 2, "im2col")])
+    engine.use_plan(path)
+    engine.set_num_threads(2)
+    monkeypatch.setenv("CONVTUNE_STRICT", "1")
+    assert plan.lookup(p, 2).algorithm == "im2col"
+    layer = engine.Conv2d(8, 8, 3, padding=1)
+    layer(np.ones((1, 8, 10, 10), np.float32))                 # has an entry
+    other = engine.Conv2d(8, 8, 3, padding=0)
+    with pytest.raises(plan.PlanEntryMissingError, match=r"1x8x10x10 -> 8 k3x3 s1 p0") as ei:
+        other(np.ones((1, 8, 10, 10), np.float32))
+    assert isinstance(ei.value, RuntimeError)
+    assert "CONVTUNE_STRICT" in str(ei.value)
+    # a forced algorithm needs no plan
+    engine.functional.conv2d(np.ones((1, 8, 10, 10), np.float32), other.weight, algorithm="direct")
+    # strict with no plan at all
+    engine.use_plan(None)
+    with pytest.raises(RuntimeError, match="no plan is in use"):
+        plan.lookup(p, 2)
+    monkeypatch.setenv("CONVTUNE_STRICT", "0")
+    assert plan.lookup(p, 2) is None
+
+
+def test_lookup_is_cheap(tmp_path):
+    import time
+    path = tmp_path / "plan.json"
+    p = conv_p()
+    plan.write_entries(path, [entry_for(p, 2)])
+    engine.use_plan(path)
+    plan.lookup(p, 2)
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        plan.lookup(p, 2)
+    per_call = (time.perf_counter() - t0) / 2000
+    assert per_call < 100e-6      # a few microseconds normally; generous for loaded CI

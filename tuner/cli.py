@@ -1,0 +1,650 @@
+"""The ``convtune`` command (also ``python -m tuner``).
+
+    convtune tune CONFIG... [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
+                            [--tolerance T] [--force] [--batch N] [--dtype D]
+    convtune show [PLAN]
+    convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N]
+    convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
+    convtune merge OUT IN... [--force]
+    convtune info
+
+Exit status: 0 success; 1 a check found an excess, or tuning left a shape without any
+accurate algorithm; 2 bad usage, a bad config, or a plan file that cannot be used;
+130 interrupted (whatever was measured is kept).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
+NOISY_SPREAD = 0.25      # relative IQR above which a measurement is reported as noisy
+
+
+def _err(msg):
+    print(f"convtune: error: {msg}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------- arguments
+def _threads_list(text):
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {text!r}")
+    return vals
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="convtune", description="Autotune convtune's convolution algorithms per layer shape "
+        "and keep the fastest accurate choice in a plan file.",
+        epilog="Exit status: 0 ok, 1 check excess / shape with no accurate algorithm, "
+               "2 usage, config or plan-file error, 130 interrupted.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("tune", help="time every algorithm per shape and write the fastest accurate one",
+                       description="For each convolution and pooling shape of the configs: check every "
+                       "applicable algorithm against a float64 reference, time the accurate ones "
+                       "and write the fastest into the plan. Shapes already tuned at an equal or "
+                       "higher level (with the same tolerance) are skipped unless --force.")
+    t.add_argument("configs", nargs="+", metavar="CONFIG")
+    t.add_argument("--plan", help="plan file (default: CONVTUNE_PLAN, else the user cache directory)")
+    t.add_argument("--threads", type=_threads_list, default=None,
+                   help="thread count(s) to tune for, e.g. 2 or 1,2 (default: engine.get_num_threads())")
+    t.add_argument("--level", choices=("estimate", "measure", "exhaustive"), default="measure",
+                   help="estimate: the heuristic, nothing timed; measure (default): accuracy gate + "
+                   "interleaved timing; exhaustive: longer measurement, top 3 always re-measured")
+    t.add_argument("--budget", type=_positive_float, metavar="SECONDS",
+                   help="stop cleanly after this many seconds (what is done is kept)")
+    t.add_argument("--tolerance", type=_positive_float,
+                   help="maximum relative error accepted (default: the engine's default per dtype, "
+                   "1e-4 for float32, 1e-10 for float64)")
+    t.add_argument("--force", action="store_true",
+                   help="re-tune shapes already in the plan; replace an unusable plan file "
+                   "(it is moved aside to PLAN.bak-..., never deleted)")
+    t.add_argument("--batch", type=_positive_int, help="override the configs' batch size")
+    t.add_argument("--dtype", choices=("float32", "float64"), help="override the configs' dtype")
+    t.add_argument("--reps", type=_positive_int,
+                   help="timed samples per candidate (default: 7 at measure, 15 at exhaustive)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("show", help="print a plan as a table")
+    s.add_argument("plan", nargs="?", metavar="PLAN", help="plan file (default: the active plan)")
+    s.add_argument("--json", action="store_true", help="print the raw JSON instead")
+
+    b = sub.add_parser("bench", help="planned choice vs every algorithm vs PyTorch, per layer")
+    b.add_argument("config", metavar="CONFIG")
+    b.add_argument("--plan", help="plan file (default: the active plan)")
+    b.add_argument("--threads", type=_positive_int, default=None)
+    b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
+    b.add_argument("--batch", type=_positive_int)
+    b.add_argument("--dtype", choices=("float32", "float64"))
+
+    c = sub.add_parser("check", help="parity regression: every algorithm vs float64 and PyTorch")
+    c.add_argument("configs", nargs="+", metavar="CONFIG")
+    c.add_argument("--tolerance", type=_positive_float,
+                   help="one tolerance for every algorithm (default: each algorithm's own, "
+                   "engine.registry.TOLERANCE)")
+    c.add_argument("--json", metavar="PATH", help="write a machine-readable report")
+    c.add_argument("--threads", type=_positive_int, default=None)
+    c.add_argument("--batch", type=_positive_int)
+    c.add_argument("--dtype", choices=("float32", "float64", "both"),
+                   help="dtype(s) to check (default: the configs')")
+
+    m = sub.add_parser("merge", help="merge plan files into OUT",
+                       description="Merge the entries of IN... (and OUT, if it exists) into OUT. "
+                       "For one shape the higher tuning level wins, then the more recent. All "
+                       "inputs must come from one kind of machine and a compatible engine.")
+    m.add_argument("out", metavar="OUT")
+    m.add_argument("inputs", nargs="+", metavar="IN")
+    m.add_argument("--force", action="store_true",
+                   help="skip unusable or foreign inputs instead of failing; replace an unusable OUT")
+
+    sub.add_parser("info", help="hardware fingerprint, build, threads, BLAS, the plan in use and why")
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return {"tune": cmd_tune, "show": cmd_show, "bench": cmd_bench, "check": cmd_check,
+                "merge": cmd_merge, "info": cmd_info}[args.command](args)
+    except KeyboardInterrupt:
+        print("\nconvtune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+    except BrokenPipeError:  # `convtune show | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+
+
+# ------------------------------------------------------------------------ shared
+def _load_configs(paths, batch=None, dtype=None):
+    from .configs import ConfigError, load_all
+    try:
+        return load_all(paths, batch, dtype)
+    except ConfigError as e:
+        _err(str(e))
+        return None
+
+
+def _plan_path(explicit):
+    from engine import plan
+    if explicit:
+        return os.path.abspath(explicit), "--plan"
+    path, why = plan.active_source()
+    return path, why
+
+
+def _shape_label(shape):
+    from engine.plan import describe_key
+    return describe_key(shape.params.key())
+
+
+def _table(rows, headers, aligns=None):
+    """Plain-text table; ``aligns`` per column '<' or '>'."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    aligns = aligns or ["<"] * len(headers)
+    fmt = "  ".join(f"{{:{a}{w}}}" for a, w in zip(aligns, widths))
+    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _fmt_err(e):
+    return "-" if e is None else f"{e:.1e}"
+
+
+# -------------------------------------------------------------------------- tune
+def cmd_tune(args):
+    import engine
+    from engine import plan as P
+    from . import search, timing
+
+    loaded = _load_configs(args.configs, args.batch, args.dtype)
+    if loaded is None:
+        return EXIT_USAGE
+    configs, shapes = loaded
+    path, why = _plan_path(args.plan)
+    if path is None:
+        _err(f"no plan file to write to ({why}); pass --plan PATH")
+        return EXIT_USAGE
+    existing = P.read_plan(path)
+    if existing.status not in ("ok", "missing"):
+        if not args.force:
+            _err(f"refusing to write {path}: it {P._WHAT[existing.status]} ({existing.reason}). "
+                 f"The file was left untouched. "
+                 f"Use --force to move it aside (to {path}.bak-...) and start a new plan, or "
+                 f"choose another file with --plan.")
+            return EXIT_USAGE
+        moved = P.move_aside(path)
+        print(f"moved the unusable plan {path} aside to {moved}")
+        existing = P.PlanFile(path, "missing")
+    threads_list = args.threads or [engine.get_num_threads()]
+    level = args.level
+    rank = P.LEVEL_RANK[level]
+
+    jobs, skipped = [], 0
+    for threads in threads_list:
+        for s in shapes:
+            tol = args.tolerance if args.tolerance is not None else search.default_tolerance(s.params.dtype)
+            old = existing.entries.get(P.entry_key(P.params_key(s.params, threads)))
+            if (old is not None and not args.force and P.LEVEL_RANK.get(old.get("level"), -1) >= rank
+                    and math.isclose(float(old.get("tolerance") or 0), tol, rel_tol=1e-9)):
+                skipped += 1
+                continue
+            jobs.append((s, threads, tol))
+    names = ", ".join(c.name for c in configs)
+    print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
+          f"level {level}; plan {path}")
+    if skipped:
+        print(f"  {skipped} already tuned at level >= {level} (use --force to re-tune)")
+    if not jobs:
+        print("nothing to do")
+        return EXIT_OK
+
+    deadline = time.monotonic() + args.budget if args.budget else None
+    start = time.monotonic()
+    written = failed = 0
+    failures, noisy = [], []
+    costs = [_work(s, level) for s, _, _ in jobs]
+    bar = None
+    try:
+        from tqdm import tqdm
+        # Progress is counted in estimated work (FLOPs x candidates), so the ETA holds
+        # when a network's first layers are much bigger than its last ones.
+        bar = tqdm(total=sum(costs), disable=True if args.no_progress else None, dynamic_ncols=True,
+                   leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    except ImportError:  # pragma: no cover
+        pass
+
+    def say(text):
+        if bar is not None and not bar.disable:
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    status = EXIT_OK
+    done = 0
+    try:
+        for (s, threads, tol), cost in zip(jobs, costs):
+            label = _shape_label(s)
+            if bar is not None:
+                bar.set_description_str(f"[{done + 1}/{len(jobs)}] {label} t{threads}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise timing.DeadlineReached()
+
+            def step(text, _bar=bar):
+                if _bar is not None and not _bar.disable:
+                    _bar.set_postfix_str(text, refresh=False)
+                    _bar.refresh()
+            entry, msg = search.tune_shape(s, threads, level, tol, deadline, step, reps=args.reps)
+            done += 1
+            if entry is None:
+                failed += 1
+                failures.append((label, threads, msg))
+                say(f"  {label} t{threads}: REJECTED: {msg}")
+            else:
+                entry["layers"] = s.names[:8]
+                try:
+                    P.write_entries(path, [entry], prefer_new=args.force)
+                except P.PlanError as e:
+                    _err(str(e))
+                    return EXIT_USAGE
+                written += 1
+                chosen = entry["candidates"][0] if entry.get("candidates") else {}
+                if (chosen.get("spread") or 0) > NOISY_SPREAD:
+                    noisy.append(label)
+                    msg += f"  [noisy: spread ±{chosen['spread']:.0%}]"
+                say(f"  {label} t{threads}: {msg}")
+            if bar is not None:
+                bar.update(cost)
+    except timing.DeadlineReached:
+        say(f"budget of {args.budget:g} s reached: {len(jobs) - done} shape(s) left untuned; "
+            f"re-run to continue (tuned shapes are skipped)")
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print(f"\ninterrupted: {written} shape(s) tuned and kept in {path}; re-run to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPT
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.monotonic() - start
+    print(f"tuned {written} shape(s) in {elapsed:.1f} s into {path}")
+    if noisy:
+        try:
+            load = f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+        except OSError:  # pragma: no cover
+            load = ""
+        print(f"warning: {len(noisy)} shape(s) were measured with a spread over "
+              f"±{NOISY_SPREAD:.0%}: the machine looks busy{load}, so close candidates may be "
+              f"ranked wrongly. Re-tune on a quiet machine with --force.", file=sys.stderr)
+    if failures:
+        tol_text = (f"{args.tolerance:g}" if args.tolerance is not None else "the default")
+        print(f"{failed} shape(s) have no algorithm within tolerance {tol_text}; they keep "
+              f"using the heuristic (no plan entry was written):", file=sys.stderr)
+        for label, threads, msg in failures:
+            print(f"  {label} t{threads}: {msg}", file=sys.stderr)
+        status = EXIT_FAIL
+    return status
+
+
+def _work(shape, level):
+    """Rough relative cost of tuning ``shape``: arithmetic x candidates, plus a floor for
+    the fixed per-candidate timing cost (samples have a minimum length)."""
+    p = shape.params
+    if level == "estimate":
+        return 1.0
+    if hasattr(p, "flops"):
+        from engine import registry
+        return (p.flops / 2e9 + 0.5) * len(registry.applicable(p))
+    n, c, oh, ow = p.output_shape
+    return n * c * oh * ow * p.kernel[0] * p.kernel[1] / 2e9 + 0.5
+
+
+# -------------------------------------------------------------------------- show
+def cmd_show(args):
+    from engine import plan as P
+    from .timing import format_time
+
+    path = os.path.abspath(args.plan) if args.plan else P.active_path()
+    if path is None:
+        _err(f"no plan in use ({P.active_source()[1]}); name one: convtune show PLAN")
+        return EXIT_USAGE
+    plan = P.read_plan(path)
+    if plan.status == "missing":
+        _err(f"{path} does not exist")
+        return EXIT_USAGE
+    if args.json:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            sys.stdout.write(f.read())
+        return EXIT_OK if plan.status != "corrupt" else EXIT_USAGE
+    if plan.status == "corrupt":
+        _err(f"{path} is corrupt ({plan.reason})")
+        return EXIT_USAGE
+    h = plan.header
+    hw = h.get("hardware", {})
+    print(f"plan {path}")
+    print(f"  engine {h.get('engine_version')}, format {h.get('format_version')}, updated {h.get('updated')}")
+    print(f"  hardware: {hw.get('cpu')}, {hw.get('cores')} cores, ISA {', '.join(hw.get('isa') or []) or '-'}, "
+          f"caches {', '.join(f'{k} {v}' for k, v in (hw.get('caches') or {}).items()) or '-'}")
+    if not plan.trusted:
+        print(f"  NOT TRUSTED here: it {P._WHAT[plan.status]} ({plan.reason}); "
+              f"its entries are shown but not used")
+    rows = []
+    entries = sorted(plan.entries.values(),
+                     key=lambda e: (e["key"].get("op") != "conv2d", e["key"].get("threads"),
+                                    -(e["key"].get("H", 0) * e["key"].get("W", 0)), repr(e["key"])))
+    for e in entries:
+        best = e.get("time_s")
+        others = [c for c in e.get("candidates", []) if c.get("status") == "ok"
+                  and c.get("algorithm") != e["algorithm"] and c.get("median_s")]
+        ru = min(others, key=lambda c: c["median_s"]) if others else None
+        chosen = next((c for c in e.get("candidates", []) if c.get("algorithm") == e["algorithm"]), {})
+        rejected = sum(1 for c in e.get("candidates", []) if str(c.get("status", "")).startswith("rejected"))
+        rows.append([
+            P.describe_key(e["key"]), e["algorithm"], format_time(best) if best else "-",
+            f"±{chosen['spread']:.0%}" if chosen.get("spread") is not None else "-",
+            ru["algorithm"] if ru else "-",
+            f"+{ru['median_s'] / best - 1:.0%}" if ru and best else "-",
+            _fmt_err(chosen.get("error")), str(rejected) if rejected else "-", e.get("level", "?")])
+    print(_table(rows, ["shape", "algorithm", "time", "spread", "runner-up", "margin", "error",
+                        "rejected", "level"], ["<", "<", ">", ">", "<", ">", ">", ">", "<"]))
+    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------- bench
+def _torch():
+    try:
+        import torch
+        return torch
+    except Exception:
+        return None
+
+
+def _torch_runner(torch, shape, x, w, b):
+    import torch.nn.functional as TF
+    p = shape.params
+    tx = torch.from_numpy(x)
+    if hasattr(p, "c_out"):
+        tw = torch.from_numpy(w)
+        tb = None if b is None else torch.from_numpy(b)
+        if p.padding_mode != "zeros" and max(p.pads):
+            t, bo, l, r = p.pads
+            return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo), mode=p.padding_mode), tw, tb,
+                                     p.stride, 0, p.dilation, p.groups)
+        if p.pads[0] == p.pads[1] and p.pads[2] == p.pads[3]:
+            return lambda: TF.conv2d(tx, tw, tb, p.stride, (p.pads[0], p.pads[2]), p.dilation, p.groups)
+        t, bo, l, r = p.pads
+        return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo)), tw, tb, p.stride, 0, p.dilation, p.groups)
+    if p.op == "max_pool2d":
+        return lambda: TF.max_pool2d(tx, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+    return lambda: TF.avg_pool2d(tx, p.kernel, p.stride, p.padding, p.ceil_mode, shape.count_include_pad)
+
+
+def cmd_bench(args):
+    import numpy as np
+
+    import engine
+    from engine import dispatch as D
+    from engine import plan as P
+    from . import search, timing
+
+    loaded = _load_configs([args.config], args.batch, args.dtype)
+    if loaded is None:
+        return EXIT_USAGE
+    _, shapes = loaded
+    threads = args.threads or engine.get_num_threads()
+    engine.set_num_threads(threads)
+    if args.plan:
+        engine.use_plan(os.path.abspath(args.plan))
+    plan = P.current()
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    print(f"convtune bench {args.config}: threads {threads}; plan "
+          f"{plan.path + ('' if plan.trusted else ' (' + plan.status + ', ignored)') if plan else 'none'}; "
+          f"PyTorch {torch.__version__ if torch else 'not installed'}")
+    algo_names = engine.algorithms()
+    rows, ratios_best, ratios_torch = [], [], []
+    for s in shapes:
+        prep = search.Prepared(s, threads)
+        fns = {}
+        if hasattr(s.params, "c_out"):
+            choice = D.choose(s.params, None, threads)
+            pads = s.params.pads
+            if pads[0] == pads[1] and pads[2] == pads[3]:   # the call a model makes: a layer
+                layer = engine.Conv2d(s.params.c_in, s.params.c_out, s.params.kernel, s.params.stride,
+                                      (pads[0], pads[2]), s.params.dilation, s.params.groups,
+                                      bias=prep.b is not None, padding_mode=s.params.padding_mode,
+                                      dtype=np.dtype(s.params.dtype))
+                layer.weight = prep.w
+                if prep.b is not None:
+                    layer.bias = prep.b
+                fns["planned"] = partial_call(layer, prep.x)
+            else:                                           # padding="same", even kernel
+                fns["planned"] = prep.runner(choice.algorithm)
+            for n in prep.names:
+                fns[n] = prep.runner(n)
+            planned = f"{choice.algorithm} ({choice.source})"
+        else:
+            fns["planned"] = prep.runner("pool")
+            planned = "pool"
+        if torch is not None:
+            fns["torch"] = _torch_runner(torch, s, prep.x, getattr(prep, "w", None), getattr(prep, "b", None))
+        stats = timing.measure(fns, reps=args.reps, min_sample_s=0.01, warmup=1)
+        med = {n: st.median for n, st in stats.items()}
+        algos = [n for n in med if n not in ("planned", "torch")]
+        best = min(algos, key=med.get) if algos else "planned"
+        best_t = med[best]
+        r_best = med["planned"] / best_t
+        ratios_best.append(r_best)
+        r_torch = med["torch"] / med["planned"] if "torch" in med else None
+        if r_torch:
+            ratios_torch.append(r_torch)
+        row = [_shape_label(s), planned, f"{med['planned'] * 1e3:.3f}"]
+        row += [f"{med[n] * 1e3:.3f}" if n in med else "-" for n in algo_names]
+        row += [f"{med['torch'] * 1e3:.3f}" if "torch" in med else "-", best if algos else "-",
+                f"{r_best:.2f}", f"{r_torch:.2f}" if r_torch else "-"]
+        rows.append(row)
+    headers = ["layer", "planned", "planned ms"] + [f"{n} ms" for n in algo_names] + \
+              ["torch ms", "fastest", "planned/fastest", "torch/planned"]
+    print(_table(rows, headers, ["<", "<"] + [">"] * (len(headers) - 2)))
+    print(f"planned/fastest: geometric mean {timing.geomean(ratios_best):.3f}, worst {max(ratios_best):.3f} "
+          f"(1.00 = the planned choice is the fastest algorithm; the planned column includes "
+          f"the layer call overhead)")
+    if ratios_torch:
+        print(f"torch/planned: geometric mean {timing.geomean(ratios_torch):.3f} (> 1: convtune faster)")
+    return EXIT_OK
+
+
+def partial_call(layer, x):
+    return lambda: layer(x)
+
+
+# ------------------------------------------------------------------------- check
+def cmd_check(args):
+    import numpy as np
+
+    import engine
+    from . import search
+
+    dtypes = [None] if not args.dtype else (["float32", "float64"] if args.dtype == "both" else [args.dtype])
+    all_shapes = []
+    for dt in dtypes:
+        loaded = _load_configs(args.configs, args.batch, dt)
+        if loaded is None:
+            return EXIT_USAGE
+        all_shapes += loaded[1]
+    threads = args.threads or engine.get_num_threads()
+    engine.set_num_threads(threads)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    report = {"configs": args.configs, "threads": threads, "tolerance": args.tolerance,
+              "torch": torch.__version__ if torch else None, "results": [], "failures": 0}
+    rows = []
+    for s in all_shapes:
+        prep = search.Prepared(s, threads)
+        ref = prep.ref
+        t_out = t_err = None
+        if torch is not None:
+            t_out = _torch_runner(torch, s, prep.x, getattr(prep, "w", None), getattr(prep, "b", None))().numpy()
+            t_err = search.rel_error(t_out, ref)
+        scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+        for name in prep.names:
+            out = prep.output(name)
+            err = search.rel_error(out, ref)
+            if args.tolerance is not None:
+                tol = args.tolerance
+            elif name == "pool":
+                tol = search._algorithms.DEFAULT_TOLERANCE[s.params.dtype] / 10
+            else:
+                tol = search._algorithms.tolerance(name, s.params.dtype)
+            vs_torch = None
+            if t_out is not None:
+                vs_torch = (float(np.max(np.abs(out.astype(np.float64) - t_out))) / scale
+                            if out.shape == t_out.shape else math.inf)
+            ok_ref = err <= tol
+            ok_torch = vs_torch is None or vs_torch <= tol + (t_err or 0.0)
+            ok = ok_ref and ok_torch
+            report["failures"] += 0 if ok else 1
+            report["results"].append({
+                "shape": s.params.key(), "layers": s.names, "algorithm": name, "tolerance": tol,
+                "error_vs_float64": err if math.isfinite(err) else None,
+                "diff_vs_torch": vs_torch if vs_torch is None or math.isfinite(vs_torch) else None,
+                "torch_error_vs_float64": t_err, "ok": ok})
+            rows.append([_shape_label(s), name, _fmt_err(err), _fmt_err(vs_torch), f"{tol:.0e}",
+                         "ok" if ok else ("EXCESS vs float64" if not ok_ref else "EXCESS vs torch")])
+    print(_table(rows, ["shape", "algorithm", "err vs f64", "diff vs torch", "tolerance", "result"],
+                 ["<", "<", ">", ">", ">", "<"]))
+    n = len(rows)
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=1)
+        except OSError as e:
+            _err(f"cannot write the report {args.json}: {e}")
+            return EXIT_USAGE
+    if report["failures"]:
+        print(f"FAILED: {report['failures']} of {n} algorithm/shape pair(s) exceed their tolerance",
+              file=sys.stderr)
+        return EXIT_FAIL
+    print(f"all {n} algorithm/shape pair(s) within tolerance"
+          + ("" if torch else " (PyTorch not installed: checked against float64 only)"))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------- merge
+def cmd_merge(args):
+    from engine import plan as P
+
+    out = os.path.abspath(args.out)
+    plans = []
+    for path in args.inputs:
+        pf = P.read_plan(path)
+        if pf.status == "missing" or pf.status == "corrupt" or (
+                pf.status == "incompatible"):
+            msg = f"it {P._WHAT[pf.status]} ({pf.reason})"
+            if args.force:
+                print(f"skipping {path}: {msg}", file=sys.stderr)
+                continue
+            _err(f"cannot merge {path}: {msg} (--force skips it)")
+            return EXIT_USAGE
+        plans.append(pf)
+    if not plans:
+        _err("no usable input plan")
+        return EXIT_USAGE
+    hw = plans[0].header.get("hardware")
+    same = [pf for pf in plans if pf.header.get("hardware") == hw]
+    if len(same) != len(plans):
+        others = [pf.path for pf in plans if pf.header.get("hardware") != hw]
+        if not args.force:
+            _err(f"inputs come from different hardware: {plans[0].path} vs {', '.join(others)}; "
+                 f"a plan holds one kind of machine (--force keeps only those matching the first)")
+            return EXIT_USAGE
+        for o in others:
+            print(f"skipping {o}: other hardware than {plans[0].path}", file=sys.stderr)
+        plans = same
+    existing = P.read_plan(out, hw)
+    if existing.status not in ("ok", "missing") and not args.force:
+        _err(f"refusing to write {out}: it {P._WHAT[existing.status]} ({existing.reason}). "
+             f"It was left untouched "
+             f"(--force moves it aside to {out}.bak-...)")
+        return EXIT_USAGE
+    entries = [e for pf in plans for e in pf.entries.values()]
+    try:
+        total = P.write_entries(out, entries, force=args.force, hardware=hw,
+                                on_move=lambda m: print(f"moved the unusable {out} aside to {m}"))
+    except P.PlanError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    print(f"merged {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} from {len(plans)} plan(s) "
+          f"into {out}: {total} entries")
+    if hw != P.hardware_fingerprint():
+        print(f"note: {out} describes other hardware ({(hw or {}).get('cpu')}) and is not trusted here")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------- info
+def cmd_info(args):
+    import engine
+    from engine import plan as P
+    from engine.build import format_build_info
+
+    print(f"convtune engine {engine.__version__}")
+    hw = P.hardware_fingerprint()
+    print(f"CPU:       {hw['cpu']} ({hw['machine']}), {hw['cores']} cores")
+    print(f"caches:    {', '.join(f'{k} {v}' for k, v in hw['caches'].items()) or 'unknown'}")
+    print(format_build_info())
+    print(f"algorithms: {', '.join(engine.algorithms())}")
+    path, why = P.active_source()
+    if path is None:
+        print(f"plan:      none ({why})")
+    else:
+        pf = P.read_plan(path)
+        state = {"ok": f"in use, {len(pf.entries)} entries",
+                 "missing": "does not exist yet (the heuristic decides; run `convtune tune`)"}.get(
+            pf.status, f"NOT TRUSTED: it {P._WHAT.get(pf.status)} ({pf.reason})")
+        print(f"plan:      {path}\n           {why}; {state}")
+    print(f"strict:    {'on (CONVTUNE_STRICT)' if P.strict_mode() else 'off'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

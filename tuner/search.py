@@ -1,0 +1,286 @@
+"""Candidates per shape, the accuracy gate, and the choice.
+
+For one shape at one thread count (``tune_shape``):
+1. candidates: every algorithm that can compute the shape (``engine.registry.applicable``);
+2. accuracy gate: each runs once on random data (fixed seed) and its relative error
+   ``max|out - ref| / max(1, max|ref|)`` (the measure of ``engine.registry.TOLERANCE``)
+   against a float64 reference is measured; candidates over the tolerance are dropped
+   (kept in the entry's list with status "rejected: ...");
+3. the survivors are timed (``timing.compare``: interleaved, medians, finalists
+   re-measured) through the same call the layers make (``functional.run_conv`` with the
+   weights prepared once, as a layer caches them);
+4. the fastest survivor is the choice; the entry lists every candidate, ranked.
+
+Levels: ``estimate`` takes the heuristic's choice without running anything (the
+TOLERANCE table stands in for the gate); ``measure`` is the procedure above;
+``exhaustive`` measures longer (more, longer samples) and always re-measures the three
+fastest. The kernels do have internal parameters (Winograd tile block, im2col
+workspace bound) but the public ``algorithm=`` path the layers use does not take them,
+so there is nothing else to search: a plan parameter that the run time would ignore
+would be a lie. Entries carry an (empty) ``params`` object for when it does.
+
+The float64 reference is numpy (``reference_conv`` / ``reference_pool``): per kernel tap
+one float64 GEMM over a strided view of the padded input, independent of our kernels.
+"""
+import math
+import time
+from functools import partial
+
+import numpy as np
+
+import importlib
+
+import engine
+from engine import dispatch as _dispatch
+from engine import functional as _F
+from engine import plan as _plan
+from engine import shapes as _shapes
+
+from . import timing
+
+# The algorithm table module (``engine.algorithms`` is the public function listing names).
+try:
+    _algorithms = importlib.import_module("engine.registry")
+except ImportError:  # pragma: no cover - older layout
+    _algorithms = importlib.import_module("engine.algorithms")
+
+LEVEL_SETTINGS = {
+    # reps per round, minimum sample length, finalist re-measurement reps, always re-measure
+    "measure": dict(reps=7, min_sample_s=0.01, refine_reps=7, always_refine=0),
+    "exhaustive": dict(reps=15, min_sample_s=0.025, refine_reps=15, always_refine=3),
+}
+_NP_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def default_tolerance(dtype):
+    return _algorithms.DEFAULT_TOLERANCE[str(np.dtype(dtype))]
+
+
+# ------------------------------------------------------------------------- data
+def make_conv_data(p, seed=0, bias=True):
+    """Random input U(-1, 1) and PyTorch-initialised weight/bias, in ``p.dtype``."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(p.dtype)
+    x = rng.uniform(-1, 1, size=(p.n, p.c_in, p.h, p.w)).astype(dtype)
+    fan_in = (p.c_in // p.groups) * p.kernel[0] * p.kernel[1]
+    bound = 1.0 / math.sqrt(fan_in)
+    w = rng.uniform(-bound, bound, size=(p.c_out, p.c_in // p.groups, *p.kernel)).astype(dtype)
+    b = rng.uniform(-bound, bound, size=(p.c_out,)).astype(dtype) if bias else None
+    return x, w, b
+
+
+def make_pool_data(p, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, size=(p.n, p.c, p.h, p.w)).astype(np.dtype(p.dtype))
+
+
+def rel_error(out, ref):
+    """max|out - ref| / max(1, max|ref|); inf when ``out`` has a NaN/inf ``ref`` lacks."""
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != ref.shape:
+        return math.inf
+    if out.size == 0:
+        return 0.0
+    diff = np.abs(out - ref)
+    err = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
+    if np.isnan(diff).any() and not np.isnan(ref).any():
+        return math.inf
+    return err / max(1.0, float(np.max(np.abs(ref))))
+
+
+# -------------------------------------------------------------------- reference
+def reference_conv(x, w, b, p):
+    """float64 convolution in numpy, independent of the kernels: pad with the padding
+    mode, then for each group and kernel tap one GEMM over a strided view."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    top, bottom, left, right = p.pads
+    if max(p.pads):
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=_NP_PAD[p.padding_mode])
+    oh, ow = p.out_h, p.out_w
+    (sh, sw), (dh, dw), g = p.stride, p.dilation, p.groups
+    cig, cog = p.c_in // g, p.c_out // g
+    out = np.zeros((p.c_out, p.n, oh, ow))
+    for gi in range(g):
+        xg = x[:, gi * cig:(gi + 1) * cig]
+        wg = w[gi * cog:(gi + 1) * cog]
+        acc = out[gi * cog:(gi + 1) * cog]
+        for i in range(p.kernel[0]):
+            for j in range(p.kernel[1]):
+                view = xg[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                          j * dw: j * dw + sw * (ow - 1) + 1: sw]        # (n, cig, oh, ow)
+                acc += np.tensordot(wg[:, :, i, j], view, axes=([1], [1]))
+    out = out.transpose(1, 0, 2, 3)
+    if b is not None:
+        out = out + np.asarray(b, dtype=np.float64)[None, :, None, None]
+    return np.ascontiguousarray(out)
+
+
+def reference_pool(x, p, count_include_pad=True):
+    """float64 max/avg pooling with PyTorch's rules (padding, dilation, ceil_mode)."""
+    x = np.asarray(x, dtype=np.float64)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    oh, ow = p.out_h, p.out_w
+    need_h = (oh - 1) * sh + dh * (kh - 1) + 1
+    need_w = (ow - 1) * sw + dw * (kw - 1) + 1
+    extra_h = max(0, need_h - (p.h + 2 * ph))
+    extra_w = max(0, need_w - (p.w + 2 * pw))
+    fill = -np.inf if p.op == "max_pool2d" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)), constant_values=fill)
+    taps = [xp[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    if p.op == "max_pool2d":
+        out = taps[0]
+        for t in taps[1:]:
+            out = np.maximum(out, t)
+        return np.ascontiguousarray(out)
+
+    def sizes(o, k, s, pad, size):
+        start = np.arange(o) * s - pad
+        end = np.minimum(start + k, size + pad)
+        full = end - start
+        return full, np.minimum(end, size) - np.maximum(start, 0)
+    full_h, in_h = sizes(oh, kh, sh, ph, p.h)
+    full_w, in_w = sizes(ow, kw, sw, pw, p.w)
+    div = np.outer(full_h, full_w) if count_include_pad else np.outer(in_h, in_w)
+    return np.ascontiguousarray(sum(taps) / div)
+
+
+# ------------------------------------------------------------------- the search
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _check_status(err, tol):
+    if not math.isfinite(err):
+        return "rejected: non-finite output"
+    if err > tol:
+        return f"rejected: error {err:.2e} > tolerance {tol:.1e}"
+    return "ok"
+
+
+class Prepared:
+    """A shape's data and the per-algorithm runners, set up once for gate and timing."""
+
+    def __init__(self, shape, threads, seed=0):
+        self.shape, self.p, self.threads = shape, shape.params, threads
+        if isinstance(self.p, _shapes.ConvParams):
+            self.x, self.w, self.b = make_conv_data(self.p, seed, shape.bias)
+            self.names = _algorithms.applicable(self.p)
+        else:
+            self.x = make_pool_data(self.p, seed)
+            self.names = ["pool"]
+        self._ref = None
+        self._prepared = {}
+
+    @property
+    def ref(self):
+        if self._ref is None:
+            if isinstance(self.p, _shapes.ConvParams):
+                self._ref = reference_conv(self.x, self.w, self.b, self.p)
+            else:
+                self._ref = reference_pool(self.x, self.p, self.shape.count_include_pad)
+        return self._ref
+
+    def runner(self, name):
+        """A zero-argument callable computing the shape with ``name`` (what a layer runs)."""
+        p, t = self.p, self.threads
+        if isinstance(p, _shapes.ConvParams):
+            x4 = _F.as_kernel_array(self.x, self.x.dtype)
+            if name not in self._prepared:
+                self._prepared[name] = _algorithms.REGISTRY[name].prepare_weight(self.w, p)
+            return partial(_F.run_conv, x4, self._prepared[name], self.b, p, name, t)
+        if p.op == "max_pool2d":
+            return partial(_F.run_max_pool, self.x, p, False, t)
+        return partial(_F.run_avg_pool, self.x, p, self.shape.count_include_pad, 0, t)
+
+    def output(self, name):
+        out = self.runner(name)()
+        return out[0] if isinstance(out, tuple) else out
+
+    def error(self, name):
+        return rel_error(self.output(name), self.ref)
+
+
+def estimate_entry(shape, threads, tolerance):
+    """The heuristic's decision as a plan entry (nothing is run)."""
+    p = shape.params
+    key = _plan.params_key(p, threads)
+    if not isinstance(p, _shapes.ConvParams):
+        return {"key": key, "algorithm": "pool", "params": {}, "level": "estimate",
+                "tolerance": tolerance, "time_s": None, "tuned_at": _now(),
+                "candidates": [{"algorithm": "pool", "params": {}, "median_s": None, "spread": None,
+                                "error": None, "status": "ok"}]}
+    names = _algorithms.applicable(p)
+    choice, reason = _dispatch.heuristic(p)
+    cands = []
+    for n in names:
+        bound = _algorithms.tolerance(n, p.dtype)
+        cands.append({"algorithm": n, "params": {}, "median_s": None, "spread": None, "error": None,
+                      "error_bound": bound,
+                      "status": "ok" if bound <= tolerance else
+                      f"rejected: documented error bound {bound:.1e} > tolerance {tolerance:.1e}"})
+    ok = [c["algorithm"] for c in cands if c["status"] == "ok"]
+    if not ok:
+        return None
+    if choice not in ok:
+        choice, reason = ok[0], f"the heuristic's {choice} is over the tolerance; first accurate"
+    cands.sort(key=lambda c: (c["algorithm"] != choice, c["status"] != "ok"))
+    return {"key": key, "algorithm": choice, "params": {}, "level": "estimate", "tolerance": tolerance,
+            "time_s": None, "tuned_at": _now(), "reason": reason, "candidates": cands}
+
+
+def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, on_step=None,
+               reps=None):
+    """Tune one shape at ``threads`` threads. Returns (entry or None, message).
+
+    ``entry`` is None when every candidate fails the accuracy gate; ``message`` says
+    what was chosen or why nothing was. ``on_step(text)`` reports progress; ``reps``
+    overrides the level's samples per candidate."""
+    p = shape.params
+    tolerance = default_tolerance(p.dtype) if tolerance is None else float(tolerance)
+    if level == "estimate":
+        e = estimate_entry(shape, threads, tolerance)
+        if e is None:
+            return None, f"no algorithm's documented error bound is within tolerance {tolerance:.1e}"
+        return e, f"{e['algorithm']} (heuristic)"
+    settings = dict(LEVEL_SETTINGS[level])
+    if reps:
+        settings.update(reps=reps, refine_reps=reps)
+    engine.set_num_threads(threads)
+    prep = Prepared(shape, threads)
+    cands = {}
+    for name in prep.names:
+        if on_step:
+            on_step(f"checking {name}")
+        err = prep.error(name)
+        cands[name] = {"algorithm": name, "params": {}, "median_s": None, "spread": None,
+                       "error": err if math.isfinite(err) else None,
+                       "status": _check_status(err, tolerance)}
+        if deadline is not None and time.monotonic() > deadline:
+            raise timing.DeadlineReached()
+    ok = [n for n, c in cands.items() if c["status"] == "ok"]
+    if not ok:
+        best = min(cands.values(), key=lambda c: c["error"] if c["error"] is not None else math.inf)
+        return None, (f"no algorithm within tolerance {tolerance:.1e} "
+                      f"(least error: {best['algorithm']} {best['error'] or math.inf:.2e})")
+    fns = {n: prep.runner(n) for n in ok}
+    stats, refined = timing.compare(
+        fns, reps=settings["reps"], min_sample_s=settings["min_sample_s"],
+        refine_reps=settings["refine_reps"], always_refine=settings["always_refine"],
+        deadline=deadline, on_sample=(lambda n: on_step(f"timing {n}")) if on_step else None)
+    for n, st in stats.items():
+        cands[n].update(median_s=st.median, spread=round(st.spread, 4), samples=len(st.samples))
+    ranked = sorted(cands.values(), key=lambda c: (c["median_s"] is None, c["median_s"] or 0,
+                                                    c["error"] if c["error"] is not None else math.inf))
+    best = ranked[0]
+    entry = {"key": _plan.params_key(p, threads), "algorithm": best["algorithm"], "params": {},
+             "level": level, "tolerance": tolerance, "time_s": best["median_s"], "tuned_at": _now(),
+             "remeasured": refined, "candidates": ranked}
+    msg = f"{best['algorithm']} {timing.format_time(best['median_s'])}"
+    if len(ranked) > 1 and ranked[1]["median_s"]:
+        msg += f" (next {ranked[1]['algorithm']} +{ranked[1]['median_s'] / best['median_s'] - 1:.0%})"
+    rejected = [c["algorithm"] for c in ranked if c["status"] != "ok"]
+    if rejected:
+        msg += f"; rejected by the accuracy gate: {', '.join(rejected)}"
+    return entry, msg

@@ -1,0 +1,185 @@
+"""Timing: the one place for warm-up, repetitions, interleaving, medians and spread.
+
+Used by the tuner (``convtune tune``/``bench``) and by ``benchmarks/bench_layers.py``.
+
+The procedure (``compare``):
+1. warm-up: each candidate runs ``warmup`` times (first-touch pages, weight caches,
+   BLAS buffers, the OpenMP team);
+2. calibration: the number of calls per sample (``inner``) doubles until one sample
+   takes at least ``min_sample_s``, so the clock's resolution and the loop's overhead
+   do not matter for fast kernels;
+3. ``reps`` rounds; in each round every candidate takes one sample, the order rotated
+   round by round, so a slow drift of the machine (another process, thermal) hits all
+   candidates alike instead of biasing whichever ran last;
+4. each candidate's per-call time is the median of its samples; spread is the
+   interquartile range relative to the median;
+   (if a sample runs far over its target, e.g. on a loaded machine, later samples
+   take fewer calls; each sample is normalised per call, so they stay comparable);
+5. refinement: candidates whose medians lie within noise of the fastest (``finalists``)
+   are measured again, interleaved among themselves, and the new samples are pooled
+   (again, up to twice more, while they stay close and noisy).
+
+A ``deadline`` (time.monotonic() value) aborts with ``DeadlineReached`` between samples.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+clock = time.perf_counter
+
+
+class DeadlineReached(Exception):
+    """The time budget ran out in the middle of a measurement."""
+
+
+@dataclass
+class Stats:
+    """Per-call time statistics of one candidate (seconds)."""
+    samples: list = field(default_factory=list)
+    inner: int = 1
+
+    @property
+    def median(self):
+        return _quantile(sorted(self.samples), 0.5)
+
+    @property
+    def spread(self):
+        """(q75 - q25) / median: the relative noise of the samples."""
+        s = sorted(self.samples)
+        med = _quantile(s, 0.5)
+        return (_quantile(s, 0.75) - _quantile(s, 0.25)) / med if med > 0 else 0.0
+
+    @property
+    def min(self):
+        return min(self.samples)
+
+    def as_dict(self):
+        return {"median_s": self.median, "spread": round(self.spread, 4), "min_s": self.min,
+                "samples": len(self.samples), "calls_per_sample": self.inner}
+
+
+def _quantile(sorted_values, q):
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _check(deadline):
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineReached()
+
+
+def sample(fn, inner):
+    """Seconds per call of ``fn`` over ``inner`` back-to-back calls."""
+    t0 = clock()
+    for _ in range(inner):
+        fn()
+    return (clock() - t0) / inner
+
+
+def calibrate(fn, min_sample_s, warmup=1, deadline=None, max_inner=1 << 20):
+    """Warm ``fn`` up, then double the calls per sample until a sample lasts at least
+    ``min_sample_s``. Returns (inner, seconds per call of the last trial)."""
+    for _ in range(warmup):
+        fn()
+        _check(deadline)
+    inner = 1
+    while True:
+        t = sample(fn, inner)
+        _check(deadline)
+        if t * inner >= min_sample_s or inner >= max_inner:
+            return inner, t
+        # jump close to the target, at least doubling
+        inner = min(max_inner, max(inner * 2, int(math.ceil(min_sample_s / max(t, 1e-9) * 1.1))))
+
+
+def measure(fns, reps=7, min_sample_s=0.01, warmup=1, deadline=None, stats=None, on_sample=None):
+    """Interleaved measurement of ``fns`` (name -> zero-argument callable).
+
+    Returns name -> Stats. ``stats`` (from an earlier call) is extended in place,
+    reusing its calibration; ``on_sample(name)`` is called after every sample."""
+    names = list(fns)
+    stats = {} if stats is None else stats
+    for name in names:
+        if name not in stats:
+            inner, _ = calibrate(fns[name], min_sample_s, warmup, deadline)
+            stats[name] = Stats([], inner)
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            st = stats[name]
+            t = sample(fns[name], st.inner)
+            st.samples.append(t)
+            # A loaded machine can make calls much slower than at calibration: keep
+            # samples near their target length instead of letting them balloon.
+            if t * st.inner > 4 * min_sample_s and st.inner > 1:
+                st.inner = max(1, int(min_sample_s / t))
+            if on_sample is not None:
+                on_sample(name)
+            _check(deadline)
+    return stats
+
+
+def finalists(stats, noise_floor=0.03):
+    """Names whose median is within noise of the fastest: median_i <= best * (1 + tol),
+    tol = max(noise_floor, the two candidates' spreads added)."""
+    if not stats:
+        return []
+    best_name = min(stats, key=lambda n: stats[n].median)
+    best = stats[best_name]
+    out = []
+    for name, st in stats.items():
+        tol = max(noise_floor, best.spread + st.spread)
+        if st.median <= best.median * (1.0 + tol):
+            out.append(name)
+    return sorted(out, key=lambda n: stats[n].median)
+
+
+def compare(fns, reps=7, min_sample_s=0.01, warmup=1, refine_reps=None, deadline=None,
+            on_sample=None, always_refine=0, extra_rounds=2, noisy_spread=0.15):
+    """``measure`` then re-measure the finalists (pooled samples). ``always_refine``
+    re-measures at least that many of the fastest even when clearly apart; while the
+    re-measured candidates stay within noise of each other with a spread above
+    ``noisy_spread``, up to ``extra_rounds`` more rounds are taken.
+
+    Returns (name -> Stats, list of names re-measured)."""
+    stats = measure(fns, reps, min_sample_s, warmup, deadline, on_sample=on_sample)
+    fin = finalists(stats)
+    if always_refine:
+        ranked = sorted(stats, key=lambda n: stats[n].median)
+        fin = list(dict.fromkeys(fin + ranked[:always_refine]))
+    if len(fin) > 1:
+        measure({n: fns[n] for n in fin}, refine_reps or reps, min_sample_s, 0, deadline,
+                stats=stats, on_sample=on_sample)
+        # Still noisy (a busy machine): up to ``extra_rounds`` more rounds among those
+        # still within noise of each other, so their medians rest on more samples.
+        for _ in range(extra_rounds):
+            close = finalists({n: stats[n] for n in fin})
+            if len(close) < 2 or max(stats[n].spread for n in close) <= noisy_spread:
+                break
+            measure({n: fns[n] for n in close}, refine_reps or reps, min_sample_s, 0, deadline,
+                    stats=stats, on_sample=on_sample)
+    else:
+        fin = []
+    return stats, fin
+
+
+def format_time(seconds):
+    """'12.3 ms', '45.6 us', '1.23 s'."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms" if seconds < 0.1 else f"{seconds * 1e3:.0f} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+def geomean(values):
+    vals = [v for v in values if v and v > 0 and not math.isnan(v)]
+    if not vals:
+        return math.nan
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
