@@ -1,4 +1,6 @@
-"""Layers: Conv2d, MaxPool2d, AvgPool2d, holding parameters like their PyTorch twins.
+"""Layers, holding parameters like their PyTorch twins: Conv2d, MaxPool2d, AvgPool2d,
+and what whole networks need around them: ReLU, BatchNorm2d, Linear, Flatten,
+AdaptiveAvgPool2d, Dropout, Identity. Every layer is an ``engine.Module``.
 
 A layer validates its hyper-parameters when built, and on each call only what depends
 on the input. ``Conv2d`` resolves its algorithm once per input shape (forced > plan >
@@ -6,7 +8,11 @@ heuristic, see ``dispatch``) and caches the weights in the form each algorithm w
 (e.g. Winograd-transformed); assigning ``weight`` or ``bias`` drops that cache. The
 stored weight and bias are read-only copies, so the cache can never go stale behind
 the layer's back: to change weights, assign a new array.
+
+``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
+kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
 """
+import copy
 import math
 import numbers
 
@@ -17,7 +23,8 @@ from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
 from . import shapes as _shapes
-from .threads import get_num_threads
+from .module import Module
+from .threads import blas_single_threaded, get_num_threads
 
 _default_rng = np.random.default_rng()
 
@@ -36,32 +43,44 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
-def _frozen(array, dtype, shape, name):
+def _frozen(array, dtype, shape, name, op="Conv2d"):
     """A private read-only C-contiguous copy of ``array`` with the expected shape."""
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"Conv2d: {name} must be a numpy.ndarray, got {type(array).__name__}")
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(array).__name__}")
     if array.dtype.kind != "f":
-        raise TypeError(f"Conv2d: {name} has dtype {array.dtype}; expected float32 or float64")
+        raise TypeError(f"{op}: {name} has dtype {array.dtype}; expected float32 or float64")
     if array.shape != shape:
-        raise ValueError(f"Conv2d: {name} must have shape {shape}, got {array.shape}")
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {array.shape}")
     out = np.array(array, dtype=dtype, order="C", copy=True)
     out.flags.writeable = False
     return out
 
 
-class Conv2d:
+def _check_init(init, op):
+    if not isinstance(init, (bool, np.bool_)):
+        raise TypeError(f"{op}: init must be a bool, got {init!r}")
+    return bool(init)
+
+
+class Conv2d(Module):
     """2-D convolution layer, as ``torch.nn.Conv2d`` (numpy arrays in and out).
 
     Weights are initialised as PyTorch does (Kaiming-uniform with a=sqrt(5), i.e.
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound for the bias), drawn from
-    ``seed`` (an int or numpy Generator) or the generator ``engine.manual_seed`` sets.
+    ``seed`` (an int or numpy Generator) or the generator ``engine.manual_seed`` sets;
+    ``init=False`` zero-fills them instead (for layers whose weights are loaded next).
     ``algorithm`` forces an algorithm for every call; otherwise plan or heuristic.
+    ``fused_relu`` (default False; ``engine.fuse`` sets it) makes the kernel clamp
+    its output at zero as it writes it: the layer then computes relu(conv(x) + bias).
+    State-dict keys: ``weight`` and, when there is a bias, ``bias``.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", *, dtype=np.float32, seed=None,
-                 algorithm=None):
+                 algorithm=None, init=True):
+        super().__init__()
         op = "Conv2d"
+        init = _check_init(init, op)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{op}: {name} must be an int, got {v!r}")
@@ -89,15 +108,20 @@ class Conv2d:
         if algorithm is not None:
             _registry.get(algorithm)
         self.algorithm = algorithm
+        self.fused_relu = False
         self._resolved = {}
 
-        rng = _rng(seed)
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / math.sqrt(fan_in)
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._weight = self._bias = None
-        self.weight = rng.uniform(-bound, bound, size=shape)
-        self.bias = rng.uniform(-bound, bound, size=(out_channels,)) if bias else None
+        if init:
+            rng = _rng(seed)
+            self.weight = rng.uniform(-bound, bound, size=shape)
+            self.bias = rng.uniform(-bound, bound, size=(out_channels,)) if bias else None
+        else:
+            self.weight = np.zeros(shape, self.dtype)
+            self.bias = np.zeros(out_channels, self.dtype) if bias else None
 
     # Parameters: assigning either drops every cached form of the weights.
     @property
@@ -142,6 +166,7 @@ class Conv2d:
         return prepared
 
     def forward(self, x):
+        """Convolve ``x`` (N, C_in, H, W) or (C_in, H, W); relu too when fused_relu."""
         x4, dtype, unbatched = F.input_4d(x, "Conv2d")
         if dtype != self.dtype:
             raise TypeError(f"Conv2d: input dtype ({dtype}) and weight dtype ({self.dtype}) "
@@ -149,10 +174,37 @@ class Conv2d:
         threads = get_num_threads()
         p, choice = self._resolve(x4.shape, threads)
         w = self.prepared_weight(choice.algorithm, p)
-        out = F.run_conv(x4, w, self._bias, p, choice.algorithm, threads)
+        out = F.run_conv(x4, w, self._bias, p, choice.algorithm, threads, relu=self.fused_relu)
         return out[0] if unbatched else out
 
-    __call__ = forward
+    def _own_state(self):
+        state = {"weight": self._weight}
+        if self._bias is not None:
+            state["bias"] = self._bias
+        return state
+
+    def _load_own(self, name, value):
+        if name == "weight":
+            self.weight = np.asarray(value, dtype=self.dtype)
+        elif name == "bias":
+            self.bias = np.asarray(value, dtype=self.dtype)
+        else:
+            raise KeyError(name)
+
+    def __deepcopy__(self, memo):
+        # The copy gets its own read-only arrays; cached forms are rebuilt on demand.
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k in ("_weight", "_bias", "_prepared", "_resolved"):
+                continue
+            object.__setattr__(new, k, copy.deepcopy(v, memo))
+        object.__setattr__(new, "_weight", None)
+        object.__setattr__(new, "_bias", None)
+        new.weight = self._weight
+        new.bias = self._bias
+        object.__setattr__(new, "_resolved", {})
+        return new
 
     def explain(self, input_shape):
         """Which algorithm a call on ``input_shape`` uses, and why (see engine.explain)."""
@@ -176,38 +228,41 @@ class Conv2d:
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.fused_relu:
+            s += ", fused_relu=True"
         return s
 
     def __repr__(self):
         return f"Conv2d({self.extra_repr()})"
 
 
-class MaxPool2d:
+class MaxPool2d(Module):
     """2-D max pooling layer, as ``torch.nn.MaxPool2d``."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
                  ceil_mode=False):
+        super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = _shapes.pool_window(
             "MaxPool2d", kernel_size, stride, padding, dilation)
         self.return_indices = bool(return_indices)
         self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
+        """Max-pool ``x``; (output, indices) when return_indices."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode, self.return_indices)
-
-    __call__ = forward
 
     def __repr__(self):
         return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode})")
 
 
-class AvgPool2d:
+class AvgPool2d(Module):
     """2-D average pooling layer, as ``torch.nn.AvgPool2d``."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
+        super().__init__()
         self.kernel_size, self.stride, self.padding, _ = _shapes.pool_window(
             "AvgPool2d", kernel_size, stride, padding, 1)
         self.ceil_mode = bool(ceil_mode)
@@ -216,12 +271,308 @@ class AvgPool2d:
         self.divisor_override = divisor_override
 
     def forward(self, x):
+        """Average-pool ``x``."""
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
-
-    __call__ = forward
 
     def __repr__(self):
         return (f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad})")
+
+
+# ----------------------------------------------------------- what networks need around
+def _check_dtype(dtype, op):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _check_array(x, op):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{op}: input must be a numpy.ndarray, got {type(x).__name__}")
+    return x
+
+
+def _positive_int(v, name, op):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {v!r}")
+    if v <= 0:
+        raise ValueError(f"{op}: {name} must be positive, got {v}")
+    return int(v)
+
+
+class Identity(Module):
+    """Returns its input unchanged, as ``torch.nn.Identity`` (fusion leaves these where
+    a BatchNorm or ReLU was folded away, so child indices and key names stay put)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        """``x`` itself."""
+        return x
+
+
+class ReLU(Module):
+    """max(x, 0) elementwise, as ``torch.nn.ReLU`` (NaN stays NaN). ``inplace`` is
+    accepted for compatibility and ignored: the input array is never modified."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        """A new array max(x, 0)."""
+        return np.maximum(_check_array(x, "ReLU"), 0)
+
+
+class Dropout(Module):
+    """``torch.nn.Dropout`` at inference: the identity (``p`` is kept for repr only)."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p, self.inplace = float(p), bool(inplace)
+
+    def forward(self, x):
+        """``x`` itself (the engine only infers)."""
+        return x
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """Flattens dimensions ``start_dim..end_dim`` into one, as ``torch.nn.Flatten``
+    (a view when the input is contiguous)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"Flatten: {name} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def forward(self, x):
+        """``x`` reshaped with dimensions start_dim..end_dim merged."""
+        x = _check_array(x, "Flatten")
+        nd = max(x.ndim, 1)
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < nd and 0 <= e < nd) or s > e:
+            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
+                             f"fit an input of shape {x.shape}")
+        return x.reshape(*x.shape[:s], -1, *x.shape[e + 1:])
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, as ``torch.nn.Linear``; numpy's matmul (BLAS) computes it.
+
+    ``weight`` is (out_features, in_features), ``bias`` (out_features,) or None, both
+    read-only copies as in ``Conv2d``; initialised like PyTorch (U(-1/sqrt(in),
+    1/sqrt(in))) from ``seed`` or ``engine.manual_seed``'s generator, or zero-filled
+    with ``init=False``. State-dict keys: ``weight``, ``bias``.
+
+    Fewer than ``THREADED_ROWS`` input rows make a matrix-vector-like product bound by
+    reading the weights: threaded BLAS does not speed it up, and its threads collide
+    with the convolutions' OpenMP team still spinning (measured: 512->1000 at batch 1
+    0.2 ms on one BLAS thread, 11 ms threaded; VGG's 25088->4096 at batch 8 110 ms vs
+    350 ms), so such products run with the BLAS pool held at one thread.
+    """
+    THREADED_ROWS = 32
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None,
+                 init=True):
+        super().__init__()
+        op = "Linear"
+        self.in_features = _positive_int(in_features, "in_features", op)
+        self.out_features = _positive_int(out_features, "out_features", op)
+        self.dtype = _check_dtype(dtype, op)
+        shape = (self.out_features, self.in_features)
+        self._weight = self._bias = None
+        if _check_init(init, op):
+            rng = _rng(seed)
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.weight = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            self.bias = rng.uniform(-bound, bound, size=shape[0]).astype(self.dtype) if bias else None
+        else:
+            self.weight = np.zeros(shape, self.dtype)
+            self.bias = np.zeros(shape[0], self.dtype) if bias else None
+
+    @property
+    def weight(self):
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):
+        self._weight = _frozen(value, self.dtype, (self.out_features, self.in_features), "weight", "Linear")
+
+    @property
+    def bias(self):
+        return self._bias
+
+    @bias.setter
+    def bias(self, value):
+        self._bias = None if value is None else _frozen(value, self.dtype, (self.out_features,), "bias", "Linear")
+
+    def forward(self, x):
+        """x (..., in_features) -> (..., out_features)."""
+        x = _check_array(x, "Linear")
+        if x.dtype != self.dtype:
+            raise TypeError(f"Linear: input dtype ({x.dtype}) and weight dtype ({self.dtype}) "
+                            f"should be the same")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected an input whose last dimension is {self.in_features}, "
+                             f"got shape {x.shape}")
+        rows = x.size // self.in_features
+        if rows < self.THREADED_ROWS:
+            with blas_single_threaded():
+                out = np.matmul(x, self._weight.T)
+        else:
+            out = np.matmul(x, self._weight.T)
+        if self._bias is not None:
+            out += self._bias
+        return out
+
+    def _own_state(self):
+        state = {"weight": self._weight}
+        if self._bias is not None:
+            state["bias"] = self._bias
+        return state
+
+    def _load_own(self, name, value):
+        setattr(self, name, np.asarray(value, dtype=self.dtype))
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self._bias is not None}")
+
+
+class BatchNorm2d(Module):
+    """``torch.nn.BatchNorm2d`` at inference: per channel c,
+    y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c].
+
+    With ``track_running_stats=False`` the statistics are the input's own (biased
+    variance over N, H, W), as PyTorch does then even in eval mode. ``momentum`` is
+    kept for compatibility (the engine does not train). State-dict keys: ``weight``,
+    ``bias`` (if affine), ``running_mean``, ``running_var``, ``num_batches_tracked``
+    (if track_running_stats). ``engine.fuse`` folds it into the preceding Conv2d.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 *, dtype=np.float32):
+        super().__init__()
+        op = "BatchNorm2d"
+        self.num_features = _positive_int(num_features, "num_features", op)
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or eps < 0:
+            raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
+        self.eps, self.momentum = float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self.dtype = _check_dtype(dtype, op)
+        c = self.num_features
+        self.weight = np.ones(c, self.dtype) if self.affine else None
+        self.bias = np.zeros(c, self.dtype) if self.affine else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(c, self.dtype)
+            self.running_var = np.ones(c, self.dtype)
+            self.num_batches_tracked = np.zeros((), np.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    _STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def _own_state(self):
+        return {k: getattr(self, k) for k in self._STATE if getattr(self, k) is not None}
+
+    def _load_own(self, name, value):
+        dtype = np.int64 if name == "num_batches_tracked" else self.dtype
+        setattr(self, name, np.array(value, dtype=dtype))
+
+    def scale_shift(self, x=None):
+        """(scale, shift), float64 per channel, so that BN(x) = x * scale + shift.
+
+        Needs ``x`` only without running statistics (to take the batch's own)."""
+        if self.track_running_stats:
+            mean = self.running_mean.astype(np.float64)
+            var = self.running_var.astype(np.float64)
+        else:
+            if x is None:
+                raise ValueError("BatchNorm2d without running statistics needs the input")
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+            var = x.var(axis=(0, 2, 3), dtype=np.float64)
+        scale = 1.0 / np.sqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+            shift = self.bias - mean * scale
+        else:
+            shift = -mean * scale
+        return scale, shift
+
+    def forward(self, x):
+        """Normalise x (N, C, H, W) per channel."""
+        x = _check_array(x, "BatchNorm2d")
+        if x.ndim != 4:
+            raise ValueError(f"BatchNorm2d: expected a 4-D (N, C, H, W) input, got shape {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d: expected {self.num_features} channels, got input of "
+                             f"shape {x.shape}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"BatchNorm2d: input dtype ({x.dtype}) and parameter dtype "
+                            f"({self.dtype}) should be the same")
+        scale, shift = self.scale_shift(x)
+        out = x * scale.astype(x.dtype)[:, None, None]
+        out += shift.astype(x.dtype)[:, None, None]
+        return out
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class AdaptiveAvgPool2d(Module):
+    """``torch.nn.AdaptiveAvgPool2d``: output cell (i, j) averages input rows
+    floor(i*H/OH) .. ceil((i+1)*H/OH) - 1 (and likewise columns). ``output_size`` is an
+    int or a pair whose entries may be None (keep that input size). When the input
+    divides evenly this is an AvgPool2d with kernel = stride = H/OH, run by the
+    compiled pooling kernel."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        if isinstance(output_size, (list, tuple)):
+            if len(output_size) != 2:
+                raise ValueError(f"AdaptiveAvgPool2d: output_size must be an int or a pair, "
+                                 f"got {output_size!r}")
+            size = tuple(output_size)
+        else:
+            size = (output_size, output_size)
+        for s in size:
+            if s is not None:
+                _positive_int(s, "output_size", "AdaptiveAvgPool2d")
+        self.output_size = tuple(None if s is None else int(s) for s in size)
+
+    def forward(self, x):
+        """Average-pool ``x`` (N, C, H, W) or (C, H, W) to output_size."""
+        x4, dtype, unbatched = F.input_4d(x, "AdaptiveAvgPool2d")
+        n, c, h, w = x4.shape
+        oh = h if self.output_size[0] is None else self.output_size[0]
+        ow = w if self.output_size[1] is None else self.output_size[1]
+        if h % oh == 0 and w % ow == 0:
+            out = F.avg_pool2d(x4, (h // oh, w // ow))
+        else:
+            out = np.empty((n, c, oh, ow), dtype)
+            for i in range(oh):
+                h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+                for j in range(ow):
+                    w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+                    out[:, :, i, j] = x4[:, :, h0:h1, w0:w1].mean(axis=(2, 3), dtype=np.float64)
+        return out[0] if unbatched else out
+
+    def extra_repr(self):
+        size = self.output_size
+        return f"output_size={size[0] if size[0] == size[1] else size}"

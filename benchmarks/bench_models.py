@@ -1,0 +1,206 @@
+"""Whole-network latency: convtune against PyTorch eager at the same thread count.
+
+Each network is built in PyTorch with torchvision's structure and random weights
+(tests/torch_reference.py), converted with ``engine.from_torch`` and, by default,
+fused (``engine.fuse``: BatchNorm folded, ReLU in the kernels). Engine and torch runs
+are interleaved and each side's median is reported, with torch_ms / engine_ms (> 1
+means the engine is faster); the minimum of each side's runs and their ratio follow,
+the steadier estimate when other work shares the machine. The engine uses the plan given with ``--plan`` (else
+CONVTUNE_PLAN, else its heuristic).
+
+    python benchmarks/bench_models.py                       # resnet18 vgg16 mobilenet_v1, batch 1 and 8
+    python benchmarks/bench_models.py --models resnet18 --batch 1 --profile
+    python benchmarks/bench_models.py --plan plan.json --threads 2 --repeat 20
+
+``--clock cpu`` times with this process's CPU time instead of wall time: on a
+machine shared with other work it is far less disturbed (use it with --threads 1).
+``--profile`` adds a per-layer table for each (model, batch): every leaf layer's
+median time in the engine, its algorithm and where that came from, and for each
+convolution the time of torch's conv2d on the same shape and weights (+ its ReLU when
+the engine layer has it fused), so the gap is visible layer by layer.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+import engine  # noqa: E402
+
+
+CLOCK = time.perf_counter     # --clock cpu: time.process_time (this process's CPU time)
+PAUSE = 0.0                   # --pause: seconds of sleep before each timed run
+
+
+def _timed(fn):
+    if PAUSE:
+        time.sleep(PAUSE)
+    t0 = CLOCK()
+    fn()
+    return (CLOCK() - t0) * 1e3
+
+
+def interleaved(fns, repeat, warmup, stat=statistics.median):
+    """Medians (ms; or ``stat`` of each list of times, e.g. ``min`` or ``list``) of
+    ``fns`` run alternately ``repeat`` times after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, f in enumerate(fns):
+            times[i].append(_timed(f))
+    return [stat(t) for t in times]
+
+
+def build(name, torch):
+    """(torch model in eval mode, engine model converted from it)."""
+    import torch_reference as ref
+    torch.manual_seed(0)
+    tm = ref.BUILDERS[name]()
+    ref.randomize_bn(tm)
+    tm.eval()
+    return tm, engine.from_torch(tm)
+
+
+def profile(model, x, repeat, torch, stat):
+    """Per-leaf-layer engine times (ms, ``stat`` over ``repeat`` runs of the whole
+    model) on ``x``, with torch's time for each convolution on the same shape."""
+    import torch.nn.functional as TF
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    records = {}
+    starts = {}
+
+    def pre(m, args):
+        starts[id(m)] = CLOCK()
+
+    def post(m, args, out):
+        dt = (CLOCK() - starts[id(m)]) * 1e3
+        rec = records.setdefault(id(m), {"times": [], "shape": args[0].shape})
+        rec["times"].append(dt)
+
+    handles = []
+    for _, m in leaves:
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        for _ in range(repeat):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, m in leaves:
+        rec = records.get(id(m))
+        if rec is None:
+            continue
+        row = {"name": name, "layer": type(m).__name__, "ms": stat(rec["times"]),
+               "shape": rec["shape"], "algo": "", "torch_ms": None, "gflops": None}
+        if isinstance(m, engine.Conv2d):
+            info = m.explain(rec["shape"])
+            row["algo"] = f"{info['algorithm']} ({info['source']})"
+            p = m._params(rec["shape"])
+            row["gflops"] = p.flops / row["ms"] / 1e6
+            tx = torch.from_numpy(np.random.default_rng(0).standard_normal(rec["shape"]).astype(m.dtype))
+            tw = torch.from_numpy(np.array(m.weight))
+            tb = None if m.bias is None else torch.from_numpy(np.array(m.bias))
+            relu = m.fused_relu
+
+            def run_torch():
+                with torch.inference_mode():
+                    y = TF.conv2d(tx, tw, tb, m.stride, m.padding, m.dilation, m.groups)
+                    return TF.relu(y) if relu else y
+            row["torch_ms"] = interleaved([run_torch], repeat, 2, stat)[0]
+        rows.append(row)
+    return rows
+
+
+def print_profile(rows, total_ms):
+    print(f"  {'layer':<28}{'type':<18}{'input':<20}{'engine ms':>10}{'torch ms':>10}"
+          f"{'ratio':>7}{'GFLOP/s':>9}  algorithm")
+    conv_e = conv_t = 0.0
+    for r in rows:
+        t = "" if r["torch_ms"] is None else f"{r['torch_ms']:.3f}"
+        ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['ms']:.2f}"
+        g = "" if r["gflops"] is None else f"{r['gflops']:.0f}"
+        if r["torch_ms"] is not None:
+            conv_e += r["ms"]
+            conv_t += r["torch_ms"]
+        print(f"  {r['name']:<28}{r['layer']:<18}{str(tuple(r['shape'])):<20}{r['ms']:>10.3f}"
+              f"{t:>10}{ratio:>7}{g:>9}  {r['algo']}")
+    layers = sum(r["ms"] for r in rows)
+    print(f"  sum of layers {layers:.2f} ms (whole model {total_ms:.2f} ms); convolutions: "
+          f"engine {conv_e:.2f} ms, torch {conv_t:.2f} ms")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "vgg16", "mobilenet_v1"],
+                    choices=["resnet18", "resnet50", "vgg16", "mobilenet_v1", "seed_cnn"])
+    ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--size", type=int, default=224, help="input height and width")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=11, help="timed runs per side")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--plan", help="a tuned plan (JSON) for the engine")
+    ap.add_argument("--no-fuse", action="store_true", help="run the unfused model")
+    ap.add_argument("--pause", type=float, default=0.02,
+                    help="seconds to sleep before each timed run (default 0.02), so the other "
+                         "side's OpenMP threads have stopped spinning: torch and the engine "
+                         "each bring an OpenMP runtime, and on 2 cores their spinning "
+                         "teams would otherwise slow each other down")
+    ap.add_argument("--profile", action="store_true", help="per-layer table for each run")
+    ap.add_argument("--profile-stat", choices=["median", "min"], default="median",
+                    help="per-layer statistic (min is steadier on a busy machine)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall time (default), or this process's CPU time, which a loaded "
+                         "machine disturbs less (at 1 thread it is the work done)")
+    args = ap.parse_args(argv)
+    global CLOCK, PAUSE
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    PAUSE = args.pause
+
+    import torch
+    torch.set_num_threads(args.threads)
+    engine.set_num_threads(args.threads)
+    if args.plan:
+        engine.use_plan(args.plan)
+    print(f"{args.clock} clock, threads {args.threads}, input {args.size}x{args.size}, plan "
+          f"{args.plan or os.environ.get('CONVTUNE_PLAN') or 'none (heuristic)'}, "
+          f"{'unfused' if args.no_fuse else 'fused'}, medians of {args.repeat} interleaved runs")
+    print(f"{'model':<14}{'batch':>6}{'torch ms':>11}{'engine ms':>11}{'torch/engine':>14}"
+          f"{'| min: torch':>13}{'engine':>9}{'ratio':>7}")
+    for name in args.models:
+        tm, em = build(name, torch)
+        if not args.no_fuse:
+            em = engine.fuse(em)
+        for n in args.batch:
+            x = np.random.default_rng(1).standard_normal((n, 3, args.size, args.size)).astype(np.float32)
+            tx = torch.from_numpy(x)
+
+            def run_torch():
+                with torch.inference_mode():
+                    tm(tx)
+
+            def run_engine():
+                em(x)
+
+            times = interleaved([run_torch, run_engine], args.repeat, args.warmup, list)
+            t_torch, t_engine = (statistics.median(t) for t in times)
+            m_torch, m_engine = (min(t) for t in times)
+            print(f"{name:<14}{n:>6}{t_torch:>11.2f}{t_engine:>11.2f}{t_torch / t_engine:>14.2f}"
+                  f"{m_torch:>13.2f}{m_engine:>9.2f}{m_torch / m_engine:>7.2f}", flush=True)
+            if args.profile:
+                stat = min if args.profile_stat == "min" else statistics.median
+                print(f"  per layer: {args.profile_stat} of {args.repeat} runs")
+                print_profile(profile(em, x, args.repeat, torch, stat), t_engine)
+        del tm, em
+
+
+if __name__ == "__main__":
+    main()
