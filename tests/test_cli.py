@@ -288,3 +288,30 @@ def test_python_m_tuner_help():
     assert r.returncode == 0
     for cmd in ("tune", "show", "bench", "check", "merge", "info"):
         assert cmd in r.stdout
+
+
+def test_tune_model_collects_its_shapes(tmp_path):
+    """convtune tune --model: the model is run once and each distinct layer shape tuned."""
+    plan = tmp_path / "plan.json"
+    r = run("tune", "--model", "engine.models:resnet18", "--input", "1,3,32,32",
+            "--level", "estimate", "--plan", plan, "--threads", 1, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    keys = [e["key"] for e in entries(plan)]
+    convs = [k for k in keys if k["op"] == "conv2d"]
+    # ResNet-18: stem 7x7, 3x3 per stage (plain + strided), 1x1 downsamples; 11 distinct.
+    assert len(convs) == 11
+    assert any(k["kernel"] == [7, 7] and k["stride"] == [2, 2] and k["H"] == 32 for k in convs)
+    assert sum(k["kernel"] == [1, 1] for k in convs) == 3
+    assert {k["op"] for k in keys} >= {"conv2d", "max_pool2d"}
+    assert len({json.dumps(k, sort_keys=True) for k in keys}) == len(keys)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "engine.models:no_such_model"], "no_such_model"),
+    (["--model", "engine.models:resnet18", "--input", "1,3"], "--input"),
+    ([], "CONFIG"),
+])
+def test_tune_model_errors(tmp_path, args, needle):
+    r = run("tune", *args, "--plan", tmp_path / "p.json", "--level", "estimate")
+    assert r.returncode == 2
+    assert needle in r.stderr

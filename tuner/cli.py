@@ -72,7 +72,8 @@ def build_parser():
                        "applicable algorithm against a float64 reference, time the accurate ones "
                        "and write the fastest into the plan. Shapes already tuned at an equal or "
                        "higher level (with the same tolerance) are skipped unless --force.")
-    t.add_argument("configs", nargs="+", metavar="CONFIG")
+    t.add_argument("configs", nargs="*", metavar="CONFIG")
+    _add_model_args(t)
     t.add_argument("--plan", help="plan file (default: CONVTUNE_PLAN, else the user cache directory)")
     t.add_argument("--threads", type=_threads_list, default=None,
                    help="thread count(s) to tune for, e.g. 2 or 1,2 (default: engine.get_num_threads())")
@@ -98,7 +99,8 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="print the raw JSON instead")
 
     b = sub.add_parser("bench", help="planned choice vs every algorithm vs PyTorch, per layer")
-    b.add_argument("config", metavar="CONFIG")
+    b.add_argument("config", nargs="?", metavar="CONFIG")
+    _add_model_args(b)
     b.add_argument("--plan", help="plan file (default: the active plan)")
     b.add_argument("--threads", type=_positive_int, default=None)
     b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
@@ -106,7 +108,8 @@ def build_parser():
     b.add_argument("--dtype", choices=("float32", "float64"))
 
     c = sub.add_parser("check", help="parity regression: every algorithm vs float64 and PyTorch")
-    c.add_argument("configs", nargs="+", metavar="CONFIG")
+    c.add_argument("configs", nargs="*", metavar="CONFIG")
+    _add_model_args(c)
     c.add_argument("--tolerance", type=_positive_float,
                    help="one tolerance for every algorithm (default: each algorithm's own, "
                    "engine.registry.TOLERANCE)")
@@ -147,10 +150,22 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------ shared
-def _load_configs(paths, batch=None, dtype=None):
+def _add_model_args(parser):
+    parser.add_argument("--model", metavar="MODULE:FUNCTION",
+                        help='also every layer shape of a model, e.g. "engine.models:resnet18" '
+                        "(built and run once on zeros to collect its shapes)")
+    parser.add_argument("--input", metavar="N,C,H,W", default="1,3,224,224",
+                        help="the model's input shape (default 1,3,224,224)")
+
+
+def _load_configs(paths, batch=None, dtype=None, args=None):
     from .configs import ConfigError, load_all
+    model = getattr(args, "model", None)
+    if not paths and not model:
+        _err("give at least one CONFIG file or --model MODULE:FUNCTION")
+        return None
     try:
-        return load_all(paths, batch, dtype)
+        return load_all(paths, batch, dtype, models=[(model, args.input)] if model else ())
     except ConfigError as e:
         _err(str(e))
         return None
@@ -193,7 +208,7 @@ def cmd_tune(args):
     from engine import plan as P
     from . import search, timing
 
-    loaded = _load_configs(args.configs, args.batch, args.dtype)
+    loaded = _load_configs(args.configs, args.batch, args.dtype, args)
     if loaded is None:
         return EXIT_USAGE
     configs, shapes = loaded
@@ -425,7 +440,7 @@ def cmd_bench(args):
     from engine import plan as P
     from . import search, timing
 
-    loaded = _load_configs([args.config], args.batch, args.dtype)
+    loaded = _load_configs([args.config] if args.config else [], args.batch, args.dtype, args)
     if loaded is None:
         return EXIT_USAGE
     _, shapes = loaded
@@ -507,7 +522,7 @@ def cmd_check(args):
     dtypes = [None] if not args.dtype else (["float32", "float64"] if args.dtype == "both" else [args.dtype])
     all_shapes = []
     for dt in dtypes:
-        loaded = _load_configs(args.configs, args.batch, dt)
+        loaded = _load_configs(args.configs, args.batch, dt, args)
         if loaded is None:
             return EXIT_USAGE
         all_shapes += loaded[1]

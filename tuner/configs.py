@@ -292,9 +292,37 @@ def load(path, batch=None, dtype=None):
     return parse(doc, path, batch, dtype)
 
 
-def load_all(paths, batch=None, dtype=None):
-    """Configs and their distinct shapes across all of them (first use wins)."""
-    configs = [load(p, batch, dtype) for p in paths]
+def from_model(spec, input_shape):
+    """A Config of the distinct shapes a model runs: ``spec`` is "package.module:function"
+    (e.g. "engine.models:resnet18"), ``input_shape`` "N,C,H,W" (or a tuple). The model is
+    built and run once on zeros (``engine.models.collect_shapes``)."""
+    from engine.models import collect_shapes
+    where = f"--model {spec}"
+    if isinstance(input_shape, str):
+        try:
+            input_shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            raise _err(where, "--input", f"expected N,C,H,W integers, got {input_shape!r}") from None
+    if len(input_shape) != 4 or min(input_shape) <= 0:
+        raise _err(where, "--input", f"expected four positive integers N,C,H,W, got {input_shape!r}")
+    try:
+        found = collect_shapes(spec, input_shape, details=True)
+    except (ValueError, TypeError, ImportError, AttributeError) as e:
+        raise _err(where, "", str(e)) from None
+    shapes = []
+    for d in found:
+        p = d["params"]
+        category = _conv_category(p) if isinstance(p, _shapes.ConvParams) else "pool"
+        shapes.append(Shape(p, list(d["names"]), category,
+                            count_include_pad=d.get("count_include_pad", True), bias=d.get("bias", True)))
+    dtype = shapes[0].params.dtype if shapes else "float32"
+    return Config(path=spec, name=spec.split(":")[-1], batch=input_shape[0], dtype=dtype, shapes=shapes)
+
+
+def load_all(paths, batch=None, dtype=None, models=()):
+    """Configs (files, then ``(spec, input_shape)`` models) and their distinct shapes
+    across all of them (first use wins)."""
+    configs = [load(p, batch, dtype) for p in paths] + [from_model(m, i) for m, i in models]
     seen, out = {}, []
     for cfg in configs:
         for s in cfg.shapes:
