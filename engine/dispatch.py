@@ -23,21 +23,27 @@ class Choice:
 def heuristic(p):
     """The documented default when neither the caller nor a plan decides.
 
+    Measured on the reference machine (benchmarks/bench_layers.py, 2 threads):
+
     - depthwise (groups == C_in > 1): ``direct``, whose depthwise kernel streams each
       plane once; GEMM formulations have K = kH*kW there and waste the BLAS;
     - 3x3, stride 1, dilation 1, at least 16 channels in and out per group and an
-      output of at least 14x14: Winograd (F(4x4) normally, F(2x2) for small images,
-      where the bigger tiles mostly pad), within the default float32 tolerance;
+      output of at least 6x6: Winograd, F(4x4) when the batch holds at least 14*14
+      output pixels per channel, else F(2x2) (on a 7x7 image at batch 1 F(4x4) has 4
+      mostly-padded tiles and its big transformed weights dominate); F(6x6) is left to
+      the tuner (seldom faster than F(4x4), 5x the float32 error);
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1).
+
+    It never picks an algorithm whose tolerance exceeds the default for the dtype.
     """
     if p.is_depthwise:
         return "direct", "depthwise convolution: the direct depthwise kernel"
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
     winograd_ok = (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
                    and "winograd_f4x3" in _registry.REGISTRY)
-    if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 14:
-        m = 4 if min(p.out_h, p.out_w) >= 28 else 2
+    if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 6:
+        m = 4 if p.n * p.out_h * p.out_w >= 14 * 14 else 2
         name = f"winograd_f{m}x3"
         if _registry.tolerance(name, p.dtype) <= _registry.DEFAULT_TOLERANCE[p.dtype]:
             return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"
