@@ -4,7 +4,7 @@
 Layers cache the choice per input shape, so this runs once per layer and shape; the
 functional API calls it on every call (it is a few dictionary look-ups).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import registry as _registry
 from . import plan as _plan
@@ -15,9 +15,11 @@ class Choice:
     algorithm: str
     source: str          # "forced" | "plan" | "heuristic"
     reason: str
+    params: dict = field(default_factory=dict)   # kernel parameters ({}: automatic)
 
     def as_dict(self):
-        return {"algorithm": self.algorithm, "source": self.source, "reason": self.reason}
+        return {"algorithm": self.algorithm, "source": self.source, "reason": self.reason,
+                "kernel_params": dict(self.params)}
 
 
 def heuristic(p):
@@ -72,6 +74,11 @@ def choose(p, forced=None, num_threads=None):
     if entry is not None:
         algo = _registry.REGISTRY.get(entry.algorithm)
         if algo is not None and algo.why_not(p) is None:
-            return Choice(entry.algorithm, "plan", entry.describe())
+            try:
+                params = algo.check_params(entry.params)
+                reason = entry.describe()
+            except ValueError as e:  # a hand-edited or newer plan: run with automatic params
+                params, reason = {}, f"{entry.describe()}; its params were ignored: {e}"
+            return Choice(entry.algorithm, "plan", reason, params)
     name, reason = heuristic(p)
     return Choice(name, "heuristic", reason)

@@ -88,14 +88,15 @@ def apply_padding_mode(x, p, num_threads):
     return padded
 
 
-def run_conv(x, prepared_weight, bias, p, algorithm, num_threads, relu=False):
-    """Compute ConvParams ``p`` with the named algorithm; ``prepared_weight`` is what
-    that algorithm's ``prepare_weight`` returned. Returns the 4-D output."""
+def run_conv(x, prepared_weight, bias, p, algorithm, num_threads, relu=False, params=None):
+    """Compute ConvParams ``p`` with the named algorithm (and its checked kernel
+    ``params``); ``prepared_weight`` is what that algorithm's ``prepare_weight``
+    returned. Returns the 4-D output."""
     out = np.empty(p.output_shape, dtype=x.dtype)
     if p.n == 0:
         return out
     x = apply_padding_mode(x, p, num_threads)
-    _registry.REGISTRY[algorithm](x, prepared_weight, bias, out, p, num_threads, relu)
+    _registry.REGISTRY[algorithm](x, prepared_weight, bias, out, p, num_threads, relu, params)
     return out
 
 
@@ -116,7 +117,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     choice = _dispatch.choose(p, algorithm, threads)
     algo = _registry.REGISTRY[choice.algorithm]
     prepared = algo.prepare_weight(weight, p)
-    return _batched_result(run_conv(x, prepared, bias, p, choice.algorithm, threads), unbatched)
+    out = run_conv(x, prepared, bias, p, choice.algorithm, threads, params=choice.params)
+    return _batched_result(out, unbatched)
 
 
 # ------------------------------------------------------------------------ pooling

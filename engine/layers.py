@@ -174,7 +174,8 @@ class Conv2d(Module):
         threads = get_num_threads()
         p, choice = self._resolve(x4.shape, threads)
         w = self.prepared_weight(choice.algorithm, p)
-        out = F.run_conv(x4, w, self._bias, p, choice.algorithm, threads, relu=self.fused_relu)
+        out = F.run_conv(x4, w, self._bias, p, choice.algorithm, threads, relu=self.fused_relu,
+                         params=choice.params)
         return out[0] if unbatched else out
 
     def _own_state(self):

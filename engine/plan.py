@@ -229,15 +229,19 @@ class PlanEntry:
         self.data = data
         self.path = path
         self.algorithm = data["algorithm"]
-        self.params = dict(data.get("params") or {})
+        # Kept as written: dispatch checks it (Algorithm.check_params) before use, so a
+        # hand-edited value can make an entry run with automatic params, never crash.
+        self.params = data.get("params") or {}
         self.level = data.get("level", "measure")
-        self.time_s = data.get("time_s")
+        t = data.get("time_s")
+        self.time_s = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
     def runner_up(self):
         """(name, median_s) of the second-fastest accurate candidate, or None."""
-        ok = [c for c in self.data.get("candidates", [])
-              if c.get("status") == "ok" and c.get("median_s") is not None
-              and c.get("algorithm") != self.algorithm]
+        cands = self.data.get("candidates")
+        ok = [c for c in (cands if isinstance(cands, list) else [])
+              if isinstance(c, dict) and c.get("status") == "ok"
+              and isinstance(c.get("median_s"), (int, float)) and c.get("algorithm") != self.algorithm]
         if not ok:
             return None
         best = min(ok, key=lambda c: c["median_s"])

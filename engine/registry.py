@@ -37,6 +37,9 @@ DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 class Algorithm:
     name = None
     uses_blas = False
+    # Kernel parameters the tuner searches at --level exhaustive: name -> the values it
+    # tries. Empty params ({}) always mean the kernel's own automatic choice.
+    tunables = {}
 
     def why_not(self, p):
         """None when this algorithm computes ``p`` (a ConvParams), else the reason."""
@@ -46,16 +49,35 @@ class Algorithm:
         """Weight in the form the kernel consumes; layers cache the result."""
         return weight
 
-    def run(self, x, prepared_weight, bias, out, p, num_threads, relu=False):
+    def check_params(self, params):
+        """``params`` (from a plan entry or the tuner) as a dict the kernel accepts;
+        ValueError naming what is wrong for anything outside ``tunables``."""
+        if not params:
+            return {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{self.name}: params must be a dict, got {params!r}")
+        for k, v in params.items():
+            if k not in self.tunables or v not in self.tunables[k]:
+                raise ValueError(f"{self.name}: unsupported parameter {k}={v!r}; "
+                                 f"tunable: {self.tunables or 'none'}")
+        return dict(params)
+
+    def param_variants(self):
+        """The params the exhaustive tuner tries: automatic ({}) and each tunable value."""
+        return [{}] + [{k: v} for k, values in self.tunables.items() for v in values]
+
+    def run(self, x, prepared_weight, bias, out, p, num_threads, relu=False, params=None):
         raise NotImplementedError
 
-    def __call__(self, x, prepared_weight, bias, out, p, num_threads, relu=False):
-        """Run the kernel into ``out`` with the BLAS pool held where needed."""
+    def __call__(self, x, prepared_weight, bias, out, p, num_threads, relu=False, params=None):
+        """Run the kernel into ``out`` with the BLAS pool held where needed. ``params``
+        must have passed ``check_params``."""
+        params = params or {}
         if self.uses_blas:
             with blas_single_threaded():
-                self.run(x, prepared_weight, bias, out, p, num_threads, relu)
+                self.run(x, prepared_weight, bias, out, p, num_threads, relu, params)
         else:
-            self.run(x, prepared_weight, bias, out, p, num_threads, relu)
+            self.run(x, prepared_weight, bias, out, p, num_threads, relu, params)
         return out
 
     def __repr__(self):
@@ -72,7 +94,7 @@ class Direct(Algorithm):
     specialised kernel whose inner loops vectorise along the output row."""
     name = "direct"
 
-    def run(self, x, w, bias, out, p, num_threads, relu=False):
+    def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         if p.is_depthwise:
             _direct.conv2d_depthwise(x, w, bias, out, p.stride[0], p.stride[1], top, left,
@@ -87,16 +109,22 @@ class Im2col(Algorithm):
     plain GEMM with no column buffer. Column slices keep the workspace bounded."""
     name = "im2col"
     uses_blas = True
+    # The column-buffer bound (automatic: 16 MiB): wider slices amortise the GEMM's
+    # packing, narrower ones stay in cache.
+    tunables = {"max_workspace_bytes": [1 << 20, 4 << 20, 64 << 20]}
 
-    def run(self, x, w, bias, out, p, num_threads, relu=False):
+    def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         _im2col.conv2d_im2col(x, w, bias, out, p.stride[0], p.stride[1], top, left,
-                              p.dilation[0], p.dilation[1], p.groups, num_threads, relu)
+                              p.dilation[0], p.dilation[1], p.groups, num_threads, relu,
+                              **(params or {}))
 
 
 class Winograd(Algorithm):
     """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block."""
     uses_blas = True
+    # Tiles per block (automatic: sized from a per-thread workspace budget).
+    tunables = {"tile_block": [16, 32, 64, 128, 256]}
 
     def __init__(self, m):
         self.m = m
@@ -114,9 +142,10 @@ class Winograd(Algorithm):
     def prepare_weight(self, weight, p):
         return _winograd.transform_weight(weight, self.m, p.groups)
 
-    def run(self, x, u, bias, out, p, num_threads, relu=False):
+    def run(self, x, u, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
-        _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu)
+        _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu,
+                                  **(params or {}))
 
 
 _ALGORITHMS = [Direct(), Im2col()]

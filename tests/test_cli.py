@@ -315,3 +315,18 @@ def test_tune_model_errors(tmp_path, args, needle):
     r = run("tune", *args, "--plan", tmp_path / "p.json", "--level", "estimate")
     assert r.returncode == 2
     assert needle in r.stderr
+
+
+def test_exhaustive_searches_kernel_params(tmp_path, cfg):
+    """--level exhaustive tries each tunable kernel parameter as its own candidate and
+    records the winner's params in the entry."""
+    plan = tmp_path / "plan.json"
+    r = run("tune", cfg(TINY), "--plan", plan, "--threads", 1, "--reps", 2, "--level", "exhaustive")
+    assert r.returncode == 0, r.stderr
+    conv = next(e for e in entries(plan) if e["key"]["op"] == "conv2d")
+    tried = {(c["algorithm"], json.dumps(c["params"], sort_keys=True)) for c in conv["candidates"]}
+    assert ("winograd_f4x3", '{"tile_block": 32}') in tried
+    assert ("im2col", '{"max_workspace_bytes": 1048576}') in tried
+    assert ("im2col", "{}") in tried
+    best = conv["candidates"][0]
+    assert (conv["algorithm"], conv["params"]) == (best["algorithm"], best["params"])

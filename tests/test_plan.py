@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import dispatch, plan, shapes
+from engine import dispatch, plan, registry, shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -277,3 +277,78 @@ def test_lookup_is_cheap(tmp_path):
         plan.lookup(p, 2)
     per_call = (time.perf_counter() - t0) / 2000
     assert per_call < 100e-6      # a few microseconds normally; generous for loaded CI
+
+
+# -------------------------------------------------------------- kernel params
+@pytest.mark.parametrize("algorithm, params", [
+    ("im2col", {"max_workspace_bytes": 1 << 20}),
+    ("winograd_f4x3", {"tile_block": 32}),
+])
+def test_plan_kernel_params_reach_the_kernel(tmp_path, algorithm, params):
+    """An entry's params are checked, reported by explain, and passed to the kernel:
+    the layer's output equals the same algorithm forced with those params."""
+    path = tmp_path / "plan.json"
+    layer = engine.Conv2d(16, 16, 3, padding=1, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 16, 20, 20)).astype(np.float32)
+    p = layer._params(x.shape)
+    e = entry_for(p, engine.get_num_threads(), algorithm)
+    e["params"] = params
+    plan.write_entries(path, [e])
+    engine.use_plan(path)
+    info = engine.explain(layer, x.shape)
+    assert (info["algorithm"], info["source"], info["kernel_params"]) == (algorithm, "plan", params)
+    algo = registry.REGISTRY[algorithm]
+    expected = np.empty(p.output_shape, np.float32)
+    algo(x, algo.prepare_weight(layer.weight, p), layer.bias, expected, p,
+         engine.get_num_threads(), params=params)
+    np.testing.assert_array_equal(layer(x), expected)
+
+
+@pytest.mark.parametrize("params", [{"tile_block": 7}, {"no_such_knob": 1}, [1, 2]])
+def test_plan_with_bad_kernel_params_still_runs(tmp_path, params):
+    """A hand-edited entry with params the kernel does not take never crashes a model:
+    the algorithm runs with its automatic parameters and explain says why."""
+    path = tmp_path / "plan.json"
+    layer = engine.Conv2d(16, 16, 3, padding=1, seed=0)
+    x = np.random.default_rng(1).standard_normal((1, 16, 20, 20)).astype(np.float32)
+    e = entry_for(layer._params(x.shape), engine.get_num_threads(), "winograd_f2x3")
+    e["params"] = params
+    plan.write_entries(path, [e])
+    engine.use_plan(path)
+    info = engine.explain(layer, x.shape)
+    assert (info["algorithm"], info["source"], info["kernel_params"]) == ("winograd_f2x3", "plan", {})
+    assert "ignored" in info["reason"]
+    ref = engine.functional.conv2d(x, layer.weight, layer.bias, padding=1, algorithm="direct")
+    assert np.abs(layer(x) - ref).max() <= 1e-4 * max(1, np.abs(ref).max())
+
+
+def test_check_params_and_variants():
+    im2col = registry.REGISTRY["im2col"]
+    assert im2col.check_params(None) == {} and im2col.check_params({}) == {}
+    with pytest.raises(ValueError, match="max_workspace_bytes"):
+        im2col.check_params({"tile_block": 16})
+    with pytest.raises(ValueError, match="tunable: none"):
+        registry.REGISTRY["direct"].check_params({"tile_block": 16})
+    variants = registry.REGISTRY["winograd_f6x3"].param_variants()
+    assert variants[0] == {} and {"tile_block": 64} in variants
+
+
+@pytest.mark.parametrize("field, value", [
+    ("params", "fast"), ("time_s", "fast"), ("candidates", "x"), ("candidates", [1, None]),
+    ("candidates", [{"algorithm": "im2col", "status": "ok", "median_s": "1ms"}]),
+])
+def test_hand_edited_entry_fields_never_crash_a_model(tmp_path, field, value):
+    path = tmp_path / "plan.json"
+    layer = engine.Conv2d(8, 8, 3, padding=1, seed=0)
+    x = np.random.default_rng(2).standard_normal((1, 8, 10, 10)).astype(np.float32)
+    e = entry_for(layer._params(x.shape), engine.get_num_threads(), "im2col")
+    e[field] = value
+    plan.write_entries(path, [e])
+    engine.use_plan(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = layer(x)
+        info = engine.explain(layer, x.shape)
+    assert info["algorithm"] in ("im2col", "winograd_f4x3", "winograd_f2x3", "direct")
+    ref = engine.functional.conv2d(x, layer.weight, layer.bias, padding=1, algorithm="direct")
+    assert np.abs(out - ref).max() <= 1e-4 * max(1, np.abs(ref).max())

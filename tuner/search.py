@@ -12,12 +12,12 @@ For one shape at one thread count (``tune_shape``):
 4. the fastest survivor is the choice; the entry lists every candidate, ranked.
 
 Levels: ``estimate`` takes the heuristic's choice without running anything (the
-TOLERANCE table stands in for the gate); ``measure`` is the procedure above;
-``exhaustive`` measures longer (more, longer samples) and always re-measures the three
-fastest. The kernels do have internal parameters (Winograd tile block, im2col
-workspace bound) but the public ``algorithm=`` path the layers use does not take them,
-so there is nothing else to search: a plan parameter that the run time would ignore
-would be a lie. Entries carry an (empty) ``params`` object for when it does.
+TOLERANCE table stands in for the gate); ``measure`` is the procedure above, each
+algorithm with its automatic kernel parameters; ``exhaustive`` also tries every value of
+each algorithm's tunable kernel parameters (``Algorithm.tunables``: Winograd's tile
+block, im2col's column-buffer bound) as separate candidates, measures longer (more,
+longer samples) and always re-measures the three fastest. The chosen ``params`` go into
+the entry, and layers pass them to the kernel at run time.
 
 The float64 reference is numpy (``reference_conv`` / ``reference_pool``): per kernel tap
 one float64 GEMM over a strided view of the padded input, independent of our kernels.
@@ -159,6 +159,11 @@ def _check_status(err, tol):
     return "ok"
 
 
+def candidate_label(c):
+    """"winograd_f4x3[tile_block=64]": a candidate's algorithm and its kernel params."""
+    return c["algorithm"] + "".join(f"[{k}={v}]" for k, v in (c.get("params") or {}).items())
+
+
 class Prepared:
     """A shape's data and the per-algorithm runners, set up once for gate and timing."""
 
@@ -182,24 +187,37 @@ class Prepared:
                 self._ref = reference_pool(self.x, self.p, self.shape.count_include_pad)
         return self._ref
 
-    def runner(self, name):
-        """A zero-argument callable computing the shape with ``name`` (what a layer runs)."""
+    def runner(self, name, params=None):
+        """A zero-argument callable computing the shape with ``name`` and kernel
+        ``params`` (what a layer runs)."""
         p, t = self.p, self.threads
         if isinstance(p, _shapes.ConvParams):
             x4 = _F.as_kernel_array(self.x, self.x.dtype)
             if name not in self._prepared:
                 self._prepared[name] = _algorithms.REGISTRY[name].prepare_weight(self.w, p)
-            return partial(_F.run_conv, x4, self._prepared[name], self.b, p, name, t)
+            return partial(_F.run_conv, x4, self._prepared[name], self.b, p, name, t,
+                           params=params or {})
         if p.op == "max_pool2d":
             return partial(_F.run_max_pool, self.x, p, False, t)
         return partial(_F.run_avg_pool, self.x, p, self.shape.count_include_pad, 0, t)
 
-    def output(self, name):
-        out = self.runner(name)()
+    def candidates(self, level):
+        """[(label, algorithm, params)] to try: each applicable algorithm with automatic
+        params, and at ``exhaustive`` every tunable parameter value too."""
+        out = []
+        for name in self.names:
+            algo = _algorithms.REGISTRY.get(name)
+            variants = algo.param_variants() if (algo is not None and level == "exhaustive") else [{}]
+            for params in variants:
+                out.append((candidate_label({"algorithm": name, "params": params}), name, params))
+        return out
+
+    def output(self, name, params=None):
+        out = self.runner(name, params)()
         return out[0] if isinstance(out, tuple) else out
 
-    def error(self, name):
-        return rel_error(self.output(name), self.ref)
+    def error(self, name, params=None):
+        return rel_error(self.output(name, params), self.ref)
 
 
 def estimate_entry(shape, threads, tolerance):
@@ -250,13 +268,13 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
     engine.set_num_threads(threads)
     prep = Prepared(shape, threads)
     cands = {}
-    for name in prep.names:
+    for label, name, params in prep.candidates(level):
         if on_step:
-            on_step(f"checking {name}")
-        err = prep.error(name)
-        cands[name] = {"algorithm": name, "params": {}, "median_s": None, "spread": None,
-                       "error": err if math.isfinite(err) else None,
-                       "status": _check_status(err, tolerance)}
+            on_step(f"checking {label}")
+        err = prep.error(name, params)
+        cands[label] = {"algorithm": name, "params": params, "median_s": None, "spread": None,
+                        "error": err if math.isfinite(err) else None,
+                        "status": _check_status(err, tolerance)}
         if deadline is not None and time.monotonic() > deadline:
             raise timing.DeadlineReached()
     ok = [n for n, c in cands.items() if c["status"] == "ok"]
@@ -264,7 +282,7 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
         best = min(cands.values(), key=lambda c: c["error"] if c["error"] is not None else math.inf)
         return None, (f"no algorithm within tolerance {tolerance:.1e} "
                       f"(least error: {best['algorithm']} {best['error'] or math.inf:.2e})")
-    fns = {n: prep.runner(n) for n in ok}
+    fns = {n: prep.runner(cands[n]["algorithm"], cands[n]["params"]) for n in ok}
     stats, refined = timing.compare(
         fns, reps=settings["reps"], min_sample_s=settings["min_sample_s"],
         refine_reps=settings["refine_reps"], always_refine=settings["always_refine"],
@@ -274,13 +292,14 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
     ranked = sorted(cands.values(), key=lambda c: (c["median_s"] is None, c["median_s"] or 0,
                                                     c["error"] if c["error"] is not None else math.inf))
     best = ranked[0]
-    entry = {"key": _plan.params_key(p, threads), "algorithm": best["algorithm"], "params": {},
+    entry = {"key": _plan.params_key(p, threads), "algorithm": best["algorithm"],
+             "params": dict(best["params"]),
              "level": level, "tolerance": tolerance, "time_s": best["median_s"], "tuned_at": _now(),
              "remeasured": refined, "candidates": ranked}
-    msg = f"{best['algorithm']} {timing.format_time(best['median_s'])}"
+    msg = f"{candidate_label(best)} {timing.format_time(best['median_s'])}"
     if len(ranked) > 1 and ranked[1]["median_s"]:
-        msg += f" (next {ranked[1]['algorithm']} +{ranked[1]['median_s'] / best['median_s'] - 1:.0%})"
-    rejected = [c["algorithm"] for c in ranked if c["status"] != "ok"]
+        msg += f" (next {candidate_label(ranked[1])} +{ranked[1]['median_s'] / best['median_s'] - 1:.0%})"
+    rejected = [candidate_label(c) for c in ranked if c["status"] != "ok"]
     if rejected:
         msg += f"; rejected by the accuracy gate: {', '.join(rejected)}"
     return entry, msg
