@@ -559,8 +559,9 @@ def avg_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     hi = _interior_hi(W, OW, lo, kernel_w, stride_w, pad_w)
     num_threads = _team(num_threads, P * OH * OW * kernel_h * kernel_w)
 
-    if OH == 1 and OW == 1 and pad_h == 0 and pad_w == 0:
-        # One unpadded window per plane (global pooling): blocks of 16 planes.
+    if OH == 1 and OW == 1 and pad_h == 0 and pad_w == 0 and kernel_h <= H and kernel_w <= W:
+        # One unpadded window inside each plane (global pooling): blocks of 16 planes.
+        # (ceil_mode can give a window larger than the plane: that takes the row path.)
         d = <floating>(divisor_override if divisor_override != 0 else kernel_h * kernel_w)
         with nogil, parallel(num_threads=num_threads):
             for r in prange((P + 15) // 16, schedule='static'):
