@@ -78,6 +78,13 @@ cdef inline Py_ssize_t _slice_start(const Geom* g, Py_ssize_t s) noexcept nogil:
     return b
 
 
+cdef inline void _gather_stride2(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """dst[j] = src[2*j] for j < n."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dst[j] = src[2 * j]
+
+
 cdef void _im2col(const floating* xg, floating* col, const Geom* g,
                   Py_ssize_t p0, Py_ssize_t npx) noexcept nogil:
     """col[K][npx] = columns p0 .. p0+npx-1 of the im2col matrix of one (image, group).
@@ -128,6 +135,9 @@ cdef void _im2col(const floating* xg, floating* col, const Geom* g,
                             src = plane + ih * W + a * sw + off
                             if sw == 1:
                                 memcpy(d + (a - ow_a), src, (b - a) * sizeof(floating))
+                            elif sw == 2:
+                                # constant stride: gcc vectorises it (load pairs + permute)
+                                _gather_stride2(d + (a - ow_a), src, b - a)
                             else:
                                 for j in range(b - a):
                                     d[a - ow_a + j] = src[j * sw]
