@@ -140,3 +140,15 @@ def test_pool_empty_batch(dtype):
     assert v.shape == i.shape == (0, 3, 4, 4) and v.dtype == np.dtype(dtype) and i.dtype == np.int64
     a = F.avg_pool2d(x, 2, 2)
     assert a.shape == (0, 3, 3, 3) and a.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("stride", [(1, 2 ** 22), (2 ** 22, 3), (5, 97)])
+def test_max_pool_stride_far_beyond_the_row(stride):
+    """A stride much longer than the row (one output column) is correct and takes the
+    fallback path rather than a padded scratch row sized by the stride."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 40)).astype(np.float32)
+    out, idx = F.max_pool2d(x, (2, 3), stride=stride, padding=1, ceil_mode=True,
+                            return_indices=True)
+    exp, exp_idx = ref.max_pool2d(x, (2, 3), stride=stride, padding=1, ceil_mode=True)
+    np.testing.assert_array_equal(out, exp)
+    np.testing.assert_array_equal(idx, exp_idx)

@@ -309,7 +309,7 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     cdef floating* srow
     cdef floating* mrow
     cdef int64_t* mirow
-    cdef bint scratch
+    cdef bint scratch, want_scratch
     if P == 0 or OH == 0 or OW == 0:
         return
     if indices is not None:
@@ -327,6 +327,9 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     Lp = (OWr - 1) * stride_w + <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
     if Lp < pad_w + W:
         Lp = pad_w + W
+    # A stride far larger than the row makes the padded row mostly unused -inf (a stride
+    # of 2**22 would ask ~250 MB per thread): such rows take the fallback path instead.
+    want_scratch = Lp <= 4 * (pad_w + W) + 1024
     first = <Py_ssize_t*>malloc(OW * sizeof(Py_ssize_t))
     if first == NULL:
         raise MemoryError()
@@ -344,7 +347,7 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     num_threads = _team(num_threads, P * OH * OWr * kernel_h * kernel_w)
 
     with nogil, parallel(num_threads=num_threads):
-        srow = <floating*>malloc(Lp * sizeof(floating))
+        srow = <floating*>malloc(Lp * sizeof(floating)) if want_scratch else NULL
         mrow = <floating*>malloc(OWr * sizeof(floating))
         mirow = <int64_t*>malloc(OWr * sizeof(int64_t)) if ip != NULL else NULL
         scratch = srow != NULL and mrow != NULL and (ip == NULL or mirow != NULL)

@@ -51,7 +51,6 @@ cimport cython
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
-from openmp cimport omp_get_wtime, omp_get_thread_num
 
 from ._blas cimport gemm
 
@@ -62,7 +61,6 @@ from .. import winograd_transforms as _wt
 # side, so every FMA is a full AVX-512 op whatever the auto-vectoriser decides.
 cdef extern from "winograd_simd.h":
     int WG_SIMD
-    double wg_thread_cpu() noexcept nogil
     void wg_f_in_g(const float* xc, const int* off, const int* iy, const int* ix, int nl, int H, int W, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
     void wg_f_out_s(const float* M, Py_ssize_t plane, const double* AT, float b, int relu, float* oc, const int* off, const int* oy, const int* ox, int nl, int OH, int OW, int m) noexcept nogil
     void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv, float* C, int ldm) noexcept nogil
@@ -72,7 +70,6 @@ cdef extern from "winograd_simd.h":
     void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, int relu, double* o, int m) noexcept nogil
 
 
-DEF OWN_GEMM = 1        # float32 + AVX-512: own register-blocked GEMM instead of BLAS sgemm
 DEF VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
 DEF MAXA = 8            # largest alpha (F(6,3))
 
@@ -82,30 +79,6 @@ cdef double _BT[3][MAXA * MAXA]
 
 WORKSPACE_BYTES = 4 << 20     # per-thread V + M budget (bytes)
 MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out instead
-
-# seconds spent in the input transform, GEMMs and output transform, summed over calls
-# (profiling aid; reset with reset_profile())
-DEF MAXTHR = 256
-cdef double _prof[MAXTHR][3]
-cdef int _fail[1]           # set by a thread whose workspace malloc failed
-
-
-def reset_profile():
-    cdef int i
-    for i in range(MAXTHR):
-        _prof[i][0] = _prof[i][1] = _prof[i][2] = 0
-
-
-def profile():
-    """{'input': s, 'gemm': s, 'output': s}: thread CPU seconds accumulated since
-    reset_profile() (summed over threads; divide by the thread count for wall time)."""
-    cdef int i
-    p = [0.0, 0.0, 0.0]
-    for i in range(MAXTHR):
-        for k in range(3):
-            p[k] += _prof[i][k]
-    return {"input": p[0], "gemm": p[1], "output": p[2]}
-
 
 _G = {}        # m -> G (float64), for transform_weight: derived once, not per call
 
@@ -224,7 +197,7 @@ cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                         d[(i * alpha + j) * VL + l] = src[yy * W + xx]
                     else:
                         d[(i * alpha + j) * VL + l] = 0
-    # B^T d B, 16 tiles per vector op (C helper above)
+    # B^T d B, 16 tiles per vector op (in winograd_simd.h)
     if floating is float:
         wg_f_in(d, BT, V, plane, alpha)
     else:
@@ -246,7 +219,7 @@ cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
     cdef floating* orow
     cdef floating v
     cdef int l, i, j, hh, ww
-    # A^T M A + b (and relu), 16 tiles per vector op (C helper above)
+    # A^T M A + b (and relu), 16 tiles per vector op (in winograd_simd.h)
     if floating is float:
         wg_f_out(M, plane, AT, b, relu, o, m)
     else:
@@ -355,8 +328,8 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef floating* V
     cdef floating* Mw
     cdef int* tinfo
-    cdef double* tprof
     cdef Py_ssize_t* state
+    cdef Py_ssize_t failed = 0
 
     if m != 2 and m != 4 and m != 6:
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
@@ -377,47 +350,36 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     # AVX-512 gather/scatter path (float32): int32 element offsets must not overflow
     if floating is float:
         simd = WG_SIMD != 0 and N * C * H * W < (1 << 31) - 4096 and N * Cout * OH * OW < (1 << 31) - 4096
-    _fail[0] = 0
     with nogil, parallel(num_threads=nthr):
         V = <floating*>malloc(aa * C * TB * sizeof(floating))
         Mw = <floating*>malloc(aa * MR * TB * sizeof(floating))
         tinfo = <int*>malloc(7 * TB * sizeof(int))
         state = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
-        tprof = <double*>malloc(4 * sizeof(double))
-        if V == NULL or Mw == NULL or tinfo == NULL or state == NULL or tprof == NULL:
-            _fail[0] = 1
-        else:
+        if state != NULL:
             state[0] = -1                  # tile block currently in V
-            tprof[0] = tprof[1] = tprof[2] = 0
-            for w in prange(nTB * ncb, schedule="static"):
-                _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo, tprof,
+        # Every thread reaches the work-sharing loop (OpenMP requires it); one whose
+        # workspace could not be allocated counts its items as failed instead.
+        for w in prange(nTB * ncb, schedule="static"):
+            if V == NULL or Mw == NULL or tinfo == NULL or state == NULL:
+                failed += 1
+            else:
+                _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
                            N, C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
                            groups, Cig, Cog, m, pad_top, pad_left, ATp, BTp, relu, simd, nTB)
-            _add_profile(tprof)
         free(V)
         free(Mw)
         free(tinfo)
         free(state)
-        free(tprof)
-    if _fail[0]:
+    if failed:
         raise MemoryError("winograd: could not allocate the per-thread workspace")
 
-
-
-cdef void _add_profile(const double* tprof) noexcept nogil:
-    # one slot per OpenMP thread: no race, no lock; profile() sums them
-    cdef int tid = omp_get_thread_num()
-    if 0 <= tid < MAXTHR:
-        _prof[tid][0] += tprof[0]
-        _prof[tid][1] += tprof[1]
-        _prof[tid][2] += tprof[2]
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef void _work_item(const floating* x, const floating* U, const floating* bp, floating* out,
                      Py_ssize_t tb, Py_ssize_t cb, Py_ssize_t* state, floating* V,
-                     floating* Mw, int* tinfo, double* tprof,
+                     floating* Mw, int* tinfo,
                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                      Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
                      Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
@@ -443,7 +405,6 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
     cdef int ix[VL]
     cdef int l, nl
     cdef floating bval
-    cdef double tp0 = wg_thread_cpu(), tp1, tp2
     if nt > n_tiles - t0:
         nt = n_tiles - t0
     nchunks = (nt + VL - 1) // VL
@@ -482,7 +443,6 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                 _input_chunk(x, C, H, W, c, tn + ch * VL, iy, ix, nl, alpha, BT,
                              V + c * TB + ch * VL, C * TB)
         state[0] = tb
-    tp1 = wg_thread_cpu()
     # 2. GEMMs: M[a][g*cbs + i][t] = sum_k U[a][g*Cog + r0 + i][k] V[a][g*Cig + k][t]
     r0 = cb * cbs
     r1 = r0 + cbs
@@ -491,7 +451,7 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
     for g in range(groups):
         for a in range(aa):
             if floating is float:
-                if simd and OWN_GEMM:
+                if simd:
                     wg_sgemm(<int>(r1 - r0), <int>(nchunks * VL), <int>Cig,
                              U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
                              V + (a * C + g * Cig) * TB, <int>TB,
@@ -501,7 +461,6 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                  U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
                  V + (a * C + g * Cig) * TB, <int>TB, <floating>0.0,
                  Mw + (a * MR + g * cbs) * TB, <int>TB)
-    tp2 = wg_thread_cpu()
     # 3. output transform + bias + relu into out
     for g in range(groups):
         for r in range(r0, r1):
@@ -520,9 +479,6 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                 _output_chunk(Mw + (g * cbs + r - r0) * TB + ch * VL, MR * TB, out,
                               Cout, OH, OW, oc, tn + ch * VL, ty + ch * VL, tx + ch * VL,
                               nl, m, AT, bval, relu)
-    tprof[0] += tp1 - tp0
-    tprof[1] += tp2 - tp1
-    tprof[2] += wg_thread_cpu() - tp2
 
 
 SIMD = bool(WG_SIMD)    # AVX-512 gather/scatter path compiled in (float32)

@@ -80,13 +80,6 @@ static void NAME##_out(const T* M, Py_ssize_t plane, const double* AT, T b, int 
 }
 WG_DEF(wg_f, float, wg_vf)
 WG_DEF(wg_d, double, wg_vd)
-#include <time.h>
-/* calling thread's CPU time (s): the phase profile stays meaningful on a loaded machine */
-static double wg_thread_cpu(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* float32 gather/scatter with AVX-512 (16 tiles = 16 lanes, one index per lane):
    the input tile elements come in with one masked vpgatherdps per (i, j) (lanes
