@@ -35,7 +35,8 @@ def heuristic(p):
       mostly-padded tiles and its big transformed weights dominate); F(6x6) is left to
       the tuner (seldom faster than F(4x4), 5x the float32 error);
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
-    - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1).
+    - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
+      too large for BLAS's 32-bit sizes (then ``direct``).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     """
@@ -51,6 +52,9 @@ def heuristic(p):
             return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"
     if p.groups > 1 and cin_g < 4:
         return "direct", f"grouped convolution with {cin_g} channel(s) per group"
+    too_big = _registry.REGISTRY["im2col"].why_not(p)
+    if too_big is not None:
+        return "direct", too_big
     if p.kernel == (1, 1) and p.stride == (1, 1) and max(p.pads) == 0:
         return "im2col", "1x1 stride-1 convolution: a plain GEMM"
     return "im2col", "general convolution: im2col + GEMM"

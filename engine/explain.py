@@ -1,4 +1,6 @@
 """``engine.explain``: which algorithm a convolution uses, and why."""
+import numbers
+
 import numpy as np
 
 from . import registry as _registry
@@ -20,7 +22,10 @@ def explain(layer_or_params, input_shape):
     "algorithm", "source" ("forced", "plan" or "heuristic"), "reason", "params" (the
     resolved shape key) and "applicable" (every algorithm that could compute it).
     """
-    shape = tuple(int(s) for s in input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+        raise TypeError(f"explain: input_shape must be a tuple of ints, got {input_shape!r}")
+    shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4):
         raise ValueError(f"explain: input_shape must be (C, H, W) or (N, C, H, W), got {input_shape!r}")
     if len(shape) == 3:
@@ -45,11 +50,18 @@ def explain(layer_or_params, input_shape):
             raise ValueError(f"explain: the parameter dict needs {e.args[0]!r}") from None
         kh, kw = _shapes.pair(k, "kernel_size", "explain")
         groups = args["groups"]
-        if not isinstance(groups, int) or groups <= 0 or cout % groups or cin % groups:
+        try:
+            dtype = str(np.dtype(args["dtype"]))
+        except TypeError:
+            dtype = None
+        if dtype not in _shapes.SUPPORTED_DTYPES:
+            raise TypeError(f"explain: dtype must be float32 or float64, got {args['dtype']!r}")
+        if (isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0
+                or cout % groups or cin % groups):
             raise ValueError(f"explain: groups={groups!r} must be a positive int dividing "
                              f"in_channels={cin} and out_channels={cout}")
         p = _shapes.conv_params(shape, (cout, cin // groups, kh, kw), args["stride"], args["padding"],
-                                args["dilation"], groups, args["padding_mode"], str(np.dtype(args["dtype"])))
+                                args["dilation"], groups, args["padding_mode"], dtype)
         choice = _dispatch.choose(p, args["algorithm"], get_num_threads())
         return {**choice.as_dict(), "params": p.key(), "applicable": _registry.applicable(p)}
     raise TypeError(f"explain: expected a layer or a dict of Conv2d parameters, "

@@ -15,16 +15,12 @@ from .kernels import padding as _padding
 from .kernels import pool as _pool
 from .threads import get_num_threads
 
-_PAD_MODE_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+_PAD_MODE_CODES = {"zeros": _padding.PAD_ZEROS, "reflect": _padding.PAD_REFLECT,
+                   "replicate": _padding.PAD_REPLICATE, "circular": _padding.PAD_CIRCULAR}
+_float_dtype = _shapes.float_dtype
 
 
 # ------------------------------------------------------------------------ arrays
-def _float_dtype(a, name, op):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{op}: {name} has dtype {a.dtype}; expected float32 or float64")
-    return np.dtype(a.dtype.newbyteorder("="))
 
 
 def as_kernel_array(a, dtype):
@@ -122,7 +118,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 
 
 # ------------------------------------------------------------------------ pooling
-def _check_bool(value, name, op):
+def check_bool(value, name, op):
     if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
         raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
     return bool(value)
@@ -130,7 +126,7 @@ def _check_bool(value, name, op):
 
 def pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     x, dtype, unbatched = input_4d(input, op)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode", op)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode", op)
     p = _shapes.pool_params(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, str(dtype))
     return x, p, unbatched
 
@@ -155,7 +151,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     indices into each flattened H*W input plane (the first maximum, or the last NaN).
     """
     op = "max_pool2d"
-    return_indices = _check_bool(return_indices, "return_indices", op)
+    return_indices = check_bool(return_indices, "return_indices", op)
     x, p, unbatched = pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode)
     out, indices = run_max_pool(x, p, return_indices, get_num_threads())
     if return_indices:
@@ -170,6 +166,8 @@ def check_divisor_override(divisor_override, op="avg_pool2d"):
         raise TypeError(f"{op}: divisor_override must be None or an int, got {divisor_override!r}")
     if divisor_override == 0:
         raise ValueError(f"{op}: divisor_override must not be zero")
+    if abs(divisor_override) > _shapes.INT_LIMIT:
+        raise ValueError(f"{op}: divisor_override={divisor_override} is out of range")
     return int(divisor_override)
 
 
@@ -191,7 +189,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     the zero padding (``count_include_pad``) or only the input elements it covers.
     """
     op = "avg_pool2d"
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad", op)
+    count_include_pad = check_bool(count_include_pad, "count_include_pad", op)
     divisor = check_divisor_override(divisor_override, op)
     x, p, unbatched = pool_setup(op, input, kernel_size, stride, padding, 1, ceil_mode)
     out = run_avg_pool(x, p, count_include_pad, divisor, get_num_threads())

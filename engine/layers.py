@@ -44,11 +44,10 @@ def _rng(seed):
 
 
 def _frozen(array, dtype, shape, name, op="Conv2d"):
-    """A private read-only C-contiguous copy of ``array`` with the expected shape."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(array).__name__}")
-    if array.dtype.kind != "f":
-        raise TypeError(f"{op}: {name} has dtype {array.dtype}; expected float32 or float64")
+    """A private read-only C-contiguous copy of ``array`` with the expected shape, in
+    the layer's dtype (float32 weights load into a float64 layer and back, as
+    ``load_state_dict`` does in PyTorch)."""
+    _shapes.float_dtype(array, name, op)
     if array.shape != shape:
         raise ValueError(f"{op}: {name} must have shape {shape}, got {array.shape}")
     out = np.array(array, dtype=dtype, order="C", copy=True)
@@ -245,8 +244,8 @@ class MaxPool2d(Module):
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = _shapes.pool_window(
             "MaxPool2d", kernel_size, stride, padding, dilation)
-        self.return_indices = bool(return_indices)
-        self.ceil_mode = bool(ceil_mode)
+        self.return_indices = F.check_bool(return_indices, "return_indices", "MaxPool2d")
+        self.ceil_mode = F.check_bool(ceil_mode, "ceil_mode", "MaxPool2d")
 
     def forward(self, x):
         """Max-pool ``x``; (output, indices) when return_indices."""
@@ -266,8 +265,8 @@ class AvgPool2d(Module):
         super().__init__()
         self.kernel_size, self.stride, self.padding, _ = _shapes.pool_window(
             "AvgPool2d", kernel_size, stride, padding, 1)
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = F.check_bool(ceil_mode, "ceil_mode", "AvgPool2d")
+        self.count_include_pad = F.check_bool(count_include_pad, "count_include_pad", "AvgPool2d")
         F.check_divisor_override(divisor_override, "AvgPool2d")
         self.divisor_override = divisor_override
 
@@ -291,9 +290,9 @@ def _check_dtype(dtype, op):
 
 
 def _check_array(x, op):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{op}: input must be a numpy.ndarray, got {type(x).__name__}")
-    return x
+    """``x`` as a native-byte-order array (big-endian input is converted, as for
+    convolutions); TypeError for anything but a float32/float64 ndarray."""
+    return np.asarray(x, dtype=_shapes.float_dtype(x, "input", op))
 
 
 def _positive_int(v, name, op):

@@ -113,6 +113,16 @@ class Im2col(Algorithm):
     # packing, narrower ones stay in cache.
     tunables = {"max_workspace_bytes": [1 << 20, 4 << 20, 64 << 20]}
 
+    def why_not(self, p):
+        # BLAS takes C ints for its sizes and strides: GEMM K and the plane sizes
+        # (leading dimensions) must fit, or the call would wrap around.
+        dims = {"K = C_in/groups * kH * kW": p.c_in // p.groups * p.kernel[0] * p.kernel[1],
+                "input plane H * W": p.h * p.w, "output plane OH * OW": p.out_h * p.out_w}
+        for what, value in dims.items():
+            if value > 2 ** 31 - 1:
+                return f"im2col's BLAS sizes are 32-bit: {what} = {value} is too large"
+        return None
+
     def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         _im2col.conv2d_im2col(x, w, bias, out, p.stride[0], p.stride[1], top, left,

@@ -10,13 +10,31 @@ from dataclasses import dataclass
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SUPPORTED_DTYPES = ("float32", "float64")
+# Kernel parameters are C ints: anything beyond is refused here, never wrapped.
+INT_LIMIT = 2 ** 31 - 1
 
 
 # ----------------------------------------------------------------------------- ints
 def _as_int(value, name, op):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if abs(int(value)) > INT_LIMIT:
+        raise ValueError(f"{op}: {name}={value} is out of range (at most {INT_LIMIT})")
     return int(value)
+
+
+def float_dtype(a, name, op):
+    """The native-byte-order dtype of ndarray ``a``, which must be float32 or float64;
+    TypeError saying what was expected otherwise (lists, masked arrays, ints, float16...)."""
+    import numpy as np
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{op}: {name} is a masked array, whose mask would be ignored; "
+                        f"pass a plain ndarray (e.g. {name}.filled(0))")
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{op}: {name} has dtype {a.dtype}; expected float32 or float64")
+    return np.dtype(a.dtype.newbyteorder("="))
 
 
 def pair(value, name, op):

@@ -5,6 +5,7 @@ multiply matrices call BLAS from inside those threads, one GEMM per thread, so w
 they run the BLAS pool is held at one thread (``blas_single_threaded``); otherwise
 each of our threads would wake a full BLAS pool and the cores would be oversubscribed.
 """
+import numbers
 import os
 import threading
 
@@ -42,13 +43,19 @@ def get_num_threads():
 
 
 def set_num_threads(n):
-    """Set the thread count for every kernel (OpenMP team and BLAS alike)."""
+    """Set the thread count for every kernel (OpenMP team and BLAS alike): the kernels'
+    OpenMP teams use ``n`` threads, and the process's BLAS pool is limited to ``n``
+    (what layers such as Linear use; inside the convolution kernels BLAS runs one
+    single-threaded GEMM per OpenMP thread)."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"set_num_threads expects a positive int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads expects a positive int, got {n}")
-    _num_threads = n
+    _num_threads = int(n)
+    with _lock:
+        if _blas_users == 0:     # inside a kernel call the pool is held at 1; leave it
+            _blas_controller().limit(limits=_num_threads, user_api="blas")
 
 
 def _blas_controller():

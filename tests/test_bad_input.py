@@ -279,3 +279,65 @@ def test_empty_batch_everywhere(dtype):
     assert F.avg_pool2d(x, 3, 3, ceil_mode=True).shape == (0, 4, 4, 4)
     layer = engine.Conv2d(4, 6, 3, padding="same", dtype=dtype, seed=1)
     assert layer(x).shape == (0, 6, 10, 12)
+
+
+# ------------------------------------------------ limits and the other entry points
+def test_masked_array_is_refused():
+    x = np.ma.masked_array(X(1, 2, 5, 5), mask=False)
+    with pytest.raises(TypeError, match="masked"):
+        F.max_pool2d(x, 2)
+
+
+@pytest.mark.parametrize("call", [
+    conv(stride=2 ** 31), conv(dilation=2 ** 40), conv(padding=2 ** 31),
+    lambda: F.max_pool2d(X(1, 1, 4, 4), 2, stride=2 ** 31),
+    lambda: F.avg_pool2d(X(1, 1, 4, 4), 2, divisor_override=2 ** 64),
+])
+def test_out_of_range_ints_are_value_errors(call):
+    with pytest.raises(ValueError, match="out of range"):
+        call()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: engine.MaxPool2d(2, return_indices="no"), lambda: engine.MaxPool2d(2, ceil_mode=None),
+    lambda: engine.AvgPool2d(2, count_include_pad="yes"),
+])
+def test_pool_layer_flags_must_be_bools(make):
+    with pytest.raises(TypeError, match="must be a bool"):
+        make()
+
+
+@pytest.mark.parametrize("params, shape, err, needle", [
+    (dict(in_channels=4, out_channels=4, kernel_size=3, dtype="float16"), (1, 4, 8, 8), TypeError, "dtype"),
+    (dict(in_channels=4, out_channels=4, kernel_size=3), (1.7, 4, 8, 8), TypeError, "ints"),
+    (dict(in_channels=4, out_channels=4, kernel_size=3, groups=3), (1, 4, 8, 8), ValueError, "groups"),
+])
+def test_explain_bad_arguments(params, shape, err, needle):
+    with pytest.raises(err, match=needle):
+        engine.explain(params, shape)
+
+
+def test_numpy_integers_are_ints():
+    before = engine.get_num_threads()
+    try:
+        engine.set_num_threads(np.int64(1))
+        assert engine.get_num_threads() == 1
+    finally:
+        engine.set_num_threads(before)
+    info = engine.explain(dict(in_channels=4, out_channels=4, kernel_size=3, groups=np.int64(2)),
+                          (1, 4, 8, 8))
+    assert info["params"]["groups"] == 2
+
+
+def test_float16_weights_are_refused():
+    layer = engine.Conv2d(2, 2, 3)
+    with pytest.raises(TypeError, match="float16"):
+        layer.weight = np.zeros((2, 2, 3, 3), np.float16)
+
+
+def test_big_endian_input_through_linear_and_batchnorm():
+    x = X(2, 3, 4, 4)
+    bn = engine.BatchNorm2d(3)
+    np.testing.assert_array_equal(bn(x.astype(">f4")), bn(x))
+    lin = engine.Linear(4, 5, seed=0)
+    np.testing.assert_array_equal(lin(x.astype(">f4")), lin(x))

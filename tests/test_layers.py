@@ -286,3 +286,26 @@ def test_thread_count_api():
     assert engine.get_num_threads() == 1
     engine.set_num_threads(3)
     assert engine.get_num_threads() == 3
+
+
+# The heuristic's documented rules (engine.dispatch.heuristic, README "Algorithms"),
+# written out as the table a reader of the docs would expect.
+@pytest.mark.parametrize("shape, kwargs, expected", [
+    ((1, 32, 112, 112), dict(in_channels=32, out_channels=32, kernel_size=3, padding=1, groups=32), "direct"),
+    ((1, 32, 56, 56), dict(in_channels=32, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1), "winograd_f4x3"),
+    ((1, 256, 14, 14), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1), "winograd_f4x3"),
+    ((1, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f2x3"),
+    ((8, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f4x3"),
+    ((1, 512, 5, 5), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "im2col"),
+    ((1, 8, 56, 56), dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), "im2col"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, stride=2), "im2col"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "im2col"),
+    ((1, 64, 28, 28), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
+    ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1, groups=32), "im2col"),
+    ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "im2col"),
+    ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "im2col"),
+])
+def test_heuristic_follows_its_documented_rules(shape, kwargs, expected):
+    info = engine.explain(kwargs, shape)
+    assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
