@@ -10,6 +10,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# The suite never reads the machine's own plan (the user cache, or a CONVTUNE_PLAN
+# the caller exported): decisions under test are forced, heuristic, or a plan a test
+# writes itself.
+os.environ["CONVTUNE_PLAN"] = "none"
+os.environ.pop("CONVTUNE_STRICT", None)
+
 try:
     from hypothesis import HealthCheck, settings
 
