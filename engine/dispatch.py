@@ -43,8 +43,8 @@ def heuristic(p):
     if p.is_depthwise:
         return "direct", "depthwise convolution: the direct depthwise kernel"
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
-    winograd_ok = (p.kernel == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
-                   and "winograd_f4x3" in _registry.REGISTRY)
+    winograd = _registry.REGISTRY.get("winograd_f4x3")
+    winograd_ok = winograd is not None and winograd.why_not(p) is None
     if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 6:
         m = 4 if p.n * p.out_h * p.out_w >= 14 * 14 else 2
         name = f"winograd_f{m}x3"

@@ -1,13 +1,8 @@
 """``engine.explain``: which algorithm a convolution uses, and why."""
 import numbers
 
-import numpy as np
-
-from . import registry as _registry
-from . import dispatch as _dispatch
 from . import shapes as _shapes
 from .layers import AvgPool2d, Conv2d, MaxPool2d
-from .threads import get_num_threads
 
 _CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                       dtype="float32", algorithm=None)
@@ -44,25 +39,11 @@ def explain(layer_or_params, input_shape):
         unknown = set(args) - set(_CONV_DEFAULTS) - {"in_channels", "out_channels", "kernel_size"}
         if unknown:
             raise ValueError(f"explain: unknown convolution parameter(s) {sorted(unknown)}")
-        try:
-            cin, cout, k = args["in_channels"], args["out_channels"], args["kernel_size"]
-        except KeyError as e:
-            raise ValueError(f"explain: the parameter dict needs {e.args[0]!r}") from None
-        kh, kw = _shapes.pair(k, "kernel_size", "explain")
-        groups = args["groups"]
-        try:
-            dtype = str(np.dtype(args["dtype"]))
-        except TypeError:
-            dtype = None
-        if dtype not in _shapes.SUPPORTED_DTYPES:
-            raise TypeError(f"explain: dtype must be float32 or float64, got {args['dtype']!r}")
-        if (isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0
-                or cout % groups or cin % groups):
-            raise ValueError(f"explain: groups={groups!r} must be a positive int dividing "
-                             f"in_channels={cin} and out_channels={cout}")
-        p = _shapes.conv_params(shape, (cout, cin // groups, kh, kw), args["stride"], args["padding"],
-                                args["dilation"], groups, args["padding_mode"], dtype)
-        choice = _dispatch.choose(p, args["algorithm"], get_num_threads())
-        return {**choice.as_dict(), "params": p.key(), "applicable": _registry.applicable(p)}
+        missing = {"in_channels", "out_channels", "kernel_size"} - set(args)
+        if missing:
+            raise ValueError(f"explain: the parameter dict needs {sorted(missing)}")
+        # The layer itself validates the parameters and resolves the choice, so a dict
+        # is explained exactly as the layer it describes (no weights are drawn).
+        return Conv2d(**args, bias=False, init=False).explain(shape)
     raise TypeError(f"explain: expected a layer or a dict of Conv2d parameters, "
                     f"got {type(layer_or_params).__name__}")

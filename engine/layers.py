@@ -12,7 +12,6 @@ the layer's back: to change weights, assign a new array.
 ``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
 """
-import copy
 import math
 import numbers
 
@@ -61,7 +60,46 @@ def _check_init(init, op):
     return bool(init)
 
 
-class Conv2d(Module):
+class _WeightAndBias(Module):
+    """A layer with ``weight`` and an optional ``bias``: private read-only copies in the
+    layer's dtype (``_frozen``), state-dict keys "weight" and "bias". Subclasses give
+    ``_weight_shape`` (the bias has its first dimension) and may drop derived forms of
+    the weight in ``_weight_changed``."""
+
+    @property
+    def weight(self):
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):
+        self._weight = _frozen(value, self.dtype, self._weight_shape, "weight", type(self).__name__)
+        self._weight_changed()
+
+    @property
+    def bias(self):
+        return self._bias
+
+    @bias.setter
+    def bias(self, value):
+        self._bias = None if value is None else _frozen(
+            value, self.dtype, self._weight_shape[:1], "bias", type(self).__name__)
+
+    def _weight_changed(self):
+        pass
+
+    def _own_state(self):
+        state = {"weight": self._weight}
+        if self._bias is not None:
+            state["bias"] = self._bias
+        return state
+
+    def _load_own(self, name, value):
+        if name not in ("weight", "bias"):
+            raise KeyError(name)
+        setattr(self, name, np.asarray(value, dtype=self.dtype))
+
+
+class Conv2d(_WeightAndBias):
     """2-D convolution layer, as ``torch.nn.Conv2d`` (numpy arrays in and out).
 
     Weights are initialised as PyTorch does (Kaiming-uniform with a=sqrt(5), i.e.
@@ -109,6 +147,7 @@ class Conv2d(Module):
         self.algorithm = algorithm
         self.fused_relu = False
         self._resolved = {}
+        self._plan_generation = None
 
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / math.sqrt(fan_in)
@@ -122,24 +161,15 @@ class Conv2d(Module):
             self.weight = np.zeros(shape, self.dtype)
             self.bias = np.zeros(out_channels, self.dtype) if bias else None
 
-    # Parameters: assigning either drops every cached form of the weights.
-    @property
-    def weight(self):
-        return self._weight
-
-    @weight.setter
-    def weight(self, value):
-        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        self._weight = _frozen(value, self.dtype, shape, "weight")
-        self._prepared = {}
+    # Caches of derived state, rebuilt on demand (a deep copy starts them empty).
+    _CACHES = ("_prepared", "_resolved")
 
     @property
-    def bias(self):
-        return self._bias
+    def _weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    @bias.setter
-    def bias(self, value):
-        self._bias = None if value is None else _frozen(value, self.dtype, (self.out_channels,), "bias")
+    def _weight_changed(self):
+        self._prepared = {}     # every algorithm's prepared weights are stale now
 
     def _params(self, input_shape):
         """ConvParams for a 4-D ``input_shape`` (validated against this layer)."""
@@ -148,7 +178,10 @@ class Conv2d(Module):
 
     def _resolve(self, input_shape, threads):
         """(ConvParams, Choice) for this input shape, resolved once and cached."""
-        key = (tuple(input_shape), threads, self.algorithm, _plan.generation())
+        generation = _plan.generation()
+        if generation != self._plan_generation:   # another plan: every choice is stale
+            self._resolved, self._plan_generation = {}, generation
+        key = (tuple(input_shape), threads, self.algorithm)
         cached = self._resolved.get(key)
         if cached is None:
             p = self._params(input_shape)
@@ -177,35 +210,6 @@ class Conv2d(Module):
                          params=choice.params)
         return out[0] if unbatched else out
 
-    def _own_state(self):
-        state = {"weight": self._weight}
-        if self._bias is not None:
-            state["bias"] = self._bias
-        return state
-
-    def _load_own(self, name, value):
-        if name == "weight":
-            self.weight = np.asarray(value, dtype=self.dtype)
-        elif name == "bias":
-            self.bias = np.asarray(value, dtype=self.dtype)
-        else:
-            raise KeyError(name)
-
-    def __deepcopy__(self, memo):
-        # The copy gets its own read-only arrays; cached forms are rebuilt on demand.
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            if k in ("_weight", "_bias", "_prepared", "_resolved"):
-                continue
-            object.__setattr__(new, k, copy.deepcopy(v, memo))
-        object.__setattr__(new, "_weight", None)
-        object.__setattr__(new, "_bias", None)
-        new.weight = self._weight
-        new.bias = self._bias
-        object.__setattr__(new, "_resolved", {})
-        return new
-
     def explain(self, input_shape):
         """Which algorithm a call on ``input_shape`` uses, and why (see engine.explain)."""
         shape = tuple(input_shape)
@@ -231,9 +235,6 @@ class Conv2d(Module):
         if self.fused_relu:
             s += ", fused_relu=True"
         return s
-
-    def __repr__(self):
-        return f"Conv2d({self.extra_repr()})"
 
 
 class MaxPool2d(Module):
@@ -371,7 +372,7 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
-class Linear(Module):
+class Linear(_WeightAndBias):
     """y = x @ weight.T + bias, as ``torch.nn.Linear``; numpy's matmul (BLAS) computes it.
 
     ``weight`` is (out_features, in_features), ``bias`` (out_features,) or None, both
@@ -406,20 +407,8 @@ class Linear(Module):
             self.bias = np.zeros(shape[0], self.dtype) if bias else None
 
     @property
-    def weight(self):
-        return self._weight
-
-    @weight.setter
-    def weight(self, value):
-        self._weight = _frozen(value, self.dtype, (self.out_features, self.in_features), "weight", "Linear")
-
-    @property
-    def bias(self):
-        return self._bias
-
-    @bias.setter
-    def bias(self, value):
-        self._bias = None if value is None else _frozen(value, self.dtype, (self.out_features,), "bias", "Linear")
+    def _weight_shape(self):
+        return (self.out_features, self.in_features)
 
     def forward(self, x):
         """x (..., in_features) -> (..., out_features)."""
@@ -440,14 +429,6 @@ class Linear(Module):
             out += self._bias
         return out
 
-    def _own_state(self):
-        state = {"weight": self._weight}
-        if self._bias is not None:
-            state["bias"] = self._bias
-        return state
-
-    def _load_own(self, name, value):
-        setattr(self, name, np.asarray(value, dtype=self.dtype))
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -103,7 +103,7 @@ _VGG_CFG = {
 }
 
 
-def _vgg_features(cfg, batch_norm, dtype, rng):
+def _vgg_features(cfg, batch_norm, dtype):
     layers, c = [], 3
     for v in cfg:
         if v == "M":
@@ -141,13 +141,13 @@ class VGG(Module):
 def vgg16(num_classes=1000, *, dtype=np.float32, seed=None):
     """VGG-16 (configuration D), torchvision's layout and key names."""
     rng = _rng(seed)
-    return VGG(_vgg_features(_VGG_CFG["vgg16"], False, dtype, rng), num_classes, dtype=dtype, seed=rng)
+    return VGG(_vgg_features(_VGG_CFG["vgg16"], False, dtype), num_classes, dtype=dtype, seed=rng)
 
 
 def vgg16_bn(num_classes=1000, *, dtype=np.float32, seed=None):
     """VGG-16 with BatchNorm after every convolution, torchvision's layout and keys."""
     rng = _rng(seed)
-    return VGG(_vgg_features(_VGG_CFG["vgg16"], True, dtype, rng), num_classes, dtype=dtype, seed=rng)
+    return VGG(_vgg_features(_VGG_CFG["vgg16"], True, dtype), num_classes, dtype=dtype, seed=rng)
 
 
 # ------------------------------------------------------------------------- ResNet
@@ -225,23 +225,20 @@ class ResNet(Module):
     def __init__(self, block, layers, num_classes=1000, *, dtype=np.float32, seed=None):
         super().__init__()
         rng = _rng(seed)
-        self._dtype, self._rng = dtype, rng
         self.inplanes = 64
         self.conv1 = Conv2d(3, 64, 7, 2, 3, bias=False, dtype=dtype, init=False)
         self.bn1 = BatchNorm2d(64, dtype=dtype)
         self.relu = ReLU(inplace=True)
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1, dtype)
+        self.layer2 = self._make_layer(block, 128, layers[1], 2, dtype)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2, dtype)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2, dtype)
         self.avgpool = AdaptiveAvgPool2d((1, 1))
         self.fc = Linear(512 * block.expansion, num_classes, dtype=dtype, seed=rng)
-        del self._dtype, self._rng
         init_like_torchvision(self, rng)
 
-    def _make_layer(self, block, planes, blocks, stride=1):
-        dtype, rng = self._dtype, self._rng
+    def _make_layer(self, block, planes, blocks, stride, dtype):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = Sequential(
@@ -284,12 +281,12 @@ _MOBILENET_V1 = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 
                  (256, 512, 2)] + [(512, 512, 1)] * 5 + [(512, 1024, 2), (1024, 1024, 1)]
 
 
-def _conv_bn(cin, cout, stride, dtype, rng):
+def _conv_bn(cin, cout, stride, dtype):
     return Sequential(Conv2d(cin, cout, 3, stride, 1, bias=False, dtype=dtype, init=False),
                       BatchNorm2d(cout, dtype=dtype), ReLU(inplace=True))
 
 
-def _conv_dw(cin, cout, stride, dtype, rng):
+def _conv_dw(cin, cout, stride, dtype):
     return Sequential(
         Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False, dtype=dtype, init=False),
         BatchNorm2d(cin, dtype=dtype), ReLU(inplace=True),
@@ -305,8 +302,8 @@ class MobileNetV1(Module):
     def __init__(self, num_classes=1000, *, dtype=np.float32, seed=None):
         super().__init__()
         rng = _rng(seed)
-        blocks = [_conv_bn(3, 32, 2, dtype, rng)]
-        blocks += [_conv_dw(cin, cout, s, dtype, rng) for cin, cout, s in _MOBILENET_V1]
+        blocks = [_conv_bn(3, 32, 2, dtype)]
+        blocks += [_conv_dw(cin, cout, s, dtype) for cin, cout, s in _MOBILENET_V1]
         self.features = Sequential(*blocks)
         self.avgpool = AdaptiveAvgPool2d((1, 1))
         self.fc = Linear(1024, num_classes, dtype=dtype, seed=rng)

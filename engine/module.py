@@ -231,11 +231,17 @@ class Module:
             self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
         return self
 
+    # Names of per-instance caches of derived state: a deep copy starts them empty.
+    _CACHES = ()
+
     def __deepcopy__(self, memo):
         # Read-only arrays (frozen weights) stay read-only in the copy.
         new = object.__new__(type(self))
         memo[id(self)] = new
         for k, v in self.__dict__.items():
+            if k in self._CACHES:
+                object.__setattr__(new, k, {})
+                continue
             c = copy.deepcopy(v, memo)
             if isinstance(v, np.ndarray) and not v.flags.writeable:
                 c.flags.writeable = False

@@ -37,7 +37,7 @@ strict mode: with ``CONVTUNE_STRICT=1`` a convolution without an entry raises
 Loading is lazy and cached; the file is re-read when its (mtime, size, inode) changes,
 checked at most once every ``RECHECK_SECONDS``. ``lookup`` is a dict look-up.
 
-Writes (``write_entries``) take a lock (``filelock``; ``fcntl`` when not installed),
+Writes (``write_entries``) take a lock (``filelock``),
 re-read the file under it, merge, and replace the file atomically (temp file in the
 same directory + ``os.replace``), so concurrent tuners merge instead of clobbering.
 """
@@ -48,6 +48,9 @@ import tempfile
 import threading
 import time
 import warnings
+
+from filelock import FileLock
+from platformdirs import user_cache_dir
 
 FORMAT = "convtune-plan"
 FORMAT_VERSION = 1
@@ -345,20 +348,11 @@ _default_path = None
 
 
 def default_path():
-    """``plan.json`` in the user's cache directory (platformdirs when installed)."""
+    """``plan.json`` in the user's cache directory."""
     global _default_path
     if _default_path is None:
-        _default_path = _find_default_path()
+        _default_path = os.path.join(user_cache_dir("convtune", appauthor=False), "plan.json")
     return _default_path
-
-
-def _find_default_path():
-    try:
-        from platformdirs import user_cache_dir
-        base = user_cache_dir("convtune", appauthor=False)
-    except ImportError:  # pragma: no cover - platformdirs is optional at run time
-        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "convtune")
-    return os.path.join(base, "plan.json")
 
 
 def active_source():
@@ -414,9 +408,7 @@ def _warn_once(plan):
         msg = (f"convtune plan {plan.path} does not exist; algorithms are chosen by the "
                f"heuristic. Create it with `convtune tune CONFIG --plan {plan.path}`.")
     else:
-        what = {"corrupt": "is corrupt", "foreign": "is from other hardware",
-                "incompatible": "is from an incompatible engine version"}[plan.status]
-        msg = (f"convtune plan {plan.path} {what} ({plan.reason}). It is ignored and left as "
+        msg = (f"convtune plan {plan.path} {_WHAT[plan.status]} ({plan.reason}). It is ignored and left as "
                f"it is on disk; algorithms are chosen by the heuristic. Re-tune this machine "
                f"with `convtune tune CONFIG --plan {plan.path} --force` (the old file is kept "
                f"as a .bak), or use another plan.")
@@ -452,7 +444,7 @@ def current():
         plan = read_plan(path)
         _loaded, _loaded_path, _last_check = plan, path, time.monotonic()
         _lookup_cache.clear()
-        if plan.status != "ok" and not (plan.status == "missing" and active_source()[1].startswith("the default")):
+        if plan.status != "ok" and not (plan.status == "missing" and path == default_path()):
             _warn_once(plan)
         return plan
 
@@ -460,7 +452,7 @@ def current():
 def generation():
     """A counter bumped whenever the active plan changes (use_plan, or the file changed
     on disk): layers re-resolve their algorithm then."""
-    if _loaded is not None and time.monotonic() - _last_check >= RECHECK_SECONDS:
+    if _loaded is not None:
         with _lock:
             _refresh()
     if _explicit is _UNSET:
@@ -487,10 +479,12 @@ def lookup(params, num_threads=None):
     ck = (params, num_threads)
     plan = current()
     found = _lookup_cache.get(ck, _UNSET)
+    key = None
     if found is _UNSET:
         found = None
         if plan is not None and plan.trusted:
-            data = plan.entries.get(entry_key(params_key(params, num_threads)))
+            key = params_key(params, num_threads)
+            data = plan.entries.get(entry_key(key))
             if data is not None:
                 found = PlanEntry(data, plan.path)
         _lookup_cache[ck] = found
@@ -502,39 +496,15 @@ def lookup(params, num_threads=None):
         else:
             why = f"plan {plan.path} has no entry for it"
         raise PlanEntryMissingError(
-            f"CONVTUNE_STRICT=1: no plan entry for {describe_key(params_key(params, num_threads))}: "
+            f"CONVTUNE_STRICT=1: no plan entry for {describe_key(key or params_key(params, num_threads))}: "
             f"{why}. Tune it with `convtune tune CONFIG --threads {num_threads}` or unset CONVTUNE_STRICT.")
     return found
 
 
 # ---------------------------------------------------------------------- writing
-class _Lock:
-    """An inter-process lock on ``path + '.lock'``: filelock, else fcntl.flock."""
-
-    def __init__(self, path, timeout=60.0):
-        self.path, self.timeout = path + ".lock", timeout
-        self._impl = self._fd = None
-
-    def __enter__(self):
-        try:
-            from filelock import FileLock
-        except ImportError:  # pragma: no cover
-            import fcntl
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            return self
-        self._impl = FileLock(self.path, timeout=self.timeout)
-        self._impl.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        if self._impl is not None:
-            self._impl.release()
-        elif self._fd is not None:  # pragma: no cover
-            import fcntl
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-        return False
+def _Lock(path, timeout=60.0):
+    """The inter-process lock on ``path + '.lock'`` that every writer of ``path`` takes."""
+    return FileLock(path + ".lock", timeout=timeout)
 
 
 def _now():
@@ -554,7 +524,6 @@ def newer_wins(old, new, prefer_new=False):
 
 def _atomic_write(path, doc):
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .kernels import direct as _direct
 from .kernels import im2col as _im2col
+from .shapes import INT_LIMIT
 from .threads import blas_single_threaded
 
 try:  # Winograd is its own module; the engine works without it.
@@ -119,7 +120,7 @@ class Im2col(Algorithm):
         dims = {"K = C_in/groups * kH * kW": p.c_in // p.groups * p.kernel[0] * p.kernel[1],
                 "input plane H * W": p.h * p.w, "output plane OH * OW": p.out_h * p.out_w}
         for what, value in dims.items():
-            if value > 2 ** 31 - 1:
+            if value > INT_LIMIT:
                 return f"im2col's BLAS sizes are 32-bit: {what} = {value} is too large"
         return None
 
@@ -127,7 +128,7 @@ class Im2col(Algorithm):
         top, left = _kernel_pads(p)
         _im2col.conv2d_im2col(x, w, bias, out, p.stride[0], p.stride[1], top, left,
                               p.dilation[0], p.dilation[1], p.groups, num_threads, relu,
-                              **(params or {}))
+                              **params)
 
 
 class Winograd(Algorithm):
@@ -155,7 +156,7 @@ class Winograd(Algorithm):
     def run(self, x, u, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu,
-                                  **(params or {}))
+                                  **params)
 
 
 _ALGORITHMS = [Direct(), Im2col()]

@@ -8,6 +8,8 @@ message that says what was expected. Kernels receive only what these records say
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
+
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SUPPORTED_DTYPES = ("float32", "float64")
 # Kernel parameters are C ints: anything beyond is refused here, never wrapped.
@@ -26,7 +28,6 @@ def _as_int(value, name, op):
 def float_dtype(a, name, op):
     """The native-byte-order dtype of ndarray ``a``, which must be float32 or float64;
     TypeError saying what was expected otherwise (lists, masked arrays, ints, float16...)."""
-    import numpy as np
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):
