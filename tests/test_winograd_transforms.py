@@ -8,6 +8,8 @@
    the vector width), outputs pre-filled with NaN, float32 and float64, and 1 vs 2
    threads and tile-block sizes giving the same result within tolerance.
 """
+import zlib
+
 import numpy as np
 import pytest
 
@@ -140,7 +142,7 @@ def _blas_one_thread():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kernel_vs_reference(case, m, dtype):
     N, C, Co, H, W, pads, groups, has_bias = CASES[case]
-    rng = np.random.default_rng(abs(hash(case)) % 2 ** 32)
+    rng = np.random.default_rng(zlib.crc32(case.encode()))     # stable across runs
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((Co, C // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(Co).astype(dtype) if has_bias else None
