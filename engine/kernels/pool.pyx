@@ -151,77 +151,6 @@ cdef void _max_kernel_row(const floating* src, floating* o, int64_t* idx,
         t0 += g
 
 
-cdef inline void _max_window(const floating* xp, Py_ssize_t H, Py_ssize_t W,
-                             Py_ssize_t ih0, Py_ssize_t ih1, Py_ssize_t ow,
-                             int kw, int sw, int pw, int dh, int dw,
-                             floating* val, int64_t* irow, Py_ssize_t j) noexcept nogil:
-    """The scalar reference for one window (edge columns): PyTorch's loop verbatim.
-    ``ih0`` is already advanced past the top padding, ``ih1`` clipped to H. OUT:
-    ``val[0]`` and, unless ``irow`` is NULL, ``irow[j]``."""
-    cdef Py_ssize_t iw0 = <Py_ssize_t>ow * sw - pw
-    cdef Py_ssize_t iw1 = iw0 + <Py_ssize_t>(kw - 1) * dw + 1
-    cdef Py_ssize_t ih, iw
-    cdef floating v
-    cdef floating m = -INFINITY
-    cdef int64_t mi
-    if iw1 > W:
-        iw1 = W
-    while iw0 < 0:
-        iw0 += dw
-    mi = ih0 * W + iw0
-    ih = ih0
-    while ih < ih1:
-        iw = iw0
-        while iw < iw1:
-            v = xp[ih * W + iw]
-            if (v > m) or (v != v):
-                m = v
-                mi = ih * W + iw
-            iw += dw
-        ih += dh
-    val[0] = m
-    if irow != NULL:
-        irow[j] = mi
-
-
-cdef void _max_row(const floating* xp, floating* orow, int64_t* irow,
-                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t oh,
-                   Py_ssize_t lo, Py_ssize_t hi,
-                   int kh, int kw, int sh, int sw, int ph, int pw,
-                   int dh, int dw) noexcept nogil:
-    """One output row ``orow[0:OW]`` (and ``irow`` unless NULL) of plane ``xp``.
-    Columns ``[lo, hi)`` are interior (all taps inside the row), the rest edges."""
-    cdef Py_ssize_t ih0 = oh * sh - ph
-    cdef Py_ssize_t ih1 = ih0 + <Py_ssize_t>(kh - 1) * dh + 1
-    cdef Py_ssize_t ow, ih, n = hi - lo
-    cdef Py_ssize_t c0 = lo * sw - pw      # input column of interior output lo's tap 0
-    if ih1 > H:
-        ih1 = H
-    while ih0 < 0:
-        ih0 += dh
-
-    for ow in range(lo):
-        _max_window(xp, H, W, ih0, ih1, ow, kw, sw, pw, dh, dw, &orow[ow], irow, ow)
-    for ow in range(hi, OW):
-        _max_window(xp, H, W, ih0, ih1, ow, kw, sw, pw, dh, dw, &orow[ow], irow, ow)
-    if n <= 0:
-        return
-
-    # Interior: start from PyTorch's initial state (-inf, first valid tap's index;
-    # with no valid row the loop below is empty and this is also PyTorch's answer).
-    for ow in range(lo, hi):
-        orow[ow] = -INFINITY
-    if irow != NULL:
-        for ow in range(lo, hi):
-            irow[ow] = ih0 * W + ow * sw - pw
-
-    ih = ih0
-    while ih < ih1:
-        _max_kernel_row(xp + ih * W + c0, orow + lo, (irow + lo) if irow != NULL else NULL,
-                        n, sw, kw, dw, ih * W + c0)
-        ih += dh
-
-
 cdef void _max_row_padded(const floating* xp, floating* orow, int64_t* irow,
                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t OWr,
                           Py_ssize_t oh, const Py_ssize_t* first,
@@ -299,7 +228,8 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
     cdef Py_ssize_t OWr = (OW + 15) // 16 * 16
-    cdef Py_ssize_t Lp, r, p, oh, lo, hi, j, c
+    cdef Py_ssize_t span = <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
+    cdef Py_ssize_t Lp, r, p, oh, j, c
     cdef int64_t[:, :, ::1] ind
     cdef int64_t* ip = NULL
     cdef int64_t* irow
@@ -309,7 +239,7 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     cdef floating* srow
     cdef floating* mrow
     cdef int64_t* mirow
-    cdef bint scratch, want_scratch
+    cdef int nfail = 0
     if P == 0 or OH == 0 or OW == 0:
         return
     if indices is not None:
@@ -317,19 +247,16 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
         ip = &ind[0, 0, 0]
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
-    # Fallback split (used only if scratch cannot be allocated): interior columns
-    # have their first tap at or right of column 0 and their last tap left of W.
-    lo = (pad_w + stride_w - 1) // stride_w
-    if lo > OW:
-        lo = OW
-    hi = _interior_hi(W, OW, lo, <Py_ssize_t>(kernel_w - 1) * dilation_w + 1, stride_w, pad_w)
-    # padded row length: every tap of the OWr columns, and the whole input row
-    Lp = (OWr - 1) * stride_w + <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
+    # Padded row length: every tap of the OWr columns, and the whole input row. Whole
+    # vectors (OWr) only while that keeps the row near the input's size: with a stride
+    # far beyond the row (2**22 would ask ~250 MB per thread) the exact OW columns are
+    # used, and then Lp < pad_w + W + span, since the last window starts in the row.
+    Lp = (OWr - 1) * stride_w + span
+    if Lp > 4 * (pad_w + W) + 1024:
+        OWr = OW
+        Lp = (OW - 1) * stride_w + span
     if Lp < pad_w + W:
         Lp = pad_w + W
-    # A stride far larger than the row makes the padded row mostly unused -inf (a stride
-    # of 2**22 would ask ~250 MB per thread): such rows take the fallback path instead.
-    want_scratch = Lp <= 4 * (pad_w + W) + 1024
     first = <Py_ssize_t*>malloc(OW * sizeof(Py_ssize_t))
     if first == NULL:
         raise MemoryError()
@@ -341,38 +268,36 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     # (assigned again in each thread; set here so the compiler sees them initialised)
     srow = mrow = NULL
     mirow = NULL
-    scratch = False
     c = 0
 
     num_threads = _team(num_threads, P * OH * OWr * kernel_h * kernel_w)
 
     with nogil, parallel(num_threads=num_threads):
-        srow = <floating*>malloc(Lp * sizeof(floating)) if want_scratch else NULL
+        srow = <floating*>malloc(Lp * sizeof(floating))
         mrow = <floating*>malloc(OWr * sizeof(floating))
         mirow = <int64_t*>malloc(OWr * sizeof(int64_t)) if ip != NULL else NULL
-        scratch = srow != NULL and mrow != NULL and (ip == NULL or mirow != NULL)
-        if scratch:
+        if srow != NULL:
             for c in range(Lp):
                 srow[c] = -INFINITY
         # one output row per work item: whole planes per thread when P is large,
         # rows of one plane shared out when P is small
         for r in prange(P * OH, schedule='static'):
-            p = r // OH
-            oh = r - p * OH
-            irow = (ip + r * OW) if ip != NULL else NULL
-            if scratch:
+            if srow == NULL or mrow == NULL or (ip != NULL and mirow == NULL):
+                nfail += 1
+            else:
+                p = r // OH
+                oh = r - p * OH
+                irow = (ip + r * OW) if ip != NULL else NULL
                 _max_row_padded(xp + p * H * W, op + r * OW, irow, H, W, OW, OWr, oh,
                                 first, srow, mrow, mirow,
                                 kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                 dilation_h, dilation_w)
-            else:
-                _max_row(xp + p * H * W, op + r * OW, irow, H, W, OW, oh, lo, hi,
-                         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
-                         dilation_h, dilation_w)
         free(srow)
         free(mrow)
         free(mirow)
     free(first)
+    if nfail:
+        raise MemoryError("max_pool2d: could not allocate the per-thread scratch rows")
 
 
 # ----------------------------------------------------------------------------------
