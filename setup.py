@@ -18,7 +18,6 @@ import sysconfig
 import tempfile
 import warnings
 
-import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -73,7 +72,7 @@ def compile_flags():
     openmp = False
     if _flag("CONVTUNE_NO_OPENMP"):
         pass
-    elif _compiles(["-fopenmp", "-O1"], OPENMP_PROBE) or _compiles(["-fopenmp"], OPENMP_PROBE):
+    elif _compiles(["-fopenmp"], OPENMP_PROBE):
         cflags.append("-fopenmp")
         ldflags.append("-fopenmp")
         openmp = True
@@ -87,7 +86,7 @@ def compile_flags():
 
 
 def extensions():
-    cflags, ldflags, openmp, debug = compile_flags()
+    cflags, ldflags, _, debug = compile_flags()
     only = [s.strip() for s in os.environ.get("CONVTUNE_ONLY", "").split(",") if s.strip()]
     names = [k for k in KERNELS if not only or k in only]
     # The build info module reports exactly what was used to build.
@@ -100,12 +99,9 @@ def extensions():
         exts.append(Extension(
             "engine.kernels." + name,
             [path],
-            include_dirs=[numpy.get_include()],
             extra_compile_args=cflags,
             extra_link_args=ldflags,
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                           ("CONVTUNE_CFLAGS", flags_macro),
-                           ("CONVTUNE_OPENMP_BUILD", "1" if openmp else "0")],
+            define_macros=[("CONVTUNE_CFLAGS", flags_macro)],
         ))
     directives = {
         "language_level": 3,

@@ -151,7 +151,7 @@ class Winograd(Algorithm):
         return None
 
     def prepare_weight(self, weight, p):
-        return _winograd.transform_weight(weight, self.m, p.groups)
+        return _winograd.transform_weight(weight, self.m)
 
     def run(self, x, u, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)

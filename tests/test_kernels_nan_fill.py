@@ -102,7 +102,7 @@ WINOGRAD_CASES = [c for c in FINITE_CONV if winograd_expected_ok(c)]
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: c.id)
 def test_conv2d_winograd_writes_every_element(case, dtype, m):
     x, w, b, top, left, expected = kernel_inputs(case, dtype)
-    u = winograd.transform_weight(w, m, case.groups)
+    u = winograd.transform_weight(w, m)
     tol = algos.TOLERANCE[(f"winograd_f{m}x3", dtype)]
     with engine.threads.blas_single_threaded():
         # tile blocks of 16 and 32 tiles and the automatic choice: the same result

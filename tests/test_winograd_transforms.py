@@ -125,7 +125,7 @@ def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False):
     pt, pl, pb, pr = pads
     N, C, H, W = x.shape
     out = np.full((N, w.shape[0], H + pt + pb - 2, W + pl + pr - 2), np.nan, x.dtype)
-    U = wk.transform_weight(w, m, groups)
+    U = wk.transform_weight(w, m)
     wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block)
     return out
 
@@ -191,7 +191,7 @@ def test_transform_weight_layout():
     for m in VARIANTS:
         a = m + 2
         _, G, _ = wt.transform_matrices(m)
-        U = wk.transform_weight(w, m, 1)
+        U = wk.transform_weight(w, m)
         assert U.shape == (a * a, 6, 4) and U.flags.c_contiguous and U.dtype == w.dtype
         np.testing.assert_allclose(U[:, 2, 3].reshape(a, a), G @ w[2, 3] @ G.T, atol=1e-13)
 

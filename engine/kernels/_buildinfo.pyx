@@ -6,12 +6,9 @@ cdef extern from *:
     #define CONVTUNE_CFLAGS "unknown"
     #endif
     #ifdef _OPENMP
-    #include <omp.h>
     static const int convtune_openmp = _OPENMP;
-    static int convtune_omp_max_threads(void) { return omp_get_max_threads(); }
     #else
     static const int convtune_openmp = 0;
-    static int convtune_omp_max_threads(void) { return 1; }
     #endif
     static const char* convtune_isa_list[] = {
     #ifdef __SSE4_2__
@@ -55,7 +52,6 @@ cdef extern from *:
     const char* CONVTUNE_COMPILER
     const int convtune_openmp
     const char** convtune_isa_list
-    int convtune_omp_max_threads() nogil
 
 
 def info():
@@ -73,6 +69,3 @@ def info():
         "isa": isa,
     }
 
-
-def omp_max_threads():
-    return convtune_omp_max_threads()

@@ -10,25 +10,32 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
 
-PAD_ZEROS = 0
-PAD_REFLECT = 1
-PAD_REPLICATE = 2
-PAD_CIRCULAR = 3
+cdef enum PadMode:
+    ZEROS = 0
+    REFLECT = 1
+    REPLICATE = 2
+    CIRCULAR = 3
+
+# The mode codes pad2d takes, for Python callers.
+PAD_ZEROS = ZEROS
+PAD_REFLECT = REFLECT
+PAD_REPLICATE = REPLICATE
+PAD_CIRCULAR = CIRCULAR
 
 
 cdef inline Py_ssize_t _map_index(Py_ssize_t i, Py_ssize_t n, int mode) noexcept nogil:
     """Source index for padded coordinate ``i`` (relative to the source, may be < 0 or >= n).
 
-    Returns -1 for a zero element (mode 0 outside [0, n)). The caller guarantees reflect
+    Returns -1 for a zero element (ZEROS outside [0, n)). The caller guarantees reflect
     pads < n and circular pads <= n, as torch requires, so one reflection / wrap suffices.
     """
     if 0 <= i < n:
         return i
-    if mode == 1:                       # reflect: edge element not repeated
+    if mode == REFLECT:                 # reflect: edge element not repeated
         return -i if i < 0 else 2 * (n - 1) - i
-    if mode == 2:                       # replicate: clamp to the edge
+    if mode == REPLICATE:               # replicate: clamp to the edge
         return 0 if i < 0 else n - 1
-    if mode == 3:                       # circular: wrap around
+    if mode == CIRCULAR:                # circular: wrap around
         return i + n if i < 0 else i - n
     return -1                           # zeros
 

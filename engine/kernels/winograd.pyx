@@ -47,7 +47,6 @@ gather/scatter and BLAS dgemm. Tile blocks hold whole 16-tile chunks, dealt even
 """
 import numpy as np
 
-cimport cython
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
@@ -66,12 +65,13 @@ cdef extern from "winograd_simd.h":
     void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv, float* C, int ldm) noexcept nogil
     void wg_f_in(const float* d, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
     void wg_d_in(const double* d, const double* BT, double* V, Py_ssize_t plane, int alpha) noexcept nogil
-    void wg_f_out(const float* M, Py_ssize_t plane, const double* AT, float b, int relu, float* o, int m) noexcept nogil
-    void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, int relu, double* o, int m) noexcept nogil
+    void wg_f_out(const float* M, Py_ssize_t plane, const double* AT, float b, float* o, int m) noexcept nogil
+    void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, double* o, int m) noexcept nogil
 
 
-DEF VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
-DEF MAXA = 8            # largest alpha (F(6,3))
+cdef enum:
+    VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
+    MAXA = 8            # largest alpha (F(6,3))
 
 # A^T (m x alpha) and B^T (alpha x alpha) per variant, float64, row-major; index m//2-1.
 cdef double _AT[3][MAXA * MAXA]
@@ -113,7 +113,7 @@ def kernel_matrices(int m):
     return AT, BT
 
 
-def transform_weight(weight, int m, int groups=1):
+def transform_weight(weight, int m):
     """U = G g G^T for every (oc, ic): the transformed weights, computed once per layer.
 
     IN:  weight[C_out][C_in/groups][3][3], float32 or float64.
@@ -121,7 +121,7 @@ def transform_weight(weight, int m, int groups=1):
          is the GEMM's left operand for transformed position (xi, nu), group gi's rows
          are oc in [gi*C_out/g, (gi+1)*C_out/g). Computed in float64 and rounded once
          (G holds the non-dyadic factors of the transform, see winograd_transforms).
-    ``groups`` is accepted for symmetry with the kernel; the layout does not depend on it.
+    The layout does not depend on the groups: the kernel slices U's rows per group.
     """
     w = np.asarray(weight)
     if w.ndim != 4 or w.shape[2] != 3 or w.shape[3] != 3:
@@ -159,8 +159,6 @@ cdef void _weight_transform(const double[:, :, :, ::1] g, const double[:, ::1] G
                                                               + t[i][2] * G[j, 2])
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                        Py_ssize_t c, const int* tn, const int* ty, const int* tx, int nl,
                        int alpha, const double* BT, floating* V, Py_ssize_t plane) noexcept nogil:
@@ -204,8 +202,6 @@ cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
         wg_d_in(d, BT, V, plane, alpha)
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
                         Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t oc,
                         const int* tn, const int* oy, const int* ox, int nl,
@@ -219,11 +215,11 @@ cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
     cdef floating* orow
     cdef floating v
     cdef int l, i, j, hh, ww
-    # A^T M A + b (and relu), 16 tiles per vector op (in winograd_simd.h)
+    # A^T M A + b, 16 tiles per vector op (in winograd_simd.h); relu at the store
     if floating is float:
-        wg_f_out(M, plane, AT, b, relu, o, m)
+        wg_f_out(M, plane, AT, b, o, m)
     else:
-        wg_d_out(M, plane, AT, b, relu, o, m)
+        wg_d_out(M, plane, AT, b, o, m)
     for l in range(nl):
         orow = out + ((tn[l] * Cout + oc) * OH + oy[l]) * OW + ox[l]
         hh = OH - oy[l]
@@ -284,8 +280,6 @@ def _blocking(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
     return (nch + nblocks - 1) // nblocks * VL, ncb, nblocks
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U, bias,
                     floating[:, :, :, ::1] out, int m, int pad_top, int pad_left,
                     int groups, int num_threads, bint relu=False,
@@ -364,7 +358,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
                 failed += 1
             else:
                 _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
-                           N, C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
+                           C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
                            groups, Cig, Cog, m, pad_top, pad_left, ATp, BTp, relu, simd, nTB)
         free(V)
         free(Mw)
@@ -375,12 +369,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
 
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 cdef void _work_item(const floating* x, const floating* U, const floating* bp, floating* out,
                      Py_ssize_t tb, Py_ssize_t cb, Py_ssize_t* state, floating* V,
                      floating* Mw, int* tinfo,
-                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                      Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
                      Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
                      Py_ssize_t MR, int groups, Py_ssize_t Cig, Py_ssize_t Cog, int m,

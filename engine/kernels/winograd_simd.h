@@ -2,7 +2,7 @@
  * intrinsics, included by winograd.pyx (which documents the algorithm and layouts).
  *
  * wg_f_in / wg_d_in     B^T d B for 16 tiles side by side (one vector per tile element)
- * wg_f_out / wg_d_out   A^T M A + bias (+ relu) for 16 tiles
+ * wg_f_out / wg_d_out   A^T M A + bias for 16 tiles (relu is the caller's, at the store)
  * wg_f_in_g             float32 + AVX-512: masked gather of 16 tiles, then wg_f_in
  * wg_f_out_s            float32 + AVX-512: wg_f_out, then masked scatter into out
  * wg_sgemm              float32 + AVX-512: C = U @ V on the packed [K][tiles] panel
@@ -44,7 +44,7 @@ static void NAME##_in(const T* d, const double* BT, T* V, Py_ssize_t plane, int 
     }                                                                                \
 }                                                                                    \
 static inline __attribute__((always_inline)) void NAME##_out_a(                      \
-        const T* M, Py_ssize_t plane, const double* AT, T b, int relu, T* o,         \
+        const T* M, Py_ssize_t plane, const double* AT, T b, T* o,                   \
         const int m) {                                                               \
     const int alpha = m + 2;                                                         \
     VT mm[64], t[48];                                                                \
@@ -70,12 +70,12 @@ static inline __attribute__((always_inline)) void NAME##_out_a(                 
             __builtin_memcpy(o + (i * m + j) * 16, &acc, sizeof(VT));               \
         }                                                                            \
 }                                                                                    \
-static void NAME##_out(const T* M, Py_ssize_t plane, const double* AT, T b, int relu, \
+static void NAME##_out(const T* M, Py_ssize_t plane, const double* AT, T b,          \
                        T* o, int m) {                                                \
     switch (m) {                                                                     \
-        case 2: NAME##_out_a(M, plane, AT, b, relu, o, 2); break;                    \
-        case 4: NAME##_out_a(M, plane, AT, b, relu, o, 4); break;                    \
-        default: NAME##_out_a(M, plane, AT, b, relu, o, 6); break;                   \
+        case 2: NAME##_out_a(M, plane, AT, b, o, 2); break;                          \
+        case 4: NAME##_out_a(M, plane, AT, b, o, 4); break;                          \
+        default: NAME##_out_a(M, plane, AT, b, o, 6); break;                         \
     }                                                                                \
 }
 WG_DEF(wg_f, float, wg_vf)
@@ -126,7 +126,7 @@ static inline __attribute__((always_inline)) void wg_f_out_s_a(
         float* oc, const int* off, const int* oy, const int* ox, int nl,
         int OH, int OW, const int m) {
     float o[36 * 16] __attribute__((aligned(64)));
-    wg_f_out_a(M, plane, AT, b, relu, o, m);
+    wg_f_out_a(M, plane, AT, b, o, m);
     __m512i voff = _mm512_loadu_si512((const void*)off);
     __m512i vy = _mm512_loadu_si512((const void*)oy), vx = _mm512_loadu_si512((const void*)ox);
     __m512i vH = _mm512_set1_epi32(OH), vW = _mm512_set1_epi32(OW);
