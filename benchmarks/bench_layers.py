@@ -58,22 +58,6 @@ def engine_runners(shape, x, w, b, cached):
                                          shape.count_include_pad)}
 
 
-def torch_runner(torch, shape, x, w, b):
-    import torch.nn.functional as TF
-    p = shape.params
-    tx = torch.from_numpy(x)
-    if isinstance(p, shapes.ConvParams):
-        tw, tb = torch.from_numpy(w), (None if b is None else torch.from_numpy(b))
-        if p.padding_mode != "zeros":
-            t, bo, l, r = p.pads
-            return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo), mode=p.padding_mode), tw, tb, p.stride, 0,
-                                     p.dilation, p.groups)
-        return lambda: TF.conv2d(tx, tw, tb, p.stride, (p.pads[0], p.pads[2]), p.dilation, p.groups)
-    if p.op == "max_pool2d":
-        return lambda: TF.max_pool2d(tx, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
-    return lambda: TF.avg_pool2d(tx, p.kernel, p.stride, p.padding, p.ceil_mode, shape.count_include_pad)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default=os.path.join(ROOT, "configs", "layers.json"))
@@ -116,7 +100,7 @@ def main(argv=None):
                 x, w, b = search.make_pool_data(s.params, 0), None, None
             fns = engine_runners(s, x, w, b, args.cached_weights)
             if torch is not None:
-                fns["torch"] = torch_runner(torch, s, x, w, b)
+                fns["torch"] = search.torch_runner(torch, s, x, w, b)
             stats = timing.measure(fns, reps=reps, min_sample_s=min_sample, warmup=1)
             med = {k: v.median for k, v in stats.items()}
             mine = {k: v for k, v in med.items() if k != "torch"}

@@ -31,21 +31,6 @@ except ImportError:  # pragma: no cover
 DTYPES = ["float32", "float64"]
 
 
-def algorithm_table():
-    """The module holding TOLERANCE, DEFAULT_TOLERANCE and REGISTRY (``engine.registry``;
-    it was ``engine.algorithms``, a name the public function ``engine.algorithms()``
-    shadows as an attribute, hence the import by module name)."""
-    import importlib
-    for name in ("engine.registry", "engine.algorithms"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "TOLERANCE") and hasattr(module, "REGISTRY"):
-            return module
-    raise ImportError("no engine module holds the algorithm table (TOLERANCE, REGISTRY)")
-
-
 @pytest.fixture(autouse=True)
 def restore_threads():
     """Every test leaves engine's thread count as it found it."""

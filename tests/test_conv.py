@@ -5,15 +5,15 @@ import pytest
 
 import engine
 import engine.functional as F
+from engine import registry as algos
 from engine import shapes
 
 import reference as ref
 from cases import CONV_CASES, conv_inputs, winograd_expected_ok
-from conftest import DTYPES, algorithm_table
+from conftest import DTYPES
 
 pytestmark = pytest.mark.usefixtures("plans_off")
 
-algos = algorithm_table()
 ALGORITHMS = engine.algorithms()
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import engine.threads
+from engine import registry as algos
 from engine.kernels import direct, im2col, pool
 
 import reference as ref
 from cases import AVG_CASES, CONV_CASES, MAX_CASES, conv_inputs, pool_input, winograd_expected_ok
-from conftest import DTYPES, algorithm_table
+from conftest import DTYPES
 
 try:
     from engine.kernels import winograd
@@ -21,7 +22,6 @@ except ImportError:  # pragma: no cover
 
 pytestmark = pytest.mark.usefixtures("plans_off")
 
-algos = algorithm_table()
 FINITE_CONV = [c for c in CONV_CASES if c.finite]
 SENTINEL = -987654321
 

@@ -10,13 +10,13 @@ import pytest
 
 import engine
 import engine.functional as F
+from engine import registry as algos
 
 import reference as ref
-from conftest import ROOT, algorithm_table
+from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("plans_off")
 
-algos = algorithm_table()
 ALGORITHMS = engine.algorithms()
 WINOGRAD = [n for n in ALGORITHMS if n.startswith("winograd")]
 

@@ -7,15 +7,14 @@ from hypothesis import strategies as st
 
 import engine
 import engine.functional as F
+from engine import registry as algos
 from engine import shapes
 
 import reference as ref
-from conftest import algorithm_table
 from strategies import conv_arrays, conv_configs, pool_array, pool_configs
 
 pytestmark = pytest.mark.usefixtures("plans_off")
 
-algos = algorithm_table()
 ALGORITHMS = engine.algorithms()
 
 

@@ -6,11 +6,12 @@ from hypothesis import assume, given, settings
 
 import engine
 import engine.functional as F
+from engine import registry as algos
 from engine import shapes
 
 import reference as ref
 from cases import AVG_CASES, CONV_CASES, MAX_CASES, conv_inputs, pool_input
-from conftest import DTYPES, algorithm_table
+from conftest import DTYPES
 from strategies import conv_arrays, conv_configs, pool_array, pool_configs
 
 torch = pytest.importorskip("torch")
@@ -18,7 +19,6 @@ pytestmark = [pytest.mark.usefixtures("plans_off"),
               pytest.mark.filterwarnings("ignore:Using padding=.same.:UserWarning")]
 TF = torch.nn.functional
 
-algos = algorithm_table()
 ALGORITHMS = engine.algorithms()
 # torch's own rounding against the exact result, added to ours
 TORCH_TOL = {"float32": 1e-5, "float64": 1e-12}

@@ -412,26 +412,6 @@ def _torch():
         return None
 
 
-def _torch_runner(torch, shape, x, w, b):
-    import torch.nn.functional as TF
-    p = shape.params
-    tx = torch.from_numpy(x)
-    if hasattr(p, "c_out"):
-        tw = torch.from_numpy(w)
-        tb = None if b is None else torch.from_numpy(b)
-        if p.padding_mode != "zeros" and max(p.pads):
-            t, bo, l, r = p.pads
-            return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo), mode=p.padding_mode), tw, tb,
-                                     p.stride, 0, p.dilation, p.groups)
-        if p.pads[0] == p.pads[1] and p.pads[2] == p.pads[3]:
-            return lambda: TF.conv2d(tx, tw, tb, p.stride, (p.pads[0], p.pads[2]), p.dilation, p.groups)
-        t, bo, l, r = p.pads
-        return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo)), tw, tb, p.stride, 0, p.dilation, p.groups)
-    if p.op == "max_pool2d":
-        return lambda: TF.max_pool2d(tx, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
-    return lambda: TF.avg_pool2d(tx, p.kernel, p.stride, p.padding, p.ceil_mode, shape.count_include_pad)
-
-
 def cmd_bench(args):
     import numpy as np
 
@@ -481,7 +461,7 @@ def cmd_bench(args):
             fns["planned"] = prep.runner("pool")
             planned = "pool"
         if torch is not None:
-            fns["torch"] = _torch_runner(torch, s, prep.x, getattr(prep, "w", None), getattr(prep, "b", None))
+            fns["torch"] = search.torch_runner(torch, s, prep.x, prep.w, prep.b)
         stats = timing.measure(fns, reps=args.reps, min_sample_s=0.01, warmup=1)
         med = {n: st.median for n, st in stats.items()}
         algos = [n for n in med if n not in ("planned", "torch")]
@@ -539,22 +519,18 @@ def cmd_check(args):
         ref = prep.ref
         t_out = t_err = None
         if torch is not None:
-            t_out = _torch_runner(torch, s, prep.x, getattr(prep, "w", None), getattr(prep, "b", None))().numpy()
+            t_out = search.torch_runner(torch, s, prep.x, prep.w, prep.b)().numpy()
             t_err = search.rel_error(t_out, ref)
-        scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
         for name in prep.names:
             out = prep.output(name)
             err = search.rel_error(out, ref)
             if args.tolerance is not None:
                 tol = args.tolerance
             elif name == "pool":
-                tol = search._algorithms.DEFAULT_TOLERANCE[s.params.dtype] / 10
+                tol = search._registry.DEFAULT_TOLERANCE[s.params.dtype] / 10
             else:
-                tol = search._algorithms.tolerance(name, s.params.dtype)
-            vs_torch = None
-            if t_out is not None:
-                vs_torch = (float(np.max(np.abs(out.astype(np.float64) - t_out))) / scale
-                            if out.shape == t_out.shape else math.inf)
+                tol = search._registry.tolerance(name, s.params.dtype)
+            vs_torch = None if t_out is None else search.rel_error(out, t_out.astype(np.float64))
             ok_ref = err <= tol
             ok_torch = vs_torch is None or vs_torch <= tol + (t_err or 0.0)
             ok = ok_ref and ok_torch

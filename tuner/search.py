@@ -28,21 +28,15 @@ from functools import partial
 
 import numpy as np
 
-import importlib
-
 import engine
 from engine import dispatch as _dispatch
 from engine import functional as _F
 from engine import plan as _plan
+from engine import registry as _registry
 from engine import shapes as _shapes
 
 from . import timing
 
-# The algorithm table module (``engine.algorithms`` is the public function listing names).
-try:
-    _algorithms = importlib.import_module("engine.registry")
-except ImportError:  # pragma: no cover - older layout
-    _algorithms = importlib.import_module("engine.algorithms")
 
 LEVEL_SETTINGS = {
     # reps per round, minimum sample length, finalist re-measurement reps, always re-measure
@@ -53,7 +47,7 @@ _NP_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circ
 
 
 def default_tolerance(dtype):
-    return _algorithms.DEFAULT_TOLERANCE[str(np.dtype(dtype))]
+    return _registry.DEFAULT_TOLERANCE[str(np.dtype(dtype))]
 
 
 # ------------------------------------------------------------------------- data
@@ -146,6 +140,29 @@ def reference_pool(x, p, count_include_pad=True):
     return np.ascontiguousarray(sum(taps) / div)
 
 
+def torch_runner(torch, shape, x, w, b):
+    """A zero-argument callable computing ``shape`` with torch.nn.functional (padding
+    modes and asymmetric padding through F.pad, as nn.Conv2d does)."""
+    import torch.nn.functional as TF
+    p = shape.params
+    tx = torch.from_numpy(x)
+    if isinstance(p, _shapes.ConvParams):
+        tw = torch.from_numpy(w)
+        tb = None if b is None else torch.from_numpy(b)
+        if p.padding_mode != "zeros" and max(p.pads):
+            t, bo, l, r = p.pads
+            return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo), mode=p.padding_mode), tw, tb,
+                                     p.stride, 0, p.dilation, p.groups)
+        if p.pads[0] == p.pads[1] and p.pads[2] == p.pads[3]:
+            return lambda: TF.conv2d(tx, tw, tb, p.stride, (p.pads[0], p.pads[2]), p.dilation, p.groups)
+        t, bo, l, r = p.pads
+        return lambda: TF.conv2d(TF.pad(tx, (l, r, t, bo)), tw, tb, p.stride, 0, p.dilation, p.groups)
+    if p.op == "max_pool2d":
+        return lambda: TF.max_pool2d(tx, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
+    return lambda: TF.avg_pool2d(tx, p.kernel, p.stride, p.padding, p.ceil_mode, shape.count_include_pad)
+
+
+
 # ------------------------------------------------------------------- the search
 def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -171,9 +188,10 @@ class Prepared:
         self.shape, self.p, self.threads = shape, shape.params, threads
         if isinstance(self.p, _shapes.ConvParams):
             self.x, self.w, self.b = make_conv_data(self.p, seed, shape.bias)
-            self.names = _algorithms.applicable(self.p)
+            self.names = _registry.applicable(self.p)
         else:
             self.x = make_pool_data(self.p, seed)
+            self.w = self.b = None
             self.names = ["pool"]
         self._ref = None
         self._prepared = {}
@@ -194,7 +212,7 @@ class Prepared:
         if isinstance(p, _shapes.ConvParams):
             x4 = _F.as_kernel_array(self.x, self.x.dtype)
             if name not in self._prepared:
-                self._prepared[name] = _algorithms.REGISTRY[name].prepare_weight(self.w, p)
+                self._prepared[name] = _registry.REGISTRY[name].prepare_weight(self.w, p)
             return partial(_F.run_conv, x4, self._prepared[name], self.b, p, name, t,
                            params=params or {})
         if p.op == "max_pool2d":
@@ -206,7 +224,7 @@ class Prepared:
         params, and at ``exhaustive`` every tunable parameter value too."""
         out = []
         for name in self.names:
-            algo = _algorithms.REGISTRY.get(name)
+            algo = _registry.REGISTRY.get(name)
             variants = algo.param_variants() if (algo is not None and level == "exhaustive") else [{}]
             for params in variants:
                 out.append((candidate_label({"algorithm": name, "params": params}), name, params))
@@ -229,11 +247,11 @@ def estimate_entry(shape, threads, tolerance):
                 "tolerance": tolerance, "time_s": None, "tuned_at": _now(),
                 "candidates": [{"algorithm": "pool", "params": {}, "median_s": None, "spread": None,
                                 "error": None, "status": "ok"}]}
-    names = _algorithms.applicable(p)
+    names = _registry.applicable(p)
     choice, reason = _dispatch.heuristic(p)
     cands = []
     for n in names:
-        bound = _algorithms.tolerance(n, p.dtype)
+        bound = _registry.tolerance(n, p.dtype)
         cands.append({"algorithm": n, "params": {}, "median_s": None, "spread": None, "error": None,
                       "error_bound": bound,
                       "status": "ok" if bound <= tolerance else
