@@ -29,6 +29,8 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
+from ._ranges cimport _ceil_div, _tap_range
+
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
     OCB = 4
@@ -41,33 +43,6 @@ cdef enum:
 
 # ----------------------------------------------------------------------------------
 # small integer helpers
-
-cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    """floor(a / b) for b > 0 (C division truncates toward zero)."""
-    cdef Py_ssize_t q = a // b
-    if a % b != 0 and a < 0:
-        q -= 1
-    return q
-
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return -_floor_div(-a, b)
-
-
-cdef inline void _tap_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssize_t OW,
-                            Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """[lo, hi): the ow with 0 <= ow*s + off < W, clipped to [0, OW)."""
-    cdef Py_ssize_t a = _ceil_div(-off, s)
-    cdef Py_ssize_t b = _floor_div(W - 1 - off, s) + 1
-    if a < 0:
-        a = 0
-    if b > OW:
-        b = OW
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
-
 
 cdef inline void _tasks_split(Py_ssize_t base, Py_ssize_t OH, int nt,
                               Py_ssize_t* nchunk, Py_ssize_t* rows) noexcept nogil:

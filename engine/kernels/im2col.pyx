@@ -35,6 +35,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm
+from ._ranges cimport _tap_range
 
 
 # Tuning constants, measured on the 2-core Sapphire Rapids box (L2 = 2 MiB per core)
@@ -94,7 +95,7 @@ cdef void _im2col(const floating* xg, floating* col, const Geom* g,
     zero-filled and the middle is a contiguous copy at stride 1 (a strided gather
     otherwise), so there is no per-element bounds test.
     """
-    cdef Py_ssize_t ic, p, p_end = p0 + npx, oh, ow_a, ow_b, a, b, j, ih, off, num
+    cdef Py_ssize_t ic, p, p_end = p0 + npx, oh, ow_a, ow_b, a, b, j, ih, off
     cdef Py_ssize_t lo, hi, OW = g.OW, W = g.W, H = g.H, sw = g.sw
     cdef int kh, kw
     cdef floating* dst
@@ -108,13 +109,7 @@ cdef void _im2col(const floating* xg, floating* col, const Geom* g,
                 dst = col + ((ic * g.kH + kh) * g.kW + kw) * npx
                 # iw = ow*sw + off must lie in [0, W): ow in [lo, hi)
                 off = <Py_ssize_t>kw * g.dw - g.pl
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                num = W - 1 - off
-                hi = num // sw + 1 if num >= 0 else 0
-                if hi > OW:
-                    hi = OW
-                if lo > hi:
-                    lo = hi
+                _tap_range(off, sw, W, OW, &lo, &hi)
                 p = p0
                 oh = p0 // OW
                 ow_a = p0 - oh * OW

@@ -32,6 +32,8 @@ from libc.string cimport memcpy
 
 from cython cimport floating
 
+from ._ranges cimport _tap_range
+
 
 # Smallest amount of work (window taps) worth a thread: waking an OpenMP team costs
 # microseconds (far more on a busy machine), so tiny pools run on fewer threads.
@@ -192,19 +194,6 @@ cdef void _max_row_padded(const floating* xp, floating* orow, int64_t* irow,
     memcpy(orow, mrow, OW * sizeof(floating))
     if irow != NULL:
         memcpy(irow, mirow, OW * sizeof(int64_t))
-
-
-cdef inline Py_ssize_t _interior_hi(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t lo,
-                                    Py_ssize_t span, int sw, int pw) noexcept nogil:
-    """One past the last output column whose window, ``span`` input columns wide from
-    ``ow*sw - pw``, ends inside the row; never below ``lo``."""
-    cdef Py_ssize_t num = W + pw - span        # need ow*sw <= num
-    cdef Py_ssize_t hi = num // sw + 1 if num >= 0 else 0
-    if hi > OW:
-        hi = OW
-    if hi < lo:
-        hi = lo
-    return hi
 
 
 def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
@@ -475,16 +464,18 @@ def avg_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out,
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
     cdef const floating* xp
     cdef floating* op
-    cdef Py_ssize_t r, p, oh, lo, hi
+    cdef Py_ssize_t r, p, oh, lo, hi, unused
     cdef floating d
     if P == 0 or OH == 0 or OW == 0:
         return
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
-    lo = (pad_w + stride_w - 1) // stride_w
-    if lo > OW:
-        lo = OW
-    hi = _interior_hi(W, OW, lo, kernel_w, stride_w, pad_w)
+    # Interior columns [lo, hi): the window's first tap (offset -pad_w) and its last
+    # (kernel_w - 1 - pad_w) both inside the row.
+    _tap_range(-pad_w, stride_w, W, OW, &lo, &unused)
+    _tap_range(kernel_w - 1 - pad_w, stride_w, W, OW, &unused, &hi)
+    if hi < lo:
+        hi = lo
     num_threads = _team(num_threads, P * OH * OW * kernel_h * kernel_w)
 
     if OH == 1 and OW == 1 and pad_h == 0 and pad_w == 0 and kernel_h <= H and kernel_w <= W:
