@@ -48,14 +48,17 @@ def _timed(fn):
 
 def interleaved(fns, repeat, warmup, stat=statistics.median):
     """Medians (ms; or ``stat`` of each list of times, e.g. ``min`` or ``list``) of
-    ``fns`` run alternately ``repeat`` times after ``warmup`` rounds."""
+    ``fns`` run alternately ``repeat`` times after ``warmup`` rounds, the order rotated
+    round by round as in tuner/timing.py (whole-network runs are long enough to time
+    one call each, and need this module's --pause/--clock, which timing.py lacks)."""
     for _ in range(warmup):
         for f in fns:
             f()
     times = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, f in enumerate(fns):
-            times[i].append(_timed(f))
+    for r in range(repeat):
+        for k in range(len(fns)):
+            i = (r + k) % len(fns)
+            times[i].append(_timed(fns[i]))
     return [stat(t) for t in times]
 
 

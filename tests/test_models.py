@@ -3,8 +3,6 @@ ResNet-50, MobileNet-V1 (engine.models, engine.from_torch, engine.fuse). The PyT
 networks are built by hand with torchvision's structure and key names
 (tests/torch_reference.py)."""
 import copy
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +11,8 @@ import engine
 from engine import models
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference as ref  # noqa: E402
+from reference import max_rel_error as ref_max_rel_error  # noqa: E402
 
 # Whole-network error bound relative to max(1, max|ref|): float32 networks run
 # Winograd layers (F(4x4): 2e-5 each, engine.registry.TOLERANCE) through up to 16 layers.
@@ -33,7 +31,7 @@ def torch_out(model, x):
 
 def assert_close(out, expected, dtype):
     assert out.shape == expected.shape and out.dtype == expected.dtype
-    err = np.abs(out - expected).max() / max(1.0, np.abs(expected).max())
+    err = ref_max_rel_error(out, expected)
     assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]}"
 
 

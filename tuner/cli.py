@@ -28,16 +28,6 @@ def _err(msg):
 
 
 # -------------------------------------------------------------------- arguments
-def _threads_list(text):
-    try:
-        vals = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {text!r}")
-    return vals
-
-
 def _positive_int(text):
     try:
         v = int(text)
@@ -46,6 +36,14 @@ def _positive_int(text):
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
     return v
+
+
+def _threads_list(text):
+    """"2" or "1,2": thread counts, each a positive int."""
+    vals = [_positive_int(v) for v in str(text).split(",") if v.strip()]
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
+    return vals
 
 
 def _positive_float(text):
