@@ -11,13 +11,15 @@ Architecture, in the order a call travels:
     functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
     dispatch    pick the algorithm: forced > plan entry (``plan``) > heuristic
     registry    the table of algorithms: what each handles, how to run its kernel
-    kernels/    Cython + OpenMP: direct, im2col (+ BLAS via _blas.pxd), winograd, pool
+    kernels/    Cython + OpenMP: direct, im2col (+ BLAS via _blas.pxd), winograd, pool;
+                kernels/ukernels/ the per-ISA C micro-kernels (GEMM tiles, Winograd tiles)
+    isa         which micro-kernel ISA runs (cpuid, capped by CONVTUNE_ISA)
     threads     one thread count for the OpenMP team and BLAS
 
 The tuner (package ``tuner``) measures algorithms and writes plans; it talks to the
 runtime only through ``engine.plan`` and the public ``algorithm=`` override.
 """
-from . import functional
+from . import functional, isa
 from .registry import algorithms
 from .build import build_info
 from .explain import explain

@@ -73,3 +73,6 @@ def set_cap(name):
 def kernels(name=None):
     """Names and register tiles of an ISA's micro-kernels (default: the active one)."""
     return _ukernels.kernel_info(level() if name is None else _parse(name, "kernels"))
+
+
+level()    # a bad CONVTUNE_ISA fails the import with its message, not a later call

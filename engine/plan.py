@@ -142,7 +142,7 @@ def hardware_fingerprint():
     """CPU model, the ISA extensions this build was compiled for, the micro-kernel ISA
     that runs (``engine.isa.active()``, which CONVTUNE_ISA can cap), core count, caches."""
     global _fingerprint
-    from . import isa
+    from . import isa as ukernel_isa
     if _fingerprint is None:
         try:
             from .kernels import _buildinfo
@@ -151,7 +151,7 @@ def hardware_fingerprint():
             isa = []
         _fingerprint = {"cpu": _cpu_model(), "machine": platform.machine(), "isa": isa,
                         "cores": os.cpu_count() or 1, "caches": _cache_sizes()}
-    return dict(_fingerprint, ukernels=isa.active())
+    return dict(_fingerprint, ukernels=ukernel_isa.active())
 
 
 def _version_compatible(version):

@@ -77,7 +77,7 @@ def sgemm(int isa, A, B, C, bint accumulate=False, bint tile=False):
 def _rows(arr, name, writeable=False):
     if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 2:
         raise TypeError(f"sgemm: {name} must be a 2-D float32 ndarray")
-    if arr.shape[1] > 1 and arr.strides[1] != 4 or arr.strides[0] % 4:
+    if arr.size and (arr.shape[1] > 1 and arr.strides[1] != 4 or arr.strides[0] % 4):
         raise ValueError(f"sgemm: {name}'s rows must be contiguous")
     if writeable and not arr.flags.writeable:
         raise ValueError(f"sgemm: {name} must be writeable")
