@@ -39,7 +39,7 @@ UKERNEL_OBJECTS = [
 ]
 UKERNEL_X86_OBJECTS = [
     ("sgemm_avx2_fma.c", ["-mavx2", "-mfma"], []),
-    ("winograd_generic.c", ["-mavx2", "-mfma"], [("UK_SUFFIX", "avx2_fma")]),
+    ("winograd_avx2.c", ["-mavx2", "-mfma"], []),
     ("sgemm_avx512f.c", ["-mavx512f", "-mavx2", "-mfma"], []),
     ("winograd_avx512f.c", ["-mavx512f", "-mavx2", "-mfma"], []),
 ]

@@ -79,6 +79,13 @@ def test_float64_tile_identity(m, points):
     np.testing.assert_allclose(y, _corr2d_valid(d, g), rtol=0, atol=1e-12 * 10 ** (m // 2))
 
 
+def test_compiled_matrices_header_is_generated_from_the_derivation():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, wt.C_HEADER)) as f:
+        assert f.read() == wt.c_header(), f"{wt.C_HEADER} is stale: regenerate it (see c_header)"
+
+
 @pytest.mark.parametrize("m", VARIANTS)
 def test_kernel_matrices_are_the_derived_ones(m):
     AT, G, BT = wt.transform_matrices(m)

@@ -15,9 +15,8 @@ cdef extern from "ukernels/ukernels.h" nogil:
                                  const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_wg_input_fn)(const float* x, Py_ssize_t img_stride, const int* tn,
                                     const int* iy, const int* ix, int nl, int H, int W,
-                                    const double* BT, float* V, Py_ssize_t plane) noexcept nogil
-    ctypedef void (*uk_wg_output_fn)(const float* M, Py_ssize_t plane, const double* AT,
-                                     float bias, int relu, float* out, Py_ssize_t img_stride,
+                                    float* V, Py_ssize_t plane) noexcept nogil
+    ctypedef void (*uk_wg_output_fn)(const float* M, Py_ssize_t plane, float bias, int relu, float* out, Py_ssize_t img_stride,
                                      const int* tn, const int* oy, const int* ox, int nl,
                                      int OH, int OW) noexcept nogil
     ctypedef struct uk_kernels_t:

@@ -11,8 +11,10 @@ each of the alpha^2 positions (xi, nu) of the transformed tile, the sum over c i
 matrix product, so the layer is alpha^2 GEMMs  M[a] = U[a] @ V[a]  between a
 weight transform (done once per layer, ``transform_weight``), an input transform and
 an output transform (``conv2d_winograd``). The matrices A^T, G, B^T come from
-``engine.winograd_transforms`` (exact derivation; float64 values copied into module
-C arrays at import), so the kernel and the derivation cannot drift apart.
+``engine.winograd_transforms`` (exact derivation): G at import, for the weight
+transform; A^T and B^T as compile-time constants (ukernels/winograd_matrices.h,
+generated from the derivation and checked against it by the tests), so the tile
+transforms unroll into straight-line vector FMAs.
 
 Layouts (all row-major, C-contiguous):
     x    [N][C_in][H][W]                    IN
@@ -64,34 +66,36 @@ cdef extern from *:
     #include "ukernels/winograd_transform.h"
     typedef double wg_v16d __attribute__((vector_size(128)));
     WG_TRANSFORMS(wgd, double, wg_v16d)
-    static void wg_d_in(const double* d, const double* BT, double* V, ptrdiff_t plane,
-                        int alpha) {
+    static void wg_d_in(const double* d, double* V, ptrdiff_t plane, int alpha) {
         switch (alpha) {
-            case 4: wgd_in_a(d, BT, V, plane, 4); break;
-            case 6: wgd_in_a(d, BT, V, plane, 6); break;
-            default: wgd_in_a(d, BT, V, plane, 8); break;
+            case 4: wgd_in_a(d, V, plane, 4); break;
+            case 6: wgd_in_a(d, V, plane, 6); break;
+            default: wgd_in_a(d, V, plane, 8); break;
         }
     }
-    static void wg_d_out(const double* M, ptrdiff_t plane, const double* AT, double b,
-                         double* o, int m) {
+    static void wg_d_out(const double* M, ptrdiff_t plane, double b, double* o, int m) {
         switch (m) {
-            case 2: wgd_out_a(M, plane, AT, b, o, 2); break;
-            case 4: wgd_out_a(M, plane, AT, b, o, 4); break;
-            default: wgd_out_a(M, plane, AT, b, o, 6); break;
+            case 2: wgd_out_a(M, plane, b, o, 2); break;
+            case 4: wgd_out_a(M, plane, b, o, 4); break;
+            default: wgd_out_a(M, plane, b, o, 6); break;
+        }
+    }
+    static const double* wg_matrix(int m, int which) {   /* which: 0 = A^T, 1 = B^T */
+        switch (m) {
+            case 2: return which ? WG_BT2 : WG_AT2;
+            case 4: return which ? WG_BT4 : WG_AT4;
+            default: return which ? WG_BT6 : WG_AT6;
         }
     }
     """
-    void wg_d_in(const double* d, const double* BT, double* V, Py_ssize_t plane, int alpha) noexcept nogil
-    void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, double* o, int m) noexcept nogil
+    void wg_d_in(const double* d, double* V, Py_ssize_t plane, int alpha) noexcept nogil
+    void wg_d_out(const double* M, Py_ssize_t plane, double b, double* o, int m) noexcept nogil
+    const double* wg_matrix(int m, int which) noexcept nogil
 
 
 cdef enum:
     VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
     MAXA = 8            # largest alpha (F(6,3))
-
-# A^T (m x alpha) and B^T (alpha x alpha) per variant, float64, row-major; index m//2-1.
-cdef double _AT[3][MAXA * MAXA]
-cdef double _BT[3][MAXA * MAXA]
 
 WORKSPACE_BYTES = 4 << 20     # per-thread V + M budget (bytes)
 MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out instead
@@ -99,33 +103,23 @@ MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out in
 _G = {}        # m -> G (float64), for transform_weight: derived once, not per call
 
 
-def _load_matrices():
-    for idx, m in enumerate((2, 4, 6)):
-        AT, G, BT = _wt.transform_matrices(m, 3)
-        _G[m] = G
-        alpha = m + 2
-        for i in range(m):
-            for j in range(alpha):
-                _AT[idx][i * alpha + j] = AT[i, j]
-        for i in range(alpha):
-            for j in range(alpha):
-                _BT[idx][i * alpha + j] = BT[i, j]
-
-
-_load_matrices()
+for _m in (2, 4, 6):
+    _G[_m] = _wt.transform_matrices(_m, 3)[1]
 
 
 def kernel_matrices(int m):
-    """(AT, BT) as baked into the kernel (float64 copies), for tests."""
-    cdef int idx = m // 2 - 1, alpha = m + 2, i, j
+    """(AT, BT) as compiled into the kernels (ukernels/winograd_matrices.h), for tests."""
+    cdef int alpha = m + 2, i, j
+    cdef const double* at = wg_matrix(m, 0)
+    cdef const double* bt = wg_matrix(m, 1)
     AT = np.empty((m, alpha))
     BT = np.empty((alpha, alpha))
     for i in range(m):
         for j in range(alpha):
-            AT[i, j] = _AT[idx][i * alpha + j]
+            AT[i, j] = at[i * alpha + j]
     for i in range(alpha):
         for j in range(alpha):
-            BT[i, j] = _BT[idx][i * alpha + j]
+            BT[i, j] = bt[i * alpha + j]
     return AT, BT
 
 
@@ -177,7 +171,7 @@ cdef void _weight_transform(const double[:, :, :, ::1] g, const double[:, ::1] G
 
 cdef void _input_chunk_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t c, const int* tn, const int* ty, const int* tx, int nl,
-                           int alpha, const double* BT, double* V, Py_ssize_t plane) noexcept nogil:
+                           int alpha, double* V, Py_ssize_t plane) noexcept nogil:
     """V[xi*alpha+nu][lane] (plane stride ``plane``) = (B^T d B)[xi][nu] for nl <= 16 tiles
     of channel c, float64 (float32 has its micro-kernels).
 
@@ -212,13 +206,13 @@ cdef void _input_chunk_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize
                         d[(i * alpha + j) * VL + l] = src[yy * W + xx]
                     else:
                         d[(i * alpha + j) * VL + l] = 0
-    wg_d_in(d, BT, V, plane, alpha)
+    wg_d_in(d, V, plane, alpha)
 
 
 cdef void _output_chunk_f64(const double* M, Py_ssize_t plane, double* out,
                             Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t oc,
                             const int* tn, const int* oy, const int* ox, int nl,
-                            int m, const double* AT, double b, bint relu) noexcept nogil:
+                            int m, double b, bint relu) noexcept nogil:
     """out tiles (oc; 16 lanes) = A^T M A + b, relu; writes only in-bounds outputs.
 
     M[xi*alpha+nu][lane] with plane stride ``plane``; ``oy``/``ox`` are the tiles'
@@ -228,7 +222,7 @@ cdef void _output_chunk_f64(const double* M, Py_ssize_t plane, double* out,
     cdef double* orow
     cdef double v
     cdef int l, i, j, hh, ww
-    wg_d_out(M, plane, AT, b, o, m)
+    wg_d_out(M, plane, b, o, m)
     for l in range(nl):
         orow = out + ((tn[l] * Cout + oc) * OH + oy[l]) * OW + ox[l]
         hh = OH - oy[l]
@@ -327,8 +321,6 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef const floating* xp
     cdef const floating* Up
     cdef floating* outp
-    cdef const double* ATp = _AT[idx]
-    cdef const double* BTp = _BT[idx]
     cdef const floating[::1] bview
     cdef const floating* bp = NULL
     # thread-private (assigned inside the parallel block)
@@ -378,7 +370,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
             else:
                 _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
                            C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
-                           groups, Cig, Cog, m, pad_top, pad_left, ATp, BTp, relu, uk, nTB)
+                           groups, Cig, Cog, m, pad_top, pad_left, relu, uk, nTB)
         free(V)
         free(Mw)
         free(tinfo)
@@ -394,8 +386,7 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                      Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
                      Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
                      Py_ssize_t MR, int groups, Py_ssize_t Cig, Py_ssize_t Cog, int m,
-                     int pad_top, int pad_left, const double* AT, const double* BT,
-                     bint relu, const uk_kernels_t* uk, Py_ssize_t nTB) noexcept nogil:
+                     int pad_top, int pad_left, bint relu, const uk_kernels_t* uk, Py_ssize_t nTB) noexcept nogil:
     """One (tile block tb, C_out slice cb) item on the calling thread's workspace.
     ``uk``: the float32 micro-kernels (unused for float64)."""
     cdef int alpha = m + 2, aa = (m + 2) * (m + 2), idx = m // 2 - 1
@@ -437,11 +428,11 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
             for c in range(C):
                 if floating is float:
                     uk.wg_input[idx](x + c * H * W, C * H * W, tn + lane0, iy + lane0,
-                                     ix + lane0, nl, <int>H, <int>W, BT,
+                                     ix + lane0, nl, <int>H, <int>W,
                                      V + c * TB + lane0, C * TB)
                 else:
                     _input_chunk_f64(x, C, H, W, c, tn + lane0, iy + lane0, ix + lane0, nl,
-                                     alpha, BT, V + c * TB + lane0, C * TB)
+                                     alpha, V + c * TB + lane0, C * TB)
         state[0] = tb
     # 2. GEMMs: M[a][g*cbs + i][t] = sum_k U[a][g*Cog + r0 + i][k] V[a][g*Cig + k][t]
     r0 = cb * cbs
@@ -471,10 +462,10 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                 if nl > VL:
                     nl = VL
                 if floating is float:
-                    uk.wg_output[idx](Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, AT, bval,
+                    uk.wg_output[idx](Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, bval,
                                       relu, out + oc * OH * OW, Cout * OH * OW, tn + lane0,
                                       ty + lane0, tx + lane0, nl, <int>OH, <int>OW)
                 else:
                     _output_chunk_f64(Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, out,
                                       Cout, OH, OW, oc, tn + lane0, ty + lane0, tx + lane0,
-                                      nl, m, AT, bval, relu)
+                                      nl, m, bval, relu)

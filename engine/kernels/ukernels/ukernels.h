@@ -13,9 +13,9 @@
  * Conventions shared by all kernels:
  *   - float32, row-major, leading dimensions in elements;
  *   - Winograd kernels work on chunks of UK_WG_LANES = 16 tiles side by side (one
- *     16-float vector per element of the alpha x alpha tile), whatever the ISA; the
- *     transforms take the float64 matrices B^T (alpha x alpha) and A^T (m x alpha)
- *     derived in engine/winograd_transforms.py, so kernel and derivation cannot drift.
+ *     16-float vector per element of the alpha x alpha tile), whatever the ISA; their
+ *     B^T and A^T are the compile-time constants of winograd_matrices.h, generated
+ *     from engine/winograd_transforms.py (a test checks the two agree).
  */
 #ifndef CONVTUNE_UKERNELS_H
 #define CONVTUNE_UKERNELS_H
@@ -44,14 +44,13 @@ typedef void (*uk_sgemm_fn)(int M, int N, int K, const float* A, int lda,
    outside [0,H) x [0,W) read as 0. iy/ix/tn always hold 16 entries. */
 typedef void (*uk_wg_input_fn)(const float* x, ptrdiff_t img_stride, const int* tn,
                                const int* iy, const int* ix, int nl, int H, int W,
-                               const double* BT, float* V, ptrdiff_t plane);
+                               float* V, ptrdiff_t plane);
 /* Winograd output transform of one chunk for one output channel:
      out tile (m x m) of lane = A^T M_lane A + bias (then max(0, .) if relu),
    M_lane[xi*alpha + nu] = M[(xi*alpha + nu) * plane + lane]; the tile's top-left
    output pixel is (oy[lane], ox[lane]) of image tn[lane]; out is this channel of
    image 0 with images img_stride apart; only pixels inside OH x OW are written. */
-typedef void (*uk_wg_output_fn)(const float* M, ptrdiff_t plane, const double* AT,
-                                float bias, int relu, float* out, ptrdiff_t img_stride,
+typedef void (*uk_wg_output_fn)(const float* M, ptrdiff_t plane, float bias, int relu, float* out, ptrdiff_t img_stride,
                                 const int* tn, const int* oy, const int* ox, int nl,
                                 int OH, int OW);
 
@@ -79,16 +78,16 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
     UK_API void sgemm__##SUFFIX(int, int, int, const float*, int, const float*, int, float*, \
                                 int, int);                                                  \
     UK_API void winograd_f2x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
-        const int*, int, int, int, const double*, float*, ptrdiff_t);                       \
+        const int*, int, int, int, float*, ptrdiff_t);                       \
     UK_API void winograd_f4x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
-        const int*, int, int, int, const double*, float*, ptrdiff_t);                       \
+        const int*, int, int, int, float*, ptrdiff_t);                       \
     UK_API void winograd_f6x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
-        const int*, int, int, int, const double*, float*, ptrdiff_t);                       \
-    UK_API void winograd_f2x3_output__##SUFFIX(const float*, ptrdiff_t, const double*, float, \
+        const int*, int, int, int, float*, ptrdiff_t);                       \
+    UK_API void winograd_f2x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
-    UK_API void winograd_f4x3_output__##SUFFIX(const float*, ptrdiff_t, const double*, float, \
+    UK_API void winograd_f4x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
-    UK_API void winograd_f6x3_output__##SUFFIX(const float*, ptrdiff_t, const double*, float, \
+    UK_API void winograd_f6x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);
 
 UK_DECLARE(scalar, 4, 16)

@@ -24,7 +24,7 @@ static inline __mmask16 same_image(__m512i vtn, __mmask16 live, const int* tn, i
 
 static inline __attribute__((always_inline)) void wg_input(
         const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,
-        int nl, int H, int W, const double* BT, float* V, ptrdiff_t plane, const int alpha) {
+        int nl, int H, int W, float* V, ptrdiff_t plane, const int alpha) {
     float d[64 * 16] __attribute__((aligned(64)));
     const __m512i vy = _mm512_loadu_si512((const void*)iy), vx = _mm512_loadu_si512((const void*)ix);
     const __m512i vtn = _mm512_loadu_si512((const void*)tn);
@@ -51,15 +51,15 @@ static inline __attribute__((always_inline)) void wg_input(
             }
         live &= (__mmask16)~lm;
     }
-    wgt_in_a(d, BT, V, plane, alpha);
+    wgt_in_a(d, V, plane, alpha);
 }
 
 static inline __attribute__((always_inline)) void wg_output(
-        const float* M, ptrdiff_t plane, const double* AT, float bias, int relu, float* out,
+        const float* M, ptrdiff_t plane, float bias, int relu, float* out,
         ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,
         int OW, const int m) {
     float o[36 * 16] __attribute__((aligned(64)));
-    wgt_out_a(M, plane, AT, bias, o, m);
+    wgt_out_a(M, plane, bias, o, m);
     const __m512i vy = _mm512_loadu_si512((const void*)oy), vx = _mm512_loadu_si512((const void*)ox);
     const __m512i vtn = _mm512_loadu_si512((const void*)tn);
     const __m512i vH = _mm512_set1_epi32(OH), vW = _mm512_set1_epi32(OW);
@@ -88,14 +88,14 @@ static inline __attribute__((always_inline)) void wg_output(
 #define WG_PUBLIC(M)                                                                        \
 UK_API void winograd_f##M##x3_input__avx512f(                                               \
         const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,  \
-        int nl, int H, int W, const double* BT, float* V, ptrdiff_t plane) {                \
-    wg_input(x, img_stride, tn, iy, ix, nl, H, W, BT, V, plane, M + 2);                     \
+        int nl, int H, int W, float* V, ptrdiff_t plane) {                \
+    wg_input(x, img_stride, tn, iy, ix, nl, H, W, V, plane, M + 2);                     \
 }                                                                                           \
 UK_API void winograd_f##M##x3_output__avx512f(                                              \
-        const float* Mw, ptrdiff_t plane, const double* AT, float bias, int relu, float* out, \
+        const float* Mw, ptrdiff_t plane, float bias, int relu, float* out,             \
         ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,  \
         int OW) {                                                                           \
-    wg_output(Mw, plane, AT, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
+    wg_output(Mw, plane, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
 }
 WG_PUBLIC(2)
 WG_PUBLIC(4)

@@ -1,8 +1,6 @@
-/* Winograd F(m x m, 3 x 3) float32 input/output kernels in portable C, compiled once
- * per ISA that has no gather/scatter of its own: with the baseline flags as
- * winograd_f{2,4,6}x3_{input,output}__scalar and with -mavx2 -mfma as ...__avx2_fma
- * (setup.py passes -DUK_SUFFIX). Contracts: ukernels.h (uk_wg_input_fn,
- * uk_wg_output_fn).
+/* Winograd F(m x m, 3 x 3) float32 input/output kernels in portable C, compiled with
+ * the baseline flags as winograd_f{2,4,6}x3_{input,output}__scalar (setup.py passes
+ * -DUK_SUFFIX=scalar). Contracts: ukernels.h (uk_wg_input_fn, uk_wg_output_fn).
  *
  * input:  each lane's alpha x alpha tile is copied into d[i][j][lane] (a row copy when
  *         the tile lies inside the image, else element by element with zeros outside),
@@ -18,7 +16,7 @@ WG_TRANSFORMS(wgt, float, wg_v16)
 
 static inline __attribute__((always_inline)) void wg_input(
         const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,
-        int nl, int H, int W, const double* BT, float* V, ptrdiff_t plane, const int alpha) {
+        int nl, int H, int W, float* V, ptrdiff_t plane, const int alpha) {
     float d[64 * 16] __attribute__((aligned(64)));
     for (int l = 0; l < 16; l++) {
         float* dl = d + l;
@@ -44,15 +42,15 @@ static inline __attribute__((always_inline)) void wg_input(
             }
         }
     }
-    wgt_in_a(d, BT, V, plane, alpha);
+    wgt_in_a(d, V, plane, alpha);
 }
 
 static inline __attribute__((always_inline)) void wg_output(
-        const float* M, ptrdiff_t plane, const double* AT, float bias, int relu, float* out,
+        const float* M, ptrdiff_t plane, float bias, int relu, float* out,
         ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,
         int OW, const int m) {
     float o[36 * 16] __attribute__((aligned(64)));
-    wgt_out_a(M, plane, AT, bias, o, m);
+    wgt_out_a(M, plane, bias, o, m);
     for (int l = 0; l < nl; l++) {
         float* dst = out + (ptrdiff_t)tn[l] * img_stride + (ptrdiff_t)oy[l] * OW + ox[l];
         const int hh = OH - oy[l] < m ? OH - oy[l] : m;
@@ -71,14 +69,14 @@ static inline __attribute__((always_inline)) void wg_output(
 #define WG_PUBLIC(M)                                                                        \
 UK_API void WG_CAT(winograd_f##M##x3_input__, UK_SUFFIX)(                                    \
         const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,  \
-        int nl, int H, int W, const double* BT, float* V, ptrdiff_t plane) {                \
-    wg_input(x, img_stride, tn, iy, ix, nl, H, W, BT, V, plane, M + 2);                     \
+        int nl, int H, int W, float* V, ptrdiff_t plane) {                \
+    wg_input(x, img_stride, tn, iy, ix, nl, H, W, V, plane, M + 2);                     \
 }                                                                                           \
 UK_API void WG_CAT(winograd_f##M##x3_output__, UK_SUFFIX)(                                   \
-        const float* Mw, ptrdiff_t plane, const double* AT, float bias, int relu, float* out, \
+        const float* Mw, ptrdiff_t plane, float bias, int relu, float* out,             \
         ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,  \
         int OW) {                                                                           \
-    wg_output(Mw, plane, AT, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
+    wg_output(Mw, plane, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
 }
 WG_PUBLIC(2)
 WG_PUBLIC(4)
