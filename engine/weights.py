@@ -371,14 +371,14 @@ def _materialize(t, buffer, start, nbytes, byteorder, path, name):
             f"{path}: tensor {name!r} (size {tuple(t.size)}, stride {tuple(t.stride)}, offset "
             f"{t.offset}) reaches element {last} of its storage {t.storage.key!r}, which holds "
             f"only {count} {t.dtype} elements: the file is corrupt")
-    swap = byteorder == "big" and item > 1
-    if swap and dtype.type.__module__ == "numpy":
-        src, fix = dtype.newbyteorder(">"), (lambda a: a.astype(dtype))
-    elif swap:   # ml_dtypes: swap as unsigned ints of the same size, then reinterpret
-        src = np.dtype(f">u{item}")
-        fix = (lambda a: a.astype(f"=u{item}").view(dtype))
-    else:
-        src, fix = dtype, (lambda a: a)
+    order = ">" if byteorder == "big" and item > 1 else "<" if item > 1 else "|"
+    if dtype.type.__module__ == "numpy":
+        src = dtype.newbyteorder(order) if item > 1 else dtype
+        fix = (lambda a: a.astype(dtype, copy=False))
+    else:   # ml_dtypes: read as unsigned ints of the same size (numpy's strided views
+        # do not know these types), in the file's byte order, then reinterpret
+        src = np.dtype(f"{order}u{item}")
+        fix = (lambda a: a.astype(f"=u{item}", copy=False).view(dtype))
     flat = np.frombuffer(buffer, dtype=src, count=last - first + 1, offset=region + first * item)
     view = np.lib.stride_tricks.as_strided(flat, shape=t.size,
                                            strides=[st * item for st in t.stride],
@@ -653,7 +653,7 @@ def detect_format(path):
     "torch-legacy", "safetensors" or "npz". Raises WeightsError for anything else."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(32)
         size = os.fstat(f.fileno()).st_size
         if not head:
             raise WeightsError(f"{path}: empty file; expected {_EXPECTED}")
@@ -665,7 +665,11 @@ def detect_format(path):
                 raise WeightsError(f"{path}: truncated or corrupt zip archive ({e}); expected "
                                    f"a PyTorch zip checkpoint or an .npz") from None
         if head[:1] == b"\x80":
-            return "torch-legacy"
+            if _starts_with_torch_magic(head):
+                return "torch-legacy"
+            raise WeightsError(f"{path}: a pickle, but not a PyTorch checkpoint (it does not start "
+                               f"with torch.save's magic number; nothing was unpickled); "
+                               f"expected {_EXPECTED}")
         if len(head) >= 9:
             (n,) = struct.unpack("<Q", head[:8])
             if head[8:9] == b"{" and 2 <= n <= size - 8:
@@ -681,6 +685,16 @@ def detect_format(path):
         raise WeightsError(f"{path}: a single .npy array, not named weights; expected {_EXPECTED}")
     raise WeightsError(f"{path}: not a recognised weights file (starts with {head[:8]!r}); "
                        f"expected {_EXPECTED}")
+
+
+def _starts_with_torch_magic(head):
+    """Whether ``head`` begins with torch.save's first pickle, the int MAGIC:
+    PROTO n, [FRAME len (protocol 4+)], LONG1 10 <10 bytes little-endian>."""
+    p = 2
+    if head[p:p + 1] == b"\x95":
+        p += 9
+    return (head[p:p + 2] == b"\x8a\x0a"
+            and int.from_bytes(head[p + 2:p + 12], "little") == _TORCH_MAGIC)
 
 
 def _zip_kind(path, zf):
