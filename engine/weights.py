@@ -641,8 +641,8 @@ def _load_safetensors(path):
     try:
         arrays = load_file(path)
     except Exception as e:   # safetensors' own SafetensorError and friends
-        raise WeightsError(f"{path}: truncated or corrupt .safetensors file "
-                           f"({type(e).__name__}: {e})") from None
+        raise WeightsError(f"{path}: truncated or corrupt .safetensors file, or one this "
+                           f"safetensors cannot read ({type(e).__name__}: {e})") from None
     return {k: a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
             for k, a in arrays.items()}
 
