@@ -64,6 +64,7 @@ __all__ = ["load_weights", "save_weights", "remap_keys", "detect_format",
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_MAX_PICKLE = 256 << 20    # data.pkl holds names and shapes only
 _EXPECTED = ("a PyTorch checkpoint (zip or legacy), a .safetensors file or an .npz of "
              "named arrays")
 
@@ -193,6 +194,8 @@ def _tensor_from(storage, offset, size, stride, dtype=None, metadata=None):
     offset = _int(offset, "a tensor's storage offset")
     if len(size) != len(stride):
         raise WeightsError(f"a tensor's size {size} and stride {stride} differ in length")
+    if len(size) > 32:
+        raise WeightsError(f"a tensor with {len(size)} dimensions (at most 32 are supported)")
     if offset < 0:
         raise WeightsError(f"a tensor's storage offset must not be negative, got {offset}")
     flags = {}
@@ -238,14 +241,30 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
+class _Function(_Inert):
+    """An allowed function as the pickle sees it: callable, but with no attributes
+    the pickle could set (a BUILD on a plain function could change its defaults for
+    every later load)."""
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __repr__(self):
+        return self._fn.__name__
+
+
 _ALLOWED = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("_codecs", "encode"): _latin1_encode,
+    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor_v3"): _Function(_rebuild_tensor_v3),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter_with_state),
+    ("collections", "OrderedDict"): OrderedDict,     # a type: the pickle cannot change it
+    ("_codecs", "encode"): _Function(_latin1_encode),
 }
 for _name, _dt in _STORAGE_DTYPES.items():
     _ALLOWED[("torch", _name)] = _StorageType(_name, _dt)
@@ -383,8 +402,15 @@ def _materialize(t, buffer, start, nbytes, byteorder, path, name):
     view = np.lib.stride_tricks.as_strided(flat, shape=t.size,
                                            strides=[st * item for st in t.stride],
                                            writeable=False)
-    out = fix(np.array(view, order="C", copy=True))
-    del view, flat
+    try:
+        out = fix(np.array(view, order="C", copy=True))
+    except ValueError as e:     # e.g. a broadcast view too big to allocate
+        raise WeightsError(f"{path}: tensor {name!r} of size {tuple(t.size)} cannot be "
+                           f"built ({e})") from None
+    finally:
+        del view, flat
+    if dtype == np.bool_:
+        out = out.view(np.uint8) != 0      # any non-zero byte is True
     if t.conj:
         out = np.conj(out)
     if t.neg:
@@ -414,7 +440,11 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
                                f"{(stype.dtype, numel)}: corrupt")
         return _Storage(skey, stype.dtype, numel)
 
-    pkl = zf.read(prefix + "data.pkl")
+    info = zf.getinfo(prefix + "data.pkl")
+    if info.file_size > _MAX_PICKLE:
+        raise WeightsError(f"{path}: {info.filename} claims {info.file_size} bytes; a weights "
+                           f"pickle (tensor data lives outside it) is far smaller: corrupt")
+    pkl = zf.read(info)
     obj = _unpickle(io.BytesIO(pkl), path, storage, f"{prefix}data.pkl")
     del pkl
     chosen = _select(obj, key, path)
@@ -449,9 +479,10 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
                 raise WeightsError(f"{what} fails its CRC check: the file is corrupt")
             entry = (mapped.mm, start, nbytes)
         else:
+            want = s.numel * _np_dtype(s.dtype, f"storage {s.key!r}").itemsize
             try:
                 with zf.open(info) as f:
-                    data = f.read()
+                    data = f.read(want)
             except (zipfile.BadZipFile, zlib.error, EOFError) as e:
                 raise WeightsError(f"{what} is corrupt ({e})") from None
             entry = (data, 0, len(data))
@@ -700,7 +731,7 @@ def _starts_with_torch_magic(head):
 def _zip_kind(path, zf):
     """("torch-zip", "<dir>/") or ("npz", None) for an open zip archive."""
     names = zf.namelist()
-    pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
+    pkls = [n for n in names if n.split("/")[-1] == "data.pkl" and n.count("/") <= 1]
     if pkls:
         top = [n for n in pkls if n.count("/") == 1] or pkls
         if len(top) > 1:

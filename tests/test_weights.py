@@ -272,6 +272,28 @@ def test_refusal_names_the_global_with_hints(tmp_path):
         assert f"global {name}," in str(e.value) and hint in str(e.value)
 
 
+def test_pickle_cannot_change_the_stand_ins(tmp_path):
+    """BUILD (set state) on an allowed function, e.g. to change its defaults for every
+    later load, is refused; so is _codecs.encode with anything but Latin-1."""
+    for target in (b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch\nFloatStorage\n"):
+        state = b"N}X\x0c\x00\x00\x00__defaults__)s\x86"   # (None, {"__defaults__": ()})
+        crafted = b"\x80\x02" + target + state + b"b."          # GLOBAL, state, BUILD, STOP
+        with zipfile.ZipFile(tmp_path / "b.pth", "w") as zf:
+            zf.writestr("archive/data.pkl", crafted)
+        with pytest.raises(WeightsError, match="tries to set the state"):
+            load_weights(tmp_path / "b.pth")
+    ok = tf.write_zip(tmp_path / "ok.pth", {"w": tf.contiguous("0", np.arange(3, dtype=np.float32))})
+    assert load_weights(ok)["w"].tolist() == [0, 1, 2]                   # defaults intact
+
+    # protocol 2 pickles bytes as _codecs.encode(str, "latin1"): allowed, nothing else is
+    blob = tf.write_zip(tmp_path / "blob.pth", {"state_dict": {"w": tf.contiguous("0", np.ones(2, np.float32))},
+                                                "extra": b"\x00\xffbytes"})
+    assert list(load_weights(blob)) == ["w"]
+    rot = tf.write_zip(tmp_path / "rot.pth", {"x": tf._Reduced((tf.Global("_codecs", "encode"), ("abc", "rot13")))})
+    with pytest.raises(WeightsError, match=r"only as encode\(str, 'latin1'\)"):
+        load_weights(rot)
+
+
 def test_crafted_views_out_of_bounds_are_refused(tmp_path):
     s = tf.Storage("0", np.arange(10, dtype=np.float32))
     bad = {"past the end": tf.Tensor(s, 5, (2, 3), (3, 1)),        # last element 5+3+2 = 10
