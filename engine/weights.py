@@ -321,8 +321,12 @@ class _Unpickler(pickle.Unpickler):
 def _unpickle(file, path, storage, what):
     try:
         return _Unpickler(file, path, storage).load()
-    except (WeightsError, ImportError):
+    except (UnsafeWeightsError, ImportError):
         raise
+    except WeightsError as e:     # raised by a stand-in or a check: name the file
+        if str(e).startswith(f"{path}: "):
+            raise
+        raise WeightsError(f"{path}: {what} is corrupt: {e}") from None
     except RecursionError:
         raise WeightsError(f"{path}: {what} is nested too deeply to read") from None
     except Exception as e:
@@ -372,9 +376,9 @@ def _materialize(t, buffer, start, nbytes, byteorder, path, name):
     """The tensor ``t`` as a new C-contiguous array. Its storage's root occupies
     buffer[start:start + nbytes]; the storage itself is ``t.storage.numel`` elements
     from element ``t.storage.base`` of it; ``byteorder`` is "little" or "big"."""
-    dtype = _np_dtype(t.dtype, f"tensor {name!r}")
+    dtype = _np_dtype(t.dtype, f"{path}: tensor {name!r}")
     item = dtype.itemsize
-    s_item = _np_dtype(t.storage.dtype, f"tensor {name!r}'s storage").itemsize
+    s_item = _np_dtype(t.storage.dtype, f"{path}: tensor {name!r}'s storage").itemsize
     region = start + t.storage.base * s_item
     region_bytes = min(t.storage.numel * s_item, nbytes - t.storage.base * s_item)
     numel = 1
@@ -479,14 +483,14 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
                 raise WeightsError(f"{what} fails its CRC check: the file is corrupt")
             entry = (mapped.mm, start, nbytes)
         else:
-            want = s.numel * _np_dtype(s.dtype, f"storage {s.key!r}").itemsize
+            want = s.numel * _np_dtype(s.dtype, f"{path}: storage {s.key!r}").itemsize
             try:
                 with zf.open(info) as f:
                     data = f.read(want)
             except (zipfile.BadZipFile, zlib.error, EOFError) as e:
                 raise WeightsError(f"{what} is corrupt ({e})") from None
             entry = (data, 0, len(data))
-        item = _np_dtype(s.dtype, f"storage {s.key!r}").itemsize
+        item = _np_dtype(s.dtype, f"{path}: storage {s.key!r}").itemsize
         if entry[2] < s.numel * item:
             raise WeightsError(f"{what} holds {entry[2]} bytes, but the pickle says "
                                f"{s.numel} {s.dtype} elements ({s.numel * item} bytes): corrupt")
@@ -577,7 +581,7 @@ def _load_torch_legacy(path, mapped, key):
         if k not in storages:
             raise WeightsError(f"{path}: storage {k!r} is listed but no tensor uses it: corrupt")
         dtype, numel = storages[k]
-        item = _np_dtype(dtype, f"storage {k!r}").itemsize
+        item = _np_dtype(dtype, f"{path}: storage {k!r}").itemsize
         if pos + 8 > mapped.size:
             raise WeightsError(f"{path}: truncated: the header of storage {k!r} is missing")
         (count,) = struct.unpack("<q", mapped.mm[pos:pos + 8])
