@@ -372,6 +372,31 @@ class _Mapped:
         self._f.close()
 
 
+def _release(buffer, start, end):
+    """Drop the pages of buffer[start:end] from this process if it is a memory map
+    (they stay in the OS page cache; touching them again re-reads them), so resident
+    memory stays that of the arrays built rather than growing to the whole file."""
+    if isinstance(buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and end > start:
+        lo = start - start % mmap.PAGESIZE
+        try:
+            buffer.madvise(mmap.MADV_DONTNEED, lo, end - lo)
+        except (OSError, ValueError):   # advice only
+            pass
+
+
+def _crc32(buffer, start, nbytes, chunk=16 << 20):
+    """zlib.crc32 of buffer[start:start + nbytes], a chunk at a time (each released)."""
+    crc, view = 0, memoryview(buffer)
+    try:
+        for a in range(start, start + nbytes, chunk):
+            b = min(a + chunk, start + nbytes)
+            crc = zlib.crc32(view[a:b], crc)
+            _release(buffer, a, b)
+    finally:
+        view.release()
+    return crc
+
+
 def _materialize(t, buffer, start, nbytes, byteorder, path, name):
     """The tensor ``t`` as a new C-contiguous array. Its storage's root occupies
     buffer[start:start + nbytes]; the storage itself is ``t.storage.numel`` elements
@@ -413,6 +438,7 @@ def _materialize(t, buffer, start, nbytes, byteorder, path, name):
                            f"built ({e})") from None
     finally:
         del view, flat
+        _release(buffer, region + first * item, region + (last + 1) * item)
     if dtype == np.bool_:
         out = out.view(np.uint8) != 0      # any non-zero byte is True
     if t.conj:
@@ -474,12 +500,7 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
             nbytes = info.file_size
             if start + nbytes > mapped.size:
                 raise WeightsError(f"{what} runs past the end of the file (truncated)")
-            view = memoryview(mapped.mm)
-            try:
-                crc = zlib.crc32(view[start:start + nbytes])
-            finally:
-                view.release()
-            if crc != info.CRC:
+            if _crc32(mapped.mm, start, nbytes) != info.CRC:
                 raise WeightsError(f"{what} fails its CRC check: the file is corrupt")
             entry = (mapped.mm, start, nbytes)
         else:
