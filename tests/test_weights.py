@@ -541,11 +541,11 @@ def test_torch_module_state_dict_and_checkpoint(torch, tmp_path):
     import torch_reference as ref
     torch.manual_seed(1)
     tm = ref.randomize_bn(ref.BUILDERS["seed_cnn"]()).eval()
-    opt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
-    tm(torch.randn(1, 3, 32, 32)).sum().backward()
-    opt.step()
     sd = tm.state_dict()
-    torch.save({"epoch": 4, "state_dict": sd, "optimizer": opt.state_dict()}, tmp_path / "ckpt.pth")
+    params = list(tm.parameters())
+    optimizer = {"state": {i: {"momentum_buffer": torch.randn_like(p)} for i, p in enumerate(params)},
+                 "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": list(range(len(params)))}]}
+    torch.save({"epoch": 4, "state_dict": sd, "optimizer": optimizer}, tmp_path / "ckpt.pth")
     torch.save(torch.nn.DataParallel(tm).state_dict(), tmp_path / "dp.pth")
     em = engine.from_torch(tm)
     for path, kw in [("ckpt.pth", {}), ("dp.pth", {"prefix": "module."})]:
