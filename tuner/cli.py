@@ -10,8 +10,8 @@
     convtune info
 
 Exit status: 0 success; 1 a check found an excess, or tuning left a shape without any
-accurate algorithm; 2 bad usage, a bad config, or a plan file that cannot be used;
-130 interrupted (whatever was measured is kept).
+accurate algorithm; 2 bad usage, a bad config, a plan file that cannot be used, or a
+weights file that cannot be converted; 130 interrupted (whatever was measured is kept).
 """
 import argparse
 import json
@@ -62,7 +62,7 @@ def build_parser():
         prog="convtune", description="Autotune convtune's convolution algorithms per layer shape "
         "and keep the fastest accurate choice in a plan file.",
         epilog="Exit status: 0 ok, 1 check excess / shape with no accurate algorithm, "
-               "2 usage, config or plan-file error, 130 interrupted.")
+               "2 usage, config, plan-file or weights-file error, 130 interrupted.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
