@@ -518,11 +518,18 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
         cache[s.key] = entry
         return entry
 
+    uses = {}
+    for t in chosen.values():
+        uses[t.storage.key] = uses.get(t.storage.key, 0) + 1
     out = {}
     try:
         for name, t in chosen.items():
             buf, start, nbytes = storage_bytes(t.storage)
             out[name] = _materialize(t, buf, start, nbytes, byteorder, path, name)
+            del buf
+            uses[t.storage.key] -= 1
+            if not uses[t.storage.key]:      # its last tensor: free decompressed bytes
+                del cache[t.storage.key]
     finally:
         cache.clear()
     return out
