@@ -478,6 +478,8 @@ def _load_torch_zip(path, mapped, zf, prefix, key):
     obj = _unpickle(io.BytesIO(pkl), path, storage, f"{prefix}data.pkl")
     del pkl
     chosen = _select(obj, key, path)
+    for name, t in chosen.items():     # a dtype that needs ml_dtypes: say which tensor
+        _np_dtype(t.dtype, f"{path}: tensor {name!r}")
 
     cache = {}
 
@@ -603,6 +605,8 @@ def _load_torch_legacy(path, mapped, key):
     if missing:
         raise WeightsError(f"{path}: storages {sorted(missing)} are used but not listed: corrupt")
     chosen = _select(obj, key, path)
+    for name, t in chosen.items():     # a dtype that needs ml_dtypes: say which tensor
+        _np_dtype(t.dtype, f"{path}: tensor {name!r}")
     # Walk the storage headers (8-byte little-endian numel, then the data) to locate each.
     where, pos = {}, reader.pos
     for k in keys:

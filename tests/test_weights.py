@@ -128,6 +128,31 @@ def test_bfloat16_and_v3_dtypes(tmp_path, fmt):
     assert out["f8"].dtype == mld.float8_e4m3fn and out["f8"].astype(np.float32).tolist() == [-1.0, 448.0]
 
 
+def test_bfloat16_bits_and_missing_ml_dtypes(tmp_path):
+    """bfloat16 written as raw bits (0x3fc0 = 1.5, 0xc000 = -2.0, 0x7f80 = inf); without
+    ml_dtypes the load is an ImportError naming the file, the tensor and the package."""
+    bits = np.array([0x3FC0, 0xC000, 0x7F80], np.uint16)
+    path = tf.write_zip(tmp_path / "bf.pth", {"w": tf.Tensor(tf.Storage("0", bits, "BFloat16Storage"),
+                                                             0, (3,), (1,))})
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.startswith('ml_dtypes'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import engine\n"
+            "try:\n"
+            "    engine.load_weights(sys.argv[1])\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "bf.pth: tensor 'w' is bfloat16" in r.stdout and "pip install ml_dtypes" in r.stdout
+    ml_dtypes()
+    assert load_weights(path)["w"].astype(np.float32).tolist() == [1.5, -2.0, float("inf")]
+
+
 def test_big_endian_byteorder_record(tmp_path):
     rng = np.random.default_rng(3)
     f32 = rng.standard_normal(6).astype(np.float32)
@@ -619,7 +644,7 @@ import sys
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this process")
+            raise ModuleNotFoundError("No module named 'torch' (torch is blocked in this process)")
 
 sys.meta_path.insert(0, _NoTorch())
 try:
