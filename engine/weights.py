@@ -34,13 +34,16 @@ Safety: the pickle is read by an ``Unpickler`` whose ``find_class`` knows only t
 names a weights file needs: the storage classes (``torch.FloatStorage``, ...,
 ``torch.UntypedStorage``), the tensor and parameter rebuild functions above,
 ``collections.OrderedDict``, torch's dtype names (the v3 dtype argument) and
-``_codecs.encode`` for Latin-1 only (how protocol 2 spells a bytes object). Each is
-replaced by an inert stand-in of this module; nothing from torch or anywhere else is
-imported or called. Any other global is refused with ``UnsafeWeightsError`` naming
-it, during unpickling, before any tensor is built. Tensor data is read only after
-the whole pickle was accepted, straight from a memory map of the file (bounds and
-the zip CRC checked), and copied once into each returned array, so memory is the
-size of the tensors returned (for a nested checkpoint, of the selected entry only).
+``_codecs.encode`` for Latin-1 only (how protocol 2 spells a bytes object). Each but
+OrderedDict (a plain container) is replaced by an inert stand-in of this module that
+only records what to build and whose state the pickle cannot set; nothing from torch
+or anywhere else is imported or called. Any other global is refused with
+``UnsafeWeightsError`` naming it, during unpickling, before any tensor is built.
+Tensor data is read only after the whole pickle was accepted, straight from a memory
+map of the file (every view's bounds and each zip member's CRC checked), and copied
+once into each returned array; the map's pages are released as they are used, so
+resident memory is the size of the tensors returned (for a nested checkpoint, of the
+selected entry only), not that plus the file.
 
 Every returned array is C-contiguous, writable and owns its data (no view of the
 file). dtypes: float32/64, float16, bfloat16 and float8 (those two need ``ml_dtypes``),
