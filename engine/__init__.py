@@ -3,6 +3,8 @@
 Architecture, in the order a call travels:
 
     module      Module / Sequential: containers, state_dict, .npz save and load
+    weights     load_weights: .pth (zip/legacy), .safetensors, .npz -> {name: ndarray},
+                with an allow-list unpickler (nothing in a file is ever executed)
     models      whole networks (VGG, ResNet, MobileNet-V1) and collect_shapes
     fusion      fuse: BatchNorm folded into convolutions, ReLU into their kernels
     convert     from_torch: a PyTorch module tree as engine layers (imports torch lazily)
@@ -26,6 +28,7 @@ from .explain import explain
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
                      Identity, Linear, MaxPool2d, ReLU, manual_seed)
 from .module import Module, Sequential
+from .weights import load_weights
 from .fusion import fuse
 from .convert import from_torch
 from . import models
@@ -38,5 +41,5 @@ __all__ = [
     "Conv2d", "MaxPool2d", "AvgPool2d", "functional", "algorithms", "build_info", "explain",
     "get_num_threads", "set_num_threads", "use_plan", "manual_seed", "__version__",
     "Module", "Sequential", "ReLU", "Flatten", "Linear", "BatchNorm2d", "AdaptiveAvgPool2d",
-    "Dropout", "Identity", "fuse", "from_torch", "models",
+    "Dropout", "Identity", "fuse", "from_torch", "models", "load_weights",
 ]

@@ -6,11 +6,12 @@
     convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N]
     convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
     convtune merge OUT IN... [--force]
+    convtune convert IN OUT.npz|OUT.safetensors [--key K] [--prefix P]
     convtune info
 
 Exit status: 0 success; 1 a check found an excess, or tuning left a shape without any
-accurate algorithm; 2 bad usage, a bad config, or a plan file that cannot be used;
-130 interrupted (whatever was measured is kept).
+accurate algorithm; 2 bad usage, a bad config, a plan file that cannot be used, or a
+weights file that cannot be converted; 130 interrupted (whatever was measured is kept).
 """
 import argparse
 import json
@@ -61,7 +62,7 @@ def build_parser():
         prog="convtune", description="Autotune convtune's convolution algorithms per layer shape "
         "and keep the fastest accurate choice in a plan file.",
         epilog="Exit status: 0 ok, 1 check excess / shape with no accurate algorithm, "
-               "2 usage, config or plan-file error, 130 interrupted.")
+               "2 usage, config, plan-file or weights-file error, 130 interrupted.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -126,6 +127,17 @@ def build_parser():
     m.add_argument("--force", action="store_true",
                    help="skip unusable or foreign inputs instead of failing; replace an unusable OUT")
 
+    v = sub.add_parser("convert", help="convert a weights file (.pth, .safetensors, .npz) to .npz or .safetensors",
+                       description="Read IN with engine.load_weights (a PyTorch .pth in the zip or legacy "
+                       "format, .safetensors or .npz, told by content; nothing in it is executed) and write "
+                       "its tensors to OUT, whose extension (.npz or .safetensors) chooses the format. "
+                       ".npz has no bfloat16/float8: those are widened to float32 (exactly).")
+    v.add_argument("input", metavar="IN")
+    v.add_argument("output", metavar="OUT")
+    v.add_argument("--key", help="the entry of a nested checkpoint to take, e.g. state_dict "
+                   "(default: the only entry that holds tensors)")
+    v.add_argument("--prefix", help='strip this prefix from the names that start with it, e.g. "module."')
+
     sub.add_parser("info", help="hardware fingerprint, build, threads, BLAS, the plan in use and why")
     return ap
 
@@ -135,7 +147,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         return {"tune": cmd_tune, "show": cmd_show, "bench": cmd_bench, "check": cmd_check,
-                "merge": cmd_merge, "info": cmd_info}[args.command](args)
+                "merge": cmd_merge, "convert": cmd_convert, "info": cmd_info}[args.command](args)
     except KeyboardInterrupt:
         print("\nconvtune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
@@ -607,6 +619,33 @@ def cmd_merge(args):
           f"into {out}: {total} entries")
     if hw != P.hardware_fingerprint():
         print(f"note: {out} describes other hardware ({(hw or {}).get('cpu')}) and is not trusted here")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------- convert
+def cmd_convert(args):
+    from engine import weights as W
+
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in (".npz", ".safetensors"):
+        _err(f"{args.output}: expected a name ending in .npz or .safetensors")
+        return EXIT_USAGE
+    try:
+        kind = W.detect_format(args.input)
+        tensors = W.remap_keys(W.load_weights(args.input, key=args.key), prefix=args.prefix)
+        widened = [k for k, a in tensors.items() if a.dtype.type.__module__ != "numpy"] \
+            if ext == ".npz" else []
+        W.save_weights(tensors, args.output)
+    except (ValueError, TypeError, KeyError, ImportError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        _err(" ".join(str(msg).split()))
+        return EXIT_USAGE
+    nbytes = sum(a.nbytes for a in tensors.values())
+    print(f"wrote {len(tensors)} tensor(s), {nbytes / 2 ** 20:.1f} MiB, from {args.input} ({kind}) "
+          f"to {args.output}")
+    if widened:
+        print(f"note: {len(widened)} bfloat16/float8 tensor(s) widened to float32 for .npz "
+              f"(e.g. {widened[0]})")
     return EXIT_OK
 
 
