@@ -79,17 +79,6 @@ def engine_runners(shape, x, w, b, cached):
 ANCHORS = ["torch", "ort", "ncnn"]
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def _default_runner(shape, x, w, b):
     p = shape.params
     if not isinstance(p, shapes.ConvParams):
@@ -152,7 +141,7 @@ def main(argv=None):
     except ImportError:
         torch = None
     algos = engine.algorithms()
-    print(f"bench_layers: {os.path.relpath(args.suite)}; {_cpu_model()}; micro-kernels "
+    print(f"bench_layers: {os.path.relpath(args.suite)}; {engine.plan.hardware_fingerprint()["cpu"]}; micro-kernels "
           f"{engine.isa.active()}{' (capped with --isa)' if args.isa else ''}; threads {args.threads}; "
           f"batches {batches}; {reps} samples >= {min_sample * 1e3:g} ms; plan {args.plan}; forced "
           f"algorithms via {'Conv2d layers' if args.cached_weights else 'functional.conv2d'}; "
