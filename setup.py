@@ -7,6 +7,9 @@ Environment switches (all optional):
   machines. The micro-kernels (engine/kernels/ukernels/) are always built the same
   way, once per ISA with that ISA's flags (UKERNEL_OBJECTS), and chosen at run time
   from cpuid (engine.isa), so a portable build still runs AVX2 / AVX-512 kernels.
+- ``CONVTUNE_MARCH=arch``  build the Cython kernels with ``-march=arch`` (e.g. x86-64-v3, an
+  AVX2 machine's class): with ``CONVTUNE_ISA=avx2`` it reproduces an AVX2 machine's
+  build on an AVX-512 one, for measurement.
 - ``CONVTUNE_DEBUG=1``     turn Cython's bounds/wraparound checks back on and build with
   ``-O1 -g``: slow, for hunting out-of-bounds accesses.
 - ``CONVTUNE_NO_OPENMP=1`` build without OpenMP even where the compiler has it.
@@ -91,7 +94,12 @@ def _is_x86():
 def compile_flags():
     debug = _flag("CONVTUNE_DEBUG")
     cflags = ["-O1", "-g"] if debug else ["-O3"]
-    if not _flag("CONVTUNE_PORTABLE") and _compiles(["-march=native"]):
+    march = os.environ.get("CONVTUNE_MARCH", "").strip()
+    if march:
+        if not _compiles([f"-march={march}"]):
+            raise SystemExit(f"convtune: CONVTUNE_MARCH={march!r}: the compiler rejects -march={march}")
+        cflags.append(f"-march={march}")
+    elif not _flag("CONVTUNE_PORTABLE") and _compiles(["-march=native"]):
         cflags.append("-march=native")
     else:
         cflags += _portable_arch()
