@@ -79,7 +79,8 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
     Summary: "plans" {fingerprint id: path}, "written", "skipped", "failed" [(label,
     threads, message)], "untuned" [(label, threads)] (timeout or no worker of its
     kind left), "resubmitted" (jobs this driver re-sent after losing their workers) and
-    "records" (one per finished job: label, threads, worker pid, host, start/end).
+    "records" (one per finished job: label, threads, task key, worker pid, host,
+    start/end times).
     Raises ``engine.plan.PlanError`` if a target plan is unusable and not ``force``."""
     _, distributed = _D._require_dask()
     client = _D.get_client(client)
@@ -181,7 +182,7 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
             for host, (fut, fid, job, allowed) in list(inflight.items()):
                 if fut.status == "finished":
                     del inflight[host]
-                    _file(fut.result(), groups[fid], job, host, force, summary, on_result)
+                    _file(fut, groups[fid], job, host, force, summary, on_result)
                 elif fut.status in ("error", "cancelled", "lost"):
                     del inflight[host]
                     exc = fut.exception() if fut.status == "error" else None
@@ -206,11 +207,12 @@ def _worker_lost(exc, distributed):
     return isinstance(exc, tuple(c for c in lost if c is not None)) or isinstance(exc, (OSError, EOFError))
 
 
-def _file(result, group, job, host, force, summary, on_result):
+def _file(fut, group, job, host, force, summary, on_result):
     """Merge one finished job's entry into its kind's plan and record it."""
+    result = fut.result()
     s, t, _, _ = job
     label = _plan.describe_key(s.params.key())
-    record = {"label": label, "threads": t, "host": host, "pid": result["pid"],
+    record = {"label": label, "threads": t, "host": host, "pid": result["pid"], "key": fut.key,
               "started": result["started"], "finished": result["finished"],
               "message": result["message"], "plan": group.path}
     if result["fingerprint"] != group.fingerprint:   # should not happen: jobs are pinned
