@@ -11,10 +11,14 @@ needs it, and says ``pip install convtune[dask]`` when it is missing.
 How ``predict`` runs (what it saves the user from wiring by hand):
 
 - **The model travels once per worker.** A copy of the model (its per-shape caches
-  dropped) and the plan(s) are wrapped in a ``ModelBundle`` and scattered with
-  ``broadcast=True``: each worker deserialises it once and every chunk's task refers to
-  that one copy (a future in the graph), instead of pickling the weights into each
-  task. A worker deserialises a bundle once (``worker_stats()["bundles_received"]``).
+  dropped) and the plan(s) are wrapped in a ``ModelBundle`` and installed on every
+  worker as a Dask worker plugin (workers that join later get it when they register):
+  each worker deserialises it once (``worker_stats()["bundles_received"]``) and every
+  chunk's task names it (a ``ModelRef``) instead of carrying the weights. Scattered data
+  would not do: the scheduler's active memory manager drops the replicas of a scattered
+  key that no task is waiting for yet, and the tasks then fetch the model again. The
+  plugin is removed when the last dask array built on this ``predict`` is garbage
+  collected (keep that array alive until its computation has finished).
 - **Threads.** Dask's nanny starts each worker with ``OMP_NUM_THREADS=1`` (the
   ``distributed.nanny.pre-spawn-environ`` default), so the engine's default thread
   count there is 1 and a naive ``map_blocks`` runs every kernel on one core. ``predict``
@@ -38,14 +42,16 @@ The engine's plan and thread count are per process: a worker running tasks of tw
 may resolve one model's layers under the other's plan (still correct, maybe slower).
 """
 import copy
+import hashlib
 import json
 import math
 import numbers
 import os
 import re
 import threading
+import uuid
 import warnings
-import hashlib
+import weakref
 
 import numpy as np
 
@@ -253,6 +259,17 @@ class ModelBundle:
             _STATS["threads"] = threads
         return threads, path
 
+    def release(self):
+        """On a worker, when the plugin goes: delete the plan file written for it."""
+        setup, self._setup = self._setup, None
+        if setup is not None and setup[1] is not None:
+            try:
+                os.unlink(setup[1])
+            except OSError:
+                pass
+        if setup is not None and _plan.active_path() == setup[1]:
+            _plan.use_plan(None)
+
     def activate(self):
         """The model, with this process's engine thread count and plan set for it."""
         with self._lock:
@@ -279,9 +296,84 @@ def _current_worker():
         return None
 
 
-def _predict_block(block, bundle):
-    """Run on a worker: the model on one chunk [n, C, H, W]."""
-    model = bundle.activate()
+class ModelRef:
+    """What each task carries instead of the model: the name of the worker plugin that
+    holds the model's ``ModelBundle`` on every worker. On the client, when the last
+    reference to it goes (the dask arrays built on it), the plugin is unregistered."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):              # the copies in tasks carry no finalizer
+        return (ModelRef, (self.name,))
+
+    def __dask_tokenize__(self):
+        return self.name
+
+    def __repr__(self):
+        return f"ModelRef({self.name!r})"
+
+    def bundle(self):
+        """On a worker: the ModelBundle this names."""
+        worker = _current_worker()
+        plugin = None if worker is None else worker.plugins.get(self.name)
+        if plugin is None:
+            raise RuntimeError(f"convtune: the model {self.name} is no longer installed on this "
+                               f"worker: it was released when the dask arrays built by predict were "
+                               f"garbage collected; keep the array alive until compute finishes")
+        return plugin.bundle
+
+
+_plugin_class = None
+
+
+def _make_plugin(name, bundle):
+    """A ``distributed.WorkerPlugin`` holding ``bundle`` (the class is made on first use,
+    so that importing this module does not import Dask)."""
+    global _plugin_class
+    if _plugin_class is None:
+        from distributed.diagnostics.plugin import WorkerPlugin
+
+        class ModelPlugin(WorkerPlugin):
+            """Holds one predict's ModelBundle on a worker."""
+
+            def __init__(self, name, bundle):
+                self.name, self.bundle = name, bundle
+
+            def __reduce__(self):
+                return (_make_plugin, (self.name, self.bundle))
+
+            def teardown(self, worker):
+                self.bundle.release()
+
+        _plugin_class = ModelPlugin
+    return _plugin_class(name, bundle)
+
+
+def _unregister(client, name):
+    """Finalizer of a ModelRef on the client: unregister its plugin (from any thread)."""
+    if getattr(client, "status", None) not in ("running", "connecting"):
+        return
+
+    async def go():
+        try:
+            await client.scheduler.unregister_worker_plugin(name=name)
+        except Exception:  # pragma: no cover - the cluster is going away
+            pass
+    try:
+        client.loop.add_callback(go)
+    except Exception:  # pragma: no cover - the loop is closed
+        pass
+
+
+def _resolve(ref):
+    return ref if isinstance(ref, ModelBundle) else ref.bundle()
+
+
+def _predict_block(block, ref):
+    """Run on a worker: the model on one chunk [n, C, H, W]; ``ref`` a ModelRef (or,
+    to measure what per-task shipping costs, a ModelBundle itself)."""
+    model = _resolve(ref).activate()
     out = np.asarray(model(np.ascontiguousarray(block)))
     if out.ndim == 0 or out.shape[0] != block.shape[0]:
         raise ValueError(f"predict: the model turned a batch of {block.shape[0]} into an output "
@@ -289,9 +381,9 @@ def _predict_block(block, bundle):
     return out
 
 
-def _output_spec(bundle, shape, dtype):
+def _output_spec(ref, shape, dtype):
     """Run on a worker: (shape, dtype) of the model's output for zeros of ``shape``."""
-    model = bundle.activate()
+    model = _resolve(ref).activate()
     out = np.asarray(model(np.zeros(shape, dtype)))
     return out.shape, str(out.dtype)
 
@@ -384,8 +476,10 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
                           f"tuned on ({why}); they use their heuristic", RuntimeWarning, stacklevel=2)
 
     bundle = ModelBundle(model, docs, threads, by_worker)
-    [future] = client.scatter([bundle], broadcast=True, hash=False)
-    spec = client.submit(_output_spec, future, (1, *arr.shape[1:]), str(arr.dtype), pure=False)
+    ref = ModelRef(f"convtune-model-{uuid.uuid4().hex}")
+    client.register_plugin(_make_plugin(ref.name, bundle), name=ref.name)
+    weakref.finalize(ref, _unregister, client, ref.name)
+    spec = client.submit(_output_spec, ref, (1, *arr.shape[1:]), str(arr.dtype), pure=False)
     out_shape, out_dtype = spec.result(timeout=SETUP_TIMEOUT)
     out_dtype = np.dtype(out_dtype)
     rest = tuple(out_shape[1:])
@@ -395,7 +489,7 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
         kwargs["drop_axis"] = list(range(ndim, 4))
     elif ndim > 4:
         kwargs["new_axis"] = list(range(4, ndim))
-    return da.map_blocks(_predict_block, arr, future, dtype=out_dtype,
+    return da.map_blocks(_predict_block, arr, ref, dtype=out_dtype,
                          chunks=(arr.chunks[0], *((d,) for d in rest)),
                          meta=np.empty((0,) * ndim, out_dtype), **kwargs)
 

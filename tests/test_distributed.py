@@ -41,8 +41,12 @@ def _cluster():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """(client, what the workers reported before any predict ran)."""
-    with _cluster() as lc, distributed.Client(lc, timeout=TIMEOUT) as client:
+    """(client, what the workers reported before any predict ran). The scheduler's
+    active memory manager runs every 50 ms (default 2 s), so that a model kept as
+    scattered data would lose its replicas between two computes here."""
+    import dask
+    with dask.config.set({"distributed.scheduler.active-memory-manager.interval": "50ms"}), \
+            _cluster() as lc, distributed.Client(lc, timeout=TIMEOUT) as client:
         before = client.run(lambda: (os.environ.get("OMP_NUM_THREADS"), engine.get_num_threads()))
         yield client, before
 
@@ -131,17 +135,30 @@ def test_predict_output_of_other_rank(cluster):
     assert np.array_equal(y.compute(timeout=TIMEOUT), local(model, x, 2))
 
 
+def _installed(client):
+    return client.run(lambda dask_worker: sorted(n for n in dask_worker.plugins
+                                                 if n.startswith("convtune-model-")))
+
+
 def test_model_is_shipped_once_per_worker(cluster):
     client, _ = cluster
     before = stats(client)
     y = ED.predict(seed_cnn("direct"), images(16), client, batch_size=2, threads=1)
     assert y.npartitions == 8
     y.compute(timeout=TIMEOUT)
+    time.sleep(0.3)                   # several memory-manager passes
+    (y + 1).sum().compute(timeout=TIMEOUT)
     after = stats(client)
     received = {a: after[a]["bundles_received"] - before[a]["bundles_received"] for a in after}
-    # scattered with broadcast: each worker deserialised the bundle exactly once,
-    # though 8 chunks ran
+    # each worker deserialised the model exactly once, though 16 chunks ran
     assert received == {a: 1 for a in after}
+    # released with the last array built on it
+    assert all(len(v) == 1 for v in _installed(client).values())
+    del y
+    deadline = time.monotonic() + TIMEOUT
+    while any(_installed(client).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_installed(client).values())
 
 
 def test_workers_start_single_threaded_and_predict_sets_threads(cluster):
@@ -306,7 +323,8 @@ def _executing(dask_worker):
 
 
 def test_worker_killed_mid_tune_keeps_finished_shapes(tmp_path):
-    shapes = configs.load_all([SEED_CNN], batch=2)[1] + configs.load_all([SEED_CNN], batch=4)[1]
+    # convolutions only: each job takes long enough (~0.3 s) to be killed in the middle
+    shapes = [s for b in (2, 4, 8) for s in configs.load_all([SEED_CNN], batch=b)[1] if s.op == "conv2d"]
     path = str(tmp_path / "plan.json")
     with _cluster() as lc, distributed.Client(lc, timeout=TIMEOUT) as client:
         pids = client.run(os.getpid)

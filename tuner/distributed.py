@@ -71,7 +71,9 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
 
     ``config_or_shapes``: config path(s) or ``tuner.configs.Shape`` objects (``batch`` /
     ``dtype`` override the configs'). ``threads``: thread counts to tune for (default:
-    each kind of machine's usable cores, as the local tuner defaults to this machine's).
+    the engine threads ``predict`` gives each task on that kind of machine,
+    ``engine.distributed.threads_for(cores, Dask threads on the host)``, so the plan
+    has entries for the way the cluster runs).
     ``level``, ``tolerance``, ``reps``, ``force``: as ``convtune tune``. ``timeout``
     seconds bounds the run (what finished is kept). ``on_result(record)`` is called on
     the driver for each finished job.
@@ -97,8 +99,9 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
     info = _D.machines(client)
     if not info:
         raise ValueError("tune: the Dask cluster has no workers")
-    kinds = {}
+    kinds, on_host = {}, {}
     for m in info.values():
+        on_host[m["host"]] = on_host.get(m["host"], 0) + m["nthreads"]
         kinds.setdefault(_D.fingerprint_id(m["fingerprint"]), m["fingerprint"])
     groups = {}
     for fid, fp in sorted(kinds.items()):
@@ -111,8 +114,9 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
                     f"refusing to write {path}: it {_plan._WHAT[existing.status]} ({existing.reason}). "
                     f"It was left untouched; use --force to move it aside and start a new plan.")
             existing = _plan.PlanFile(path, "missing")
-        cores = min(m["cores"] for m in info.values() if _D.fingerprint_id(m["fingerprint"]) == fid)
-        jobs, skipped = search.pending_jobs(existing, shapes, threads or [cores], level, tolerance, force)
+        default = sorted({_D.threads_for(m["cores"], on_host[m["host"]]) for m in info.values()
+                          if _D.fingerprint_id(m["fingerprint"]) == fid})
+        jobs, skipped = search.pending_jobs(existing, shapes, threads or default, level, tolerance, force)
         g.skipped = skipped
         g.queue = [(s, t, tol, 0) for s, t, tol in jobs]
 
