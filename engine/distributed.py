@@ -102,7 +102,7 @@ def _machine_info():
     return {"fingerprint": _plan.hardware_fingerprint(), "cores": usable_cores(), "pid": os.getpid()}
 
 
-def machines(client, workers=None, timeout=SETUP_TIMEOUT):
+def machines(client, workers=None):
     """{worker address: {"host", "nthreads", "fingerprint", "cores", "pid"}} for the
     cluster's workers (or the given ``workers`` addresses), asked of each worker."""
     info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) \
@@ -209,17 +209,19 @@ def worker_stats():
 
 class ModelBundle:
     """What ``predict`` ships to each worker once: the model, the plan documents, and
-    the thread decision (``threads``, or per worker address ``threads_by_worker``).
+    the thread decision (``threads``, else per worker address ``threads_by_worker``,
+    else, for a worker that joined later, per host ``threads_by_host``).
 
     On a worker, ``activate()`` (first call per process: choose the plan for this
     hardware, write it to a local file; every call: set the engine's thread count and
     plan if another task changed them) returns the model ready to run."""
 
-    def __init__(self, model, plans, threads=None, threads_by_worker=None):
+    def __init__(self, model, plans, threads=None, threads_by_worker=None, threads_by_host=None):
         self.model = copy.deepcopy(model)        # a snapshot; its caches start empty
         self.plans = list(plans)
         self.threads = threads
         self.threads_by_worker = dict(threads_by_worker or {})
+        self.threads_by_host = dict(threads_by_host or {})
         self._setup = None
         self._lock = threading.Lock()
 
@@ -240,6 +242,9 @@ class ModelBundle:
         if threads is None:
             threads = self.threads_by_worker.get(getattr(worker, "address", None))
         if threads is None:      # a worker that joined after predict was called
+            address = getattr(worker, "address", "") or ""
+            threads = self.threads_by_host.get(_host_of(address))
+        if threads is None:
             threads = threads_for(usable_cores(), getattr(worker, "nthreads", 1) or 1)
         doc, why = pick_plan(self.plans, _plan.hardware_fingerprint())
         path = None
@@ -467,6 +472,7 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
     for m in info.values():
         on_host[m["host"]] = on_host.get(m["host"], 0) + m["nthreads"]
     by_worker = {a: threads_for(m["cores"], on_host[m["host"]]) for a, m in info.items()}
+    by_host = {m["host"]: by_worker[a] for a, m in info.items()}
     if docs:
         unplanned = sorted(a for a, m in info.items() if pick_plan(docs, m["fingerprint"])[0] is None)
         if unplanned:
@@ -475,7 +481,7 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
                           f"{', ...' if len(unplanned) > 4 else ''}) run on hardware no shipped plan was "
                           f"tuned on ({why}); they use their heuristic", RuntimeWarning, stacklevel=2)
 
-    bundle = ModelBundle(model, docs, threads, by_worker)
+    bundle = ModelBundle(model, docs, threads, by_worker, by_host)
     ref = ModelRef(f"convtune-model-{uuid.uuid4().hex}")
     client.register_plugin(_make_plugin(ref.name, bundle), name=ref.name)
     weakref.finalize(ref, _unregister, client, ref.name)

@@ -9,7 +9,6 @@ falls back to the heuristic; distributed tuning gives the local tuner's entry ke
 runs one job per host at a time and writes a plan per kind of machine; a worker killed
 mid-tune loses no finished shape and does not hang the run.
 """
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,6 @@ import engine  # noqa: E402
 import engine.distributed as ED  # noqa: E402
 from engine import plan as P  # noqa: E402
 from tuner import cli, configs  # noqa: E402
-from tuner import distributed as TD  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CNN = os.path.join(ROOT, "configs", "seed_cnn.json")
