@@ -78,7 +78,9 @@ def main(argv=None):
                                  chunks=(xd.chunks[0], (1000,)), drop_axis=[2, 3],
                                  meta=np.empty((0, 0), np.float32)).compute()
 
-        installed = ED.predict(model, xd, client, plan=None)
+        # threads=1 explicitly: another bundle than dask_once's (threads chosen per
+        # worker), so dask_once cannot share this installation and ships every run
+        installed = ED.predict(model, xd, client, plan=None, threads=1)
 
         def dask_again():
             return installed.compute()

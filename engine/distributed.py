@@ -14,7 +14,9 @@ How ``predict`` runs (what it saves the user from wiring by hand):
   dropped) and the plan(s) are wrapped in a ``ModelBundle`` and installed on every
   worker as a Dask worker plugin (workers that join later get it when they register):
   each worker deserialises it once (``worker_stats()["bundles_received"]``) and every
-  chunk's task names it (a ``ModelRef``) instead of carrying the weights. Scattered data
+  chunk's task names it (a ``ModelRef``) instead of carrying the weights. Installations
+  are shared by content: ``predict`` called again on an unchanged model (same weights,
+  plans and threads) while an array of the first call is alive ships nothing. Scattered data
   would not do: the scheduler's active memory manager drops the replicas of a scattered
   key that no task is waiting for yet, and the tasks then fetch the model again. The
   plugin is removed when the last dask array built on this ``predict`` is garbage
@@ -332,31 +334,74 @@ class ModelRef:
 _plugin_class = None
 
 
-def _make_plugin(name, bundle):
-    """A ``distributed.WorkerPlugin`` holding ``bundle`` (the class is made on first use,
-    so that importing this module does not import Dask)."""
+def _make_plugin(name, payload):
+    """A ``distributed.WorkerPlugin`` carrying a pickled ModelBundle (``payload``), which
+    it unpickles once on the worker (the class is made on first use, so that importing
+    this module does not import Dask)."""
     global _plugin_class
     if _plugin_class is None:
         from distributed.diagnostics.plugin import WorkerPlugin
 
         class ModelPlugin(WorkerPlugin):
-            """Holds one predict's ModelBundle on a worker."""
+            """Holds one installed model's ModelBundle on a worker."""
 
-            def __init__(self, name, bundle):
-                self.name, self.bundle = name, bundle
+            def __init__(self, name, payload):
+                self.name, self.payload, self.bundle = name, payload, None
 
             def __reduce__(self):
-                return (_make_plugin, (self.name, self.bundle))
+                return (_make_plugin, (self.name, self.payload))
+
+            def setup(self, worker):
+                import pickle
+                self.bundle, self.payload = pickle.loads(self.payload), None
 
             def teardown(self, worker):
-                self.bundle.release()
+                if self.bundle is not None:
+                    self.bundle.release()
 
         _plugin_class = ModelPlugin
-    return _plugin_class(name, bundle)
+    return _plugin_class(name, payload)
 
 
-def _unregister(client, name):
-    """Finalizer of a ModelRef on the client: unregister its plugin (from any thread)."""
+# Client side: the models installed on clusters, by content, so that predict calls on
+# an unchanged model share one installation: (client id, digest) -> entry.
+_install_lock = threading.Lock()
+_installed = {}
+
+
+def _install(client, bundle):
+    """A ModelRef to ``bundle`` installed on the cluster of ``client``: the bundle is
+    pickled here once; when identical bytes are installed already (same model, plans
+    and thread decision), that installation is shared. The second item is the entry's
+    cache of output shapes."""
+    import cloudpickle
+    payload = cloudpickle.dumps(bundle, protocol=5)
+    key = (client.id, hashlib.blake2b(payload, digest_size=16).hexdigest())
+    with _install_lock:
+        entry = _installed.get(key)
+        if entry is None:
+            name = f"convtune-model-{key[1][:12]}-{uuid.uuid4().hex[:8]}"
+            client.register_plugin(_make_plugin(name, payload), name=name)
+            entry = _installed[key] = {"name": name, "refs": 0, "specs": {}, "client": client}
+        entry["refs"] += 1
+    ref = ModelRef(entry["name"])
+    weakref.finalize(ref, _drop, key)
+    return ref, entry["specs"]
+
+
+def _drop(key):
+    """Finalizer of a ModelRef on the client: when the last one of an installation goes,
+    unregister its plugin (a callback on the client's event loop: finalizers run in
+    whatever thread collects the garbage)."""
+    with _install_lock:
+        entry = _installed.get(key)
+        if entry is None:
+            return
+        entry["refs"] -= 1
+        if entry["refs"] > 0:
+            return
+        del _installed[key]
+    client, name = entry["client"], entry["name"]
     if getattr(client, "status", None) not in ("running", "connecting"):
         return
 
@@ -481,12 +526,11 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
                           f"{', ...' if len(unplanned) > 4 else ''}) run on hardware no shipped plan was "
                           f"tuned on ({why}); they use their heuristic", RuntimeWarning, stacklevel=2)
 
-    bundle = ModelBundle(model, docs, threads, by_worker, by_host)
-    ref = ModelRef(f"convtune-model-{uuid.uuid4().hex}")
-    client.register_plugin(_make_plugin(ref.name, bundle), name=ref.name)
-    weakref.finalize(ref, _unregister, client, ref.name)
-    spec = client.submit(_output_spec, ref, (1, *arr.shape[1:]), str(arr.dtype), pure=False)
-    out_shape, out_dtype = spec.result(timeout=SETUP_TIMEOUT)
+    ref, specs = _install(client, ModelBundle(model, docs, threads, by_worker, by_host))
+    probe = ((1, *arr.shape[1:]), str(arr.dtype))
+    if probe not in specs:
+        specs[probe] = client.submit(_output_spec, ref, *probe, pure=False).result(timeout=SETUP_TIMEOUT)
+    out_shape, out_dtype = specs[probe]
     out_dtype = np.dtype(out_dtype)
     rest = tuple(out_shape[1:])
     ndim = 1 + len(rest)

@@ -9,6 +9,7 @@ falls back to the heuristic; distributed tuning gives the local tuner's entry ke
 runs one job per host at a time and writes a plan per kind of machine; a worker killed
 mid-tune loses no finished shape and does not hang the run.
 """
+import gc
 import os
 import signal
 import subprocess
@@ -150,9 +151,26 @@ def test_model_is_shipped_once_per_worker(cluster):
     received = {a: after[a]["bundles_received"] - before[a]["bundles_received"] for a in after}
     # each worker deserialised the model exactly once, though 16 chunks ran
     assert received == {a: 1 for a in after}
-    # released with the last array built on it
+    # predict again on the unchanged model: the installation is shared, nothing shipped
+    y2 = ED.predict(seed_cnn("direct"), images(4), client, batch_size=2, threads=1)
+    y2.compute(timeout=TIMEOUT)
+    assert stats(client) == after
+    # other weights: shipped anew, once per worker
+    changed = seed_cnn("direct")
+    changed[0].weight = changed[0].weight * 2
+    y3 = ED.predict(changed, images(4), client, batch_size=1, threads=1)
+    y3.compute(timeout=TIMEOUT)
+    third = stats(client)
+    assert {a: third[a]["bundles_received"] - after[a]["bundles_received"] for a in third} == {a: 1 for a in third}
+    assert all(len(v) == 2 for v in _installed(client).values())
+    # released with the last array built on each
+    del y, y3
+    deadline = time.monotonic() + TIMEOUT
+    while any(len(v) > 1 for v in _installed(client).values()) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
     assert all(len(v) == 1 for v in _installed(client).values())
-    del y
+    del y2
     deadline = time.monotonic() + TIMEOUT
     while any(_installed(client).values()) and time.monotonic() < deadline:
         time.sleep(0.05)
