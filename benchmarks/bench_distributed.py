@@ -6,14 +6,17 @@ ResNet-18 (``engine.models.resnet18``, random weights, fused), float32 images
 and each one's median reported:
 
 - ``local``: one process, ``engine.set_num_threads(--threads)``, the chunks one after
-  another;
+  another, the model's prepared weights kept from run to run (warm);
+- ``local-cold``: the same on a fresh copy of the model each run (its weights prepared,
+  e.g. Winograd-transformed, during the run), what ``dask`` pays on its workers;
 - ``dask``: ``engine.distributed.predict`` on a LocalCluster of ``--workers`` processes
-  x 1 thread (127.0.0.1), the model scattered once per worker (each run is a fresh
-  ``predict`` call, so the shipping is included);
+  x 1 thread (127.0.0.1), the model installed once per worker (each run is a fresh
+  ``predict`` call whose array is dropped after it, so the shipping, the output-shape
+  probe and the weight preparation on each worker are included);
 - ``dask-installed``: computing again one ``predict`` array made before the runs
   (the model already on the workers: the cluster's own overhead, without shipping);
 - ``dask-per-chunk``: the same tasks with the model embedded in every task instead of
-  scattered (what a naive ``map_blocks(model, ...)`` does): each chunk deserialises the
+  installed (what a naive ``map_blocks(model, ...)`` does): each chunk deserialises the
   weights again and prepares them again (e.g. Winograd-transformed).
 
 Times are end to end, from the ``predict`` call to the numpy result. The model
@@ -23,6 +26,7 @@ deserialisations counted on the workers are printed per setup.
     python benchmarks/bench_distributed.py --images 32 --rounds 5
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -68,6 +72,11 @@ def main(argv=None):
             engine.set_num_threads(args.threads)
             return np.concatenate([model(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
 
+        def local_cold():
+            fresh = copy.deepcopy(model)     # prepared weights and choices start empty
+            engine.set_num_threads(args.threads)
+            return np.concatenate([fresh(x[i:i + args.batch]) for i in range(0, len(x), args.batch)])
+
         def dask_once():
             return ED.predict(model, xd, client, plan=None).compute()
 
@@ -85,7 +94,8 @@ def main(argv=None):
         def dask_again():
             return installed.compute()
 
-        setups = [("local", local), ("dask", dask_once), ("dask-installed", dask_again),
+        setups = [("local", local), ("local-cold", local_cold), ("dask", dask_once),
+                  ("dask-installed", dask_again),
                   ("dask-per-chunk", dask_per_chunk)]
         times = {name: [] for name, _ in setups}
         shipped = {name: [] for name, _ in setups}
@@ -112,6 +122,7 @@ def main(argv=None):
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     base = statistics.median(times["local"])
     for name, label in (("local", f"1 process x {args.threads} threads"),
+                        ("local-cold", "the same, a fresh copy of the model each run"),
                         ("dask", f"LocalCluster {args.workers} workers x 1 thread, model shipped once"),
                         ("dask-installed", "the same, computing an array whose model is already on the workers"),
                         ("dask-per-chunk", f"LocalCluster {args.workers} workers x 1 thread, model in every task")):
