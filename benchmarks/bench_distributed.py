@@ -19,7 +19,9 @@ and each one's median reported:
   installed (what a naive ``map_blocks(model, ...)`` does): each chunk deserialises the
   weights again and prepares them again (e.g. Winograd-transformed).
 
-Times are end to end, from the ``predict`` call to the numpy result. The model
+The images are persisted on the workers before the timed runs, as data a cluster loads
+itself would be (``--data client`` instead embeds them in every run's graph, sent from
+this process). Times are end to end, from the ``predict`` call to the numpy result. The model
 deserialisations counted on the workers are printed per setup.
 
     python benchmarks/bench_distributed.py                    # 64 images, chunks of 8, 3 rounds
@@ -55,6 +57,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
     ap.add_argument("--threads", type=int, default=2, help="engine threads of the local setup")
     ap.add_argument("--rounds", type=int, default=3, help="timed runs per setup (after one warm-up)")
+    ap.add_argument("--data", choices=("cluster", "client"), default="cluster",
+                    help="cluster (default): images persisted on the workers first; client: "
+                    "sent from this process with every run")
     args = ap.parse_args(argv)
 
     import dask.array as da
@@ -67,6 +72,9 @@ def main(argv=None):
     with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                   host="127.0.0.1", dashboard_address="127.0.0.1:0") as lc, \
             distributed.Client(lc) as client:
+        if args.data == "cluster":
+            xd = client.persist(xd)
+            distributed.wait(xd)
 
         def local():
             engine.set_num_threads(args.threads)
@@ -118,7 +126,7 @@ def main(argv=None):
                       f"  model deserialisations on workers: {got}", flush=True)
 
     print(f"\nResNet-18 fused, {args.images} images {args.size}x{args.size} float32, chunks of "
-          f"{args.batch}, CONVTUNE_PLAN=none; medians of {args.rounds} runs "
+          f"{args.batch}, images on the {args.data}, CONVTUNE_PLAN=none; medians of {args.rounds} runs "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     base = statistics.median(times["local"])
     for name, label in (("local", f"1 process x {args.threads} threads"),
