@@ -192,6 +192,31 @@ def test_workers_start_single_threaded_and_predict_sets_threads(cluster):
     assert {s["threads"] for s in stats(client).values()} == set(got.values())
 
 
+def test_worker_joining_later_gets_the_model(cluster):
+    client, _ = cluster
+    model = seed_cnn("direct")
+    x = images(12, seed=5)
+    y = ED.predict(model, x, client, batch_size=1, threads=None)
+    old = set(client.scheduler_info(n_workers=-1)["workers"])
+    cores = client.run(ED.usable_cores)
+    client.cluster.scale(3)
+    try:
+        client.wait_for_workers(3, timeout=TIMEOUT)
+        [new] = set(client.scheduler_info(n_workers=-1)["workers"]) - old
+        # installed on the newcomer at registration, before it ran anything
+        assert new in _installed(client) and len(_installed(client)[new]) == 1
+        out = client.compute(y, workers=[new]).result(timeout=TIMEOUT)
+        assert np.array_equal(out, local(model, x, 1))
+        s = client.run(ED.worker_stats, workers=[new])[new]
+        # the thread decision of its host (2 Dask threads on it when predict was called)
+        assert s["bundles_received"] == 1 and s["threads"] == max(1, cores[next(iter(old))] // 2)
+    finally:
+        client.cluster.scale(2)
+        deadline = time.monotonic() + TIMEOUT
+        while len(client.scheduler_info(n_workers=-1)["workers"]) > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def test_threads_for():
     assert ED.threads_for(2, 2) == 1
     assert ED.threads_for(8, 1) == 8
