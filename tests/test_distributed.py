@@ -91,6 +91,12 @@ def test_importing_engine_does_not_import_dask():
     assert r.returncode == 0, r.stderr
 
 
+def test_without_dask_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)     # import distributed fails
+    with pytest.raises(ImportError, match=r"pip install convtune\[dask\]"):
+        ED.predict(engine.Sequential(), images(1))
+
+
 # ----------------------------------------------------------------------- predict
 @pytest.mark.parametrize("algorithm", ["direct", "im2col"])
 def test_predict_equals_local_bit_for_bit(cluster, algorithm):
