@@ -500,7 +500,7 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
     module docstring. The model is snapshotted now and sent to each worker once; the
     output's shape and dtype come from running it once on one zero image on a worker.
     Call ``.compute()`` (or ``client.compute``) on the result."""
-    da, distributed = _require_dask()
+    da, _ = _require_dask()
     if not isinstance(model, Module):
         raise TypeError(f"predict: model must be an engine Module, got {type(model).__name__}")
     if threads is not None:
