@@ -2,6 +2,7 @@
 
     convtune tune CONFIG... [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
                             [--tolerance T] [--force] [--batch N] [--dtype D]
+                            [--dask SCHEDULER_ADDRESS]
     convtune show [PLAN]
     convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N]
     convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
@@ -92,6 +93,9 @@ def build_parser():
     t.add_argument("--reps", type=_positive_int,
                    help="timed samples per candidate (default: 7 at measure, 15 at exhaustive)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dask", metavar="SCHEDULER_ADDRESS",
+                   help="tune on this Dask cluster's workers (e.g. tcp://10.0.0.5:8786), one job per "
+                   "machine at a time, one plan per kind of machine (needs convtune[dask])")
 
     s = sub.add_parser("show", help="print a plan as a table")
     s.add_argument("plan", nargs="?", metavar="PLAN", help="plan file (default: the active plan)")
@@ -226,6 +230,8 @@ def cmd_tune(args):
     if path is None:
         _err(f"no plan file to write to ({why}); pass --plan PATH")
         return EXIT_USAGE
+    if args.dask:
+        return _tune_dask(args, configs, shapes, path)
     existing = P.read_plan(path)
     if existing.status not in ("ok", "missing"):
         if not args.force:
@@ -239,18 +245,7 @@ def cmd_tune(args):
         existing = P.PlanFile(path, "missing")
     threads_list = args.threads or [engine.get_num_threads()]
     level = args.level
-    rank = P.LEVEL_RANK[level]
-
-    jobs, skipped = [], 0
-    for threads in threads_list:
-        for s in shapes:
-            tol = args.tolerance if args.tolerance is not None else search.default_tolerance(s.params.dtype)
-            old = existing.entries.get(P.entry_key(P.params_key(s.params, threads)))
-            if (old is not None and not args.force and P.LEVEL_RANK.get(old.get("level"), -1) >= rank
-                    and math.isclose(float(old.get("tolerance") or 0), tol, rel_tol=1e-9)):
-                skipped += 1
-                continue
-            jobs.append((s, threads, tol))
+    jobs, skipped = search.pending_jobs(existing, shapes, threads_list, level, args.tolerance, args.force)
     names = ", ".join(c.name for c in configs)
     print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
           f"level {level}; plan {path}")
@@ -346,6 +341,52 @@ def cmd_tune(args):
             print(f"  {label} t{threads}: {msg}", file=sys.stderr)
         status = EXIT_FAIL
     return status
+
+
+def _tune_dask(args, configs, shapes, path):
+    """``convtune tune --dask ADDRESS``: the shapes tuned on the cluster's workers
+    (``tuner.distributed.tune``), a plan per kind of machine."""
+    try:
+        from distributed import Client
+        from . import distributed as dist
+    except ImportError as e:
+        _err(f"--dask needs Dask: pip install convtune[dask] ({e})")
+        return EXIT_USAGE
+    from engine import plan as P
+    try:
+        client = Client(args.dask, timeout=30)
+    except (OSError, TimeoutError, ValueError) as e:
+        _err(f"cannot connect to the Dask scheduler {args.dask}: {e}")
+        return EXIT_USAGE
+    names = ", ".join(c.name for c in configs)
+    print(f"convtune tune: {len(shapes)} distinct shape(s) in {names} on the Dask cluster {args.dask}; "
+          f"level {args.level}; plan {path}", flush=True)
+    try:
+        summary = dist.tune(shapes, client, path, threads=args.threads, level=args.level,
+                            tolerance=args.tolerance, force=args.force, reps=args.reps,
+                            timeout=args.budget,
+                            on_result=lambda r: print(f"  {r['label']} t{r['threads']} on {r['host']} "
+                                                      f"(pid {r['pid']}): {r['message']}", flush=True))
+    except P.PlanError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    finally:
+        client.close()
+    if summary["skipped"]:
+        print(f"  {summary['skipped']} already tuned at level >= {args.level} (use --force to re-tune)")
+    for fid, p in summary["plans"].items():
+        print(f"plan for {fid}: {p}")
+    print(f"tuned {summary['written']} shape(s); {summary['resubmitted']} job(s) resubmitted after "
+          f"losing their worker")
+    if summary["untuned"]:
+        print(f"{len(summary['untuned'])} shape(s) left untuned (budget reached or no worker of their "
+              f"kind); re-run to continue", file=sys.stderr)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} shape(s) have no plan entry:", file=sys.stderr)
+        for label, threads, msg in summary["failed"]:
+            print(f"  {label} t{threads}: {msg}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def _work(shape, level):
