@@ -13,34 +13,32 @@
 #include "ukernels.h"
 #include "sgemm_driver.h"
 
+/* The accumulators are named variables, not an array: GCC keeps an array indexed in
+   loops on the stack (12 stores per k), named ones stay in registers. R rows (<= 6) and
+   NV vectors (1 or 2) are constants once inlined, so unused rows vanish. */
+#define LOADC(r, v) (masked && (v) == NV - 1 ? _mm256_maskload_ps(C + (ptrdiff_t)(r) * ldc + 8 * (v), last) \
+                                             : _mm256_loadu_ps(C + (ptrdiff_t)(r) * ldc + 8 * (v)))
+#define STOREC(r, v, x) do { float* c_ = C + (ptrdiff_t)(r) * ldc + 8 * (v);                    \
+    if (masked && (v) == NV - 1) _mm256_maskstore_ps(c_, last, x); else _mm256_storeu_ps(c_, x); } while (0)
+#define ROW_INIT(r) if (R > r && acc_in) { c##r##0 = LOADC(r, 0); if (NV > 1) c##r##1 = LOADC(r, 1); }
+#define ROW_FMA(r) if (R > r) { const __m256 a_ = _mm256_broadcast_ss(A + (ptrdiff_t)(r) * lda + p); \
+    c##r##0 = _mm256_fmadd_ps(a_, b0, c##r##0); if (NV > 1) c##r##1 = _mm256_fmadd_ps(a_, b1, c##r##1); }
+#define ROW_STORE(r) if (R > r) { STOREC(r, 0, c##r##0); if (NV > 1) STOREC(r, 1, c##r##1); }
+
 static inline __attribute__((always_inline)) void tile_6x16(
         int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
         int acc_in, const int R, const int NV, const int masked, __m256i last) {
-    __m256 acc[6][2];
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) {
-            const float* c = C + (ptrdiff_t)r * ldc + 8 * v;
-            if (!acc_in) acc[r][v] = _mm256_setzero_ps();
-            else if (masked && v == NV - 1) acc[r][v] = _mm256_maskload_ps(c, last);
-            else acc[r][v] = _mm256_loadu_ps(c);
-        }
+    const __m256 z = _mm256_setzero_ps();
+    __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z,
+           c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+    ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
     for (int p = 0; p < k; p++) {
-        __m256 b[2];
-        for (int v = 0; v < NV; v++) {
-            const float* bp = B + (ptrdiff_t)p * ldb + 8 * v;
-            b[v] = masked && v == NV - 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp);
-        }
-        for (int r = 0; r < R; r++) {
-            const __m256 a = _mm256_broadcast_ss(A + (ptrdiff_t)r * lda + p);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
-        }
+        const float* bp = B + (ptrdiff_t)p * ldb;
+        const __m256 b0 = masked && NV == 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp);
+        const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8);
+        ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) {
-            float* c = C + (ptrdiff_t)r * ldc + 8 * v;
-            if (masked && v == NV - 1) _mm256_maskstore_ps(c, last, acc[r][v]);
-            else _mm256_storeu_ps(c, acc[r][v]);
-        }
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
 }
 
 #define TILE_NV(R)                                                                          \

@@ -13,32 +13,40 @@
 #include "ukernels.h"
 #include "sgemm_driver.h"
 
+/* The accumulators are named variables, not an array: GCC keeps an array indexed in
+   loops on the stack (24 stores per k), named ones stay in registers. R rows (<= 8) and
+   NV vectors (1..3) are constants once inlined, so unused ones vanish. The last vector
+   is masked (mask all-ones when nr is a multiple of 16): masked loads cost nothing. */
+#define MK(v) ((v) == NV - 1 ? last : (__mmask16)0xFFFF)
+#define ROW_INIT(r) if (R > r && acc_in) {                                                      \
+    c##r##0 = _mm512_maskz_loadu_ps(MK(0), C + (ptrdiff_t)(r) * ldc);                            \
+    if (NV > 1) c##r##1 = _mm512_maskz_loadu_ps(MK(1), C + (ptrdiff_t)(r) * ldc + 16);           \
+    if (NV > 2) c##r##2 = _mm512_maskz_loadu_ps(MK(2), C + (ptrdiff_t)(r) * ldc + 32); }
+#define ROW_FMA(r) if (R > r) { const __m512 a_ = _mm512_set1_ps(A[(ptrdiff_t)(r) * lda + p]);   \
+    c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                  \
+    if (NV > 1) c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);                                      \
+    if (NV > 2) c##r##2 = _mm512_fmadd_ps(a_, b2, c##r##2); }
+#define ROW_STORE(r) if (R > r) {                                                               \
+    _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc, MK(0), c##r##0);                             \
+    if (NV > 1) _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc + 16, MK(1), c##r##1);            \
+    if (NV > 2) _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc + 32, MK(2), c##r##2); }
+
 static inline __attribute__((always_inline)) void tile_8x48(
         int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
         int acc_in, const int R, const int NV, __mmask16 last) {
-    __m512 acc[8][3];
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) {
-            const __mmask16 mk = v == NV - 1 ? last : (__mmask16)0xFFFF;
-            acc[r][v] = acc_in ? _mm512_maskz_loadu_ps(mk, C + (ptrdiff_t)r * ldc + 16 * v)
-                               : _mm512_setzero_ps();
-        }
+    const __m512 z = _mm512_setzero_ps();
+    __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z,
+           c30 = z, c31 = z, c32 = z, c40 = z, c41 = z, c42 = z, c50 = z, c51 = z, c52 = z,
+           c60 = z, c61 = z, c62 = z, c70 = z, c71 = z, c72 = z;
+    ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5) ROW_INIT(6) ROW_INIT(7)
     for (int p = 0; p < k; p++) {
-        __m512 b[3];
-        for (int v = 0; v < NV; v++) {
-            const __mmask16 mk = v == NV - 1 ? last : (__mmask16)0xFFFF;
-            b[v] = _mm512_maskz_loadu_ps(mk, B + (ptrdiff_t)p * ldb + 16 * v);
-        }
-        for (int r = 0; r < R; r++) {
-            const __m512 a = _mm512_set1_ps(A[(ptrdiff_t)r * lda + p]);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
-        }
+        const float* bp = B + (ptrdiff_t)p * ldb;
+        const __m512 b0 = _mm512_maskz_loadu_ps(MK(0), bp);
+        const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(MK(1), bp + 16) : z;
+        const __m512 b2 = NV > 2 ? _mm512_maskz_loadu_ps(MK(2), bp + 32) : z;
+        ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5) ROW_FMA(6) ROW_FMA(7)
     }
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) {
-            const __mmask16 mk = v == NV - 1 ? last : (__mmask16)0xFFFF;
-            _mm512_mask_storeu_ps(C + (ptrdiff_t)r * ldc + 16 * v, mk, acc[r][v]);
-        }
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5) ROW_STORE(6) ROW_STORE(7)
 }
 
 #define TILE_NV(R)                                                                          \
