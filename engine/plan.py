@@ -335,6 +335,17 @@ def read_plan(path, hardware=None):
 
 # ----------------------------------------------------------- which plan, loaded
 _lock = threading.RLock()
+
+
+def _after_fork_in_child():
+    """A thread of the parent may have held the lock at fork(); it is gone in the child."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _explicit = _UNSET          # what use_plan() set: _UNSET, None or a path
 _generation = 0
 _loaded = None              # PlanFile of the active path

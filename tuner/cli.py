@@ -38,9 +38,19 @@ def _positive_int(text):
     return v
 
 
+def _thread_count(text):
+    """A positive int no larger than engine.threads.max_threads()."""
+    from engine.threads import THREADS_PER_CPU, max_threads
+    v = _positive_int(text)
+    if v > max_threads():
+        raise argparse.ArgumentTypeError(f"expected at most {max_threads()} threads "
+                                         f"({THREADS_PER_CPU} per CPU), got {text!r}")
+    return v
+
+
 def _threads_list(text):
-    """"2" or "1,2": thread counts, each a positive int."""
-    vals = [_positive_int(v) for v in str(text).split(",") if v.strip()]
+    """"2" or "1,2": thread counts, each a positive int (at most max_threads())."""
+    vals = [_thread_count(v) for v in str(text).split(",") if v.strip()]
     if not vals:
         raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
     return vals
@@ -100,7 +110,7 @@ def build_parser():
     b.add_argument("config", nargs="?", metavar="CONFIG")
     _add_model_args(b)
     b.add_argument("--plan", help="plan file (default: the active plan)")
-    b.add_argument("--threads", type=_positive_int, default=None)
+    b.add_argument("--threads", type=_thread_count, default=None)
     b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
     b.add_argument("--batch", type=_positive_int)
     b.add_argument("--dtype", choices=("float32", "float64"))
@@ -112,7 +122,7 @@ def build_parser():
                    help="one tolerance for every algorithm (default: each algorithm's own, "
                    "engine.registry.TOLERANCE)")
     c.add_argument("--json", metavar="PATH", help="write a machine-readable report")
-    c.add_argument("--threads", type=_positive_int, default=None)
+    c.add_argument("--threads", type=_thread_count, default=None)
     c.add_argument("--batch", type=_positive_int)
     c.add_argument("--dtype", choices=("float32", "float64", "both"),
                    help="dtype(s) to check (default: the configs')")

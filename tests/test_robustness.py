@@ -1,0 +1,69 @@
+"""Real-use robustness: bounded thread counts, scratch sized by the data, atomic
+weight loads, prepared weights that follow the weights, calling-thread independence.
+(Plan-file robustness is in test_plan.py, processes in test_fork.py.)"""
+import concurrent.futures
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import engine
+import engine.functional as F
+from engine import registry as algos
+from engine import threads as T
+
+import reference as ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ thread counts
+@pytest.fixture
+def restore_threads():
+    before = engine.get_num_threads()
+    yield
+    engine.set_num_threads(before)
+
+
+def test_set_num_threads_huge_is_clamped_with_warning(restore_threads):
+    with pytest.warns(RuntimeWarning, match="at most"):
+        engine.set_num_threads(2**40)
+    assert engine.get_num_threads() == T.max_threads()
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((2, 2, 3, 3), np.float32)
+    np.testing.assert_array_equal(F.conv2d(x, w, algorithm="direct"), np.full((1, 2, 3, 3), 18, np.float32))
+
+
+def test_max_threads_is_relative_to_cpus():
+    assert T.max_threads() == T.THREADS_PER_CPU * len(os.sched_getaffinity(0))
+
+
+def test_omp_num_threads_huge_runs_with_warning():
+    code = ("import warnings, numpy as np, engine, engine.functional as F\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    n = engine.get_num_threads()\n"
+            "x = np.ones((1, 4, 9, 9), np.float32); k = np.ones((4, 4, 3, 3), np.float32)\n"
+            "for a in engine.algorithms(): F.conv2d(x, k, padding=1, algorithm=a)\n"
+            "print(n, any('at most' in str(m.message) for m in w))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "100000", "CONVTUNE_PLAN": "none"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(T.max_threads()), "True"]
+
+
+def test_cli_threads_beyond_cap_is_a_usage_error(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"name": "c", "input": [4, 8, 8], "layers": [{"type": "conv", '
+                   '"out_channels": 4, "kernel_size": 3}]}')
+    proc = subprocess.run([sys.executable, "-m", "tuner", "tune", str(cfg), "--plan",
+                           str(tmp_path / "p.json"), "--threads", "100000"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--threads" in proc.stderr and "at most" in proc.stderr
+    assert "Traceback" not in proc.stderr
