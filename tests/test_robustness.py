@@ -67,3 +67,41 @@ def test_cli_threads_beyond_cap_is_a_usage_error(tmp_path):
     assert proc.returncode == 2
     assert "--threads" in proc.stderr and "at most" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------- calling thread
+def _in_thread(fn, *args):
+    box = []
+    t = threading.Thread(target=lambda: box.append(fn(*args)))
+    t.start()
+    t.join(60)
+    return box[0]
+
+
+@pytest.mark.parametrize("algorithm", engine.algorithms())
+def test_result_does_not_depend_on_calling_thread(algorithm, restore_threads):
+    """The issue's reproduction: the main thread vs a threading.Thread, at 1 and 2
+    threads. Bitwise for algorithms without BLAS; within tolerance with it (a BLAS may
+    round differently per thread; engine/kernels/im2col.pyx, "Calling thread"), and
+    bitwise on repeated calls from one thread."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    tol = algos.TOLERANCE[(algorithm, "float32")]
+    for nt in (1, 2):
+        engine.set_num_threads(nt)
+        main = F.conv2d(x, w, b, padding=1, algorithm=algorithm)
+        np.testing.assert_array_equal(main, F.conv2d(x, w, b, padding=1, algorithm=algorithm))
+        other = _in_thread(lambda: F.conv2d(x, w, b, padding=1, algorithm=algorithm))
+        if algos.REGISTRY[algorithm].uses_blas:
+            ref.assert_close(other, main.astype(np.float64), tol)
+        else:
+            np.testing.assert_array_equal(other, main)
+        ref.assert_close(main, ref.conv2d(x, w, b, padding=1), tol)
+
+
+def test_pooling_does_not_depend_on_calling_thread():
+    x = np.random.default_rng(8).standard_normal((2, 8, 17, 17)).astype(np.float32)
+    for fn in (lambda: F.max_pool2d(x, 3, 2, 1), lambda: F.avg_pool2d(x, 3, 2, 1)):
+        np.testing.assert_array_equal(_in_thread(fn), fn())
