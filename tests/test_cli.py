@@ -339,3 +339,109 @@ def test_exhaustive_searches_kernel_params(tmp_path, cfg):
     assert ("im2col", "{}") in tried
     best = min((c for c in conv["candidates"] if c["status"] == "ok"), key=lambda c: c["median_s"])
     assert (conv["algorithm"], conv["params"]) == (best["algorithm"], best["params"])
+
+
+# ------------------------------------------------- hostile plan files, locks, links
+POOL_ONLY = {**TINY, "layers": TINY["layers"][1:]}
+
+
+def _hostile_plans(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200000)
+    return {"fifo": fifo, "device": "/dev/zero", "deep": deep}
+
+
+def test_show_info_tune_report_hostile_plans(tmp_path, cfg):
+    c = cfg(POOL_ONLY)
+    for name, path in _hostile_plans(tmp_path).items():
+        for args, env in ((("show", path), None), (("show", path, "--json"), None),
+                          (("info",), {"CONVTUNE_PLAN": str(path)}),
+                          (("tune", c, "--plan", path, "--level", "estimate")
+                           + (() if name == "deep" else ("--force",)), None)):
+            r = run(*args, env=env, timeout=60)
+            assert "Traceback" not in r.stderr, (name, args, r.stderr)
+            want = 0 if args[0] == "info" else 2
+            assert r.returncode == want, (name, args, r.returncode, r.stderr)
+            text = r.stdout + r.stderr
+            assert ("cannot be read" in text) if name != "deep" else ("nested too deeply" in text), (
+                name, args, text[-300:])
+    assert os.path.exists("/dev/zero") and not os.path.exists("/dev/zero.lock")
+    assert stat_is_fifo(tmp_path / "fifo.json")
+
+
+def stat_is_fifo(path):
+    import stat
+    return stat.S_ISFIFO(os.stat(path).st_mode)
+
+
+def test_show_and_tune_report_invalid_entries(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg(POOL_ONLY)
+    assert run("tune", c, "--plan", plan, "--level", "estimate").returncode == 0
+    doc = json.loads(plan.read_text())
+    bad = json.loads(json.dumps(doc["entries"][0]))
+    bad["key"]["H"], bad["tolerance"] = 13, "x"
+    doc["entries"].append(bad)
+    plan.write_text(json.dumps(doc))
+    r = run("show", plan)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "1 invalid entry skipped" in r.stderr and "'tolerance' is 'x'" in r.stderr
+    r = run("tune", c, "--plan", plan, "--level", "estimate")
+    assert r.returncode == 0 and "1 invalid entry skipped" in r.stderr, r.stderr
+    r = run("info", env={"CONVTUNE_PLAN": str(plan)})
+    assert r.returncode == 0 and "1 invalid entry skipped" in r.stdout
+
+
+def test_write_through_symlink_replaces_the_target(tmp_path, cfg):
+    target_dir = tmp_path / "real"
+    target_dir.mkdir()
+    target, link = target_dir / "plan.json", tmp_path / "link.json"
+    c = cfg(POOL_ONLY)
+    assert run("tune", c, "--plan", target, "--level", "estimate").returncode == 0
+    link.symlink_to(target)
+    r = run("tune", cfg(OTHER, "o.json"), "--plan", link, "--level", "estimate")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert len(entries(target)) == 3
+    assert not os.path.exists(str(link) + ".lock")          # one lock: the target's
+    assert os.path.exists(str(target) + ".lock")
+
+
+def test_held_lock_says_for_whom_and_times_out(tmp_path, cfg):
+    from engine import plan as P
+    path = tmp_path / "plan.json"
+    c = cfg(POOL_ONLY)
+    with P._Lock(str(path)):
+        r = run("tune", c, "--plan", path, "--level", "estimate",
+                env={"CONVTUNE_LOCK_TIMEOUT": "1"}, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"held by pid {os.getpid()}" in r.stderr and "waiting up to 1 s" in r.stderr
+    assert "gave up after 1 s" in r.stderr and len(r.stderr.strip().splitlines()) == 2
+    assert run("tune", c, "--plan", path, "--level", "estimate").returncode == 0  # released
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, cfg):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".plan-{dead}-abc123.tmp"
+    stale.write_text("{half a plan")
+    alive = tmp_path / f".plan-{os.getpid()}-xyz.tmp"       # a live writer's: kept
+    alive.write_text("{")
+    other = tmp_path / ".plan-notes.tmp"
+    other.write_text("mine")
+    assert run("tune", cfg(POOL_ONLY), "--plan", tmp_path / "plan.json", "--level", "estimate").returncode == 0
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_merge_names_the_inputs_hardware_not_here(tmp_path, cfg):
+    a, out = tmp_path / "a.json", tmp_path / "out.json"
+    assert run("tune", cfg(POOL_ONLY), "--plan", a, "--level", "estimate").returncode == 0
+    assert run("tune", cfg(OTHER, "o.json"), "--plan", out, "--level", "estimate").returncode == 0
+    doc = json.loads(a.read_text())
+    doc["hardware"]["cpu"] = "Input CPU"
+    a.write_text(json.dumps(doc))
+    r = run("merge", out, a)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the entries being written 'Input CPU'" in r.stderr and "here" not in r.stderr

@@ -179,6 +179,19 @@ def _load_configs(paths, batch=None, dtype=None, args=None):
         return None
 
 
+def _say_waiting(message):
+    print(f"convtune: {message}", file=sys.stderr, flush=True)
+
+
+def _report_skipped(plan):
+    """One line on stderr when a plan has entries that failed validation."""
+    if plan.skipped:
+        n = len(plan.skipped)
+        print(f"convtune: warning: {plan.path}: {n} invalid entr{'y' if n == 1 else 'ies'} "
+              f"skipped (left in the file as written): {plan.skipped[0]}"
+              + (f" (and {n - 1} more)" if n > 1 else ""), file=sys.stderr)
+
+
 def _plan_path(explicit):
     from engine import plan
     if explicit:
@@ -225,6 +238,11 @@ def cmd_tune(args):
         _err(f"no plan file to write to ({why}); pass --plan PATH")
         return EXIT_USAGE
     existing = P.read_plan(path)
+    if existing.status == "unreadable":     # a FIFO, a device, no permission: never moved
+        _err(f"cannot use {path} as a plan: it {P._WHAT[existing.status]} ({existing.reason}); "
+             f"choose another file with --plan")
+        return EXIT_USAGE
+    _report_skipped(existing)
     if existing.status not in ("ok", "missing"):
         if not args.force:
             _err(f"refusing to write {path}: it {P._WHAT[existing.status]} ({existing.reason}). "
@@ -302,9 +320,10 @@ def cmd_tune(args):
             else:
                 entry["layers"] = s.names[:8]
                 try:
-                    P.write_entries(path, [entry], prefer_new=args.force)
+                    P.write_entries(path, [entry], prefer_new=args.force, on_wait=_say_waiting)
                 except P.PlanError as e:
-                    _err(str(e))
+                    _err(f"{e}. {written} shape(s) tuned earlier are kept in {path}; "
+                         f"re-run to tune the rest")
                     return EXIT_USAGE
                 written += 1
                 chosen = entry["candidates"][0] if entry.get("candidates") else {}
@@ -372,13 +391,24 @@ def cmd_show(args):
     if plan.status == "missing":
         _err(f"{path} does not exist")
         return EXIT_USAGE
+    if plan.status == "unreadable":
+        _err(f"{path} {P._WHAT[plan.status]} ({plan.reason})")
+        return EXIT_USAGE
     if args.json:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            sys.stdout.write(f.read())
-        return EXIT_OK if plan.status != "corrupt" else EXIT_USAGE
+        try:
+            raw, _ = P.read_bytes(path)
+        except OSError as e:
+            _err(f"{path} cannot be read ({e})")
+            return EXIT_USAGE
+        sys.stdout.write(raw.decode("utf-8", "replace"))
+        if plan.status == "corrupt":
+            _err(f"{path} is corrupt ({plan.reason})")
+            return EXIT_USAGE
+        return EXIT_OK
     if plan.status == "corrupt":
         _err(f"{path} is corrupt ({plan.reason})")
         return EXIT_USAGE
+    _report_skipped(plan)
     h = plan.header
     hw = h.get("hardware", {})
     print(f"plan {path}")
@@ -577,8 +607,7 @@ def cmd_merge(args):
     plans = []
     for path in args.inputs:
         pf = P.read_plan(path)
-        if pf.status == "missing" or pf.status == "corrupt" or (
-                pf.status == "incompatible"):
+        if pf.status in ("missing", "unreadable", "corrupt", "incompatible"):
             msg = f"it {P._WHAT[pf.status]} ({pf.reason})"
             if args.force:
                 print(f"skipping {path}: {msg}", file=sys.stderr)
@@ -608,7 +637,7 @@ def cmd_merge(args):
         return EXIT_USAGE
     entries = [e for pf in plans for e in pf.entries.values()]
     try:
-        total = P.write_entries(out, entries, force=args.force, hardware=hw,
+        total = P.write_entries(out, entries, force=args.force, hardware=hw, on_wait=_say_waiting,
                                 on_move=lambda m: print(f"moved the unusable {out} aside to {m}"))
     except P.PlanError as e:
         _err(str(e))
@@ -640,6 +669,8 @@ def cmd_info(args):
         state = {"ok": f"in use, {len(pf.entries)} entries",
                  "missing": "does not exist yet (the heuristic decides; run `convtune tune`)"}.get(
             pf.status, f"NOT TRUSTED: it {P._WHAT.get(pf.status)} ({pf.reason})")
+        if pf.skipped:
+            state += f"; {len(pf.skipped)} invalid entr{'y' if len(pf.skipped) == 1 else 'ies'} skipped"
         print(f"plan:      {path}\n           {why}; {state}")
     print(f"strict:    {'on (CONVTUNE_STRICT)' if P.strict_mode() else 'off'}")
     return EXIT_OK
