@@ -22,7 +22,7 @@ from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
 from . import shapes as _shapes
-from .module import Module
+from .module import Module, read_only
 from .threads import blas_single_threaded, get_num_threads
 
 _default_rng = np.random.default_rng()
@@ -43,15 +43,14 @@ def _rng(seed):
 
 
 def _frozen(array, dtype, shape, name, op="Conv2d"):
-    """A private read-only C-contiguous copy of ``array`` with the expected shape, in
+    """A private read-only C-contiguous copy of ``array`` with the expected shape (a
+    view whose WRITEABLE flag cannot be set again, ``module.read_only``), in
     the layer's dtype (float32 weights load into a float64 layer and back, as
     ``load_state_dict`` does in PyTorch)."""
     _shapes.float_dtype(array, name, op)
     if array.shape != shape:
         raise ValueError(f"{op}: {name} must have shape {shape}, got {array.shape}")
-    out = np.array(array, dtype=dtype, order="C", copy=True)
-    out.flags.writeable = False
-    return out
+    return read_only(np.array(array, dtype=dtype, order="C", copy=True))
 
 
 def _check_init(init, op):

@@ -231,7 +231,8 @@ class Module:
             self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
         return self
 
-    # Names of per-instance caches of derived state: a deep copy starts them empty.
+    # Names of per-instance caches of derived state (prepared weights, resolved
+    # choices): a deep copy or an unpickled module starts them empty.
     _CACHES = ()
 
     def __deepcopy__(self, memo):
@@ -244,9 +245,25 @@ class Module:
                 continue
             c = copy.deepcopy(v, memo)
             if isinstance(v, np.ndarray) and not v.flags.writeable:
-                c.flags.writeable = False
+                c = read_only(c)
             object.__setattr__(new, k, c)
         return new
+
+    def __getstate__(self):
+        # Pickle drops the caches (derived, and machine-specific) and records which
+        # arrays were read-only: numpy unpickles every array writeable, and a writeable
+        # weight could be edited in place behind its prepared (e.g. Winograd) form.
+        state = {k: ({} if k in self._CACHES else v) for k, v in self.__dict__.items()}
+        frozen = [k for k, v in state.items() if isinstance(v, np.ndarray) and not v.flags.writeable]
+        return {"state": state, "read_only": frozen}
+
+    def __setstate__(self, pickled):
+        if not (isinstance(pickled, dict) and set(pickled) == {"state", "read_only"}):
+            pickled = {"state": pickled, "read_only": []}   # a pickle from before
+        for k, v in pickled["state"].items():
+            if k in pickled["read_only"] and isinstance(v, np.ndarray):
+                v = read_only(v)
+            object.__setattr__(self, k, v)
 
     # ----------------------------------------------------------------------- fusion
     def _fuse(self):
@@ -273,6 +290,17 @@ class Module:
             body = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def read_only(array):
+    """``array``'s data behind a read-only view of a read-only array: the view's
+    WRITEABLE flag cannot be turned back on (numpy refuses while its base is read-only),
+    so ``layer.weight[...] = v`` raises instead of silently bypassing the caches built
+    from the weights."""
+    array.flags.writeable = False
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _to_numpy(value, key):

@@ -105,3 +105,53 @@ def test_pooling_does_not_depend_on_calling_thread():
     x = np.random.default_rng(8).standard_normal((2, 8, 17, 17)).astype(np.float32)
     for fn in (lambda: F.max_pool2d(x, 3, 2, 1), lambda: F.avg_pool2d(x, 3, 2, 1)):
         np.testing.assert_array_equal(_in_thread(fn), fn())
+
+
+# ------------------------------------------- prepared weights follow the weights
+import copy  # noqa: E402
+import pickle  # noqa: E402
+
+WINO = [a for a in engine.algorithms() if a.startswith("winograd")][:1]
+
+
+def _bias_only(layer, x):
+    out = np.broadcast_to(layer.bias[None, :, None, None], layer(x).shape)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("algorithm", WINO + ["im2col", "direct"])
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "same"])
+def test_prepared_weights_never_disagree_with_the_weights(algorithm, how):
+    """The issue's reproduction: after pickle, zeroing the weights in place left the
+    cached Winograd weights (and so the output) unchanged."""
+    layer = engine.Conv2d(16, 16, 3, padding=1, seed=5, algorithm=algorithm)
+    x = np.random.default_rng(5).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    before = layer(x)                                   # fills the prepared-weight cache
+    other = {"pickle": lambda m: pickle.loads(pickle.dumps(m)), "deepcopy": copy.deepcopy,
+             "same": lambda m: m}[how](layer)
+    np.testing.assert_array_equal(other(x), before)
+    for arr in (other.weight, other.bias):
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError):
+            arr[...] = 0                                # in place: refused, not ignored
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
+    other.weight = np.zeros_like(other.weight)         # assignment: the cache follows
+    np.testing.assert_array_equal(other(x), _bias_only(other, x))
+    other.load_state_dict({"weight": layer.weight * 2, "bias": layer.bias})
+    ref.assert_close(other(x), ref.conv2d(x, layer.weight * 2, layer.bias, padding=1),
+                     algos.TOLERANCE[(algorithm, "float32")])
+    if how != "same":
+        np.testing.assert_array_equal(layer(x), before)  # the original is untouched
+
+
+def test_pickled_model_is_read_only_and_small():
+    m = engine.models.resnet18() if hasattr(engine, "models") else None
+    if m is None:
+        pytest.skip("no model zoo")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    y = m(x)
+    m2 = pickle.loads(pickle.dumps(m))
+    assert all(not v.flags.writeable for v in m2.state_dict().values()
+               if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 4)
+    np.testing.assert_array_equal(m2(x), y)
