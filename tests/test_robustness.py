@@ -155,3 +155,60 @@ def test_pickled_model_is_read_only_and_small():
     assert all(not v.flags.writeable for v in m2.state_dict().values()
                if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 4)
     np.testing.assert_array_equal(m2(x), y)
+
+
+# ------------------------------------------------- scratch sized by what is read
+def _peak_rss_growth_mb(code):
+    """Peak RSS growth (MB) of ``code`` in a fresh process, after numpy/engine load."""
+    prog = ("import resource, numpy as np, engine, engine.functional as F\n"
+            "F.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"{code}\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    proc = subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "CONVTUNE_PLAN": "none"})
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.split()[-1])
+
+
+def test_max_pool_huge_window_scratch_follows_the_data():
+    """The issue's reproduction: a (1, 2**28) window padded by 2**27 on a 5x5 plane
+    (a 5x6 output) touched 2.1 GB."""
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    out, idx = F.max_pool2d(x, (1, 2**28), 1, (0, 2**27), return_indices=True)
+    assert out.shape == (1, 1, 5, 6)
+    np.testing.assert_array_equal(out[0, 0], np.repeat(x[0, 0, :, 4:5], 6, axis=1))
+    np.testing.assert_array_equal(idx[0, 0], np.repeat(np.arange(4, 25, 5)[:, None], 6, axis=1))
+    assert _peak_rss_growth_mb(
+        "F.max_pool2d(np.zeros((1,1,5,5), np.float32), (1, 2**28), 1, (0, 2**27))") < 64
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((1, 9), 1, (0, 4), (1, 2)), ((3, 7), (2, 1), (1, 3), (2, 2)), ((5, 5), 2, 2, 1),
+    ((1, 2**10), (1, 3), (0, 2**9), 1), ((2**10, 1), 1, (2**9, 0), 1), ((1, 9), 4, (0, 4), 1)])
+def test_max_pool_trimmed_window_matches_torch_semantics(kernel, stride, padding, dilation):
+    x = np.random.default_rng(9).standard_normal((2, 3, 11, 13)).astype(np.float32)
+    x[0, 0, 3, 4] = np.nan
+    out, idx = F.max_pool2d(x, kernel, stride, padding, dilation, return_indices=True)
+    want, want_idx = ref.max_pool2d(x, kernel, stride, padding, dilation)
+    np.testing.assert_array_equal(out, want.astype(np.float32))
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+def test_depthwise_huge_dilation_and_padding_scratch_follows_the_data():
+    """The issue's reproduction: dilation = padding = 2**14 on 1x2x4x4 took 256 MB."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w = np.random.default_rng(4).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    d = 2**14
+    out = F.conv2d(x, w, None, 1, d, d, 2, algorithm="direct")
+    np.testing.assert_array_equal(out, w[None, :, 0, 1:2, 1:2] * x)     # only the centre tap is inside
+    small = F.conv2d(x, w, None, 1, 3, 3, 2, algorithm="direct")           # the padded-band path
+    ref.assert_close(small, ref.conv2d(x, w, None, 1, 3, 3, 2), algos.TOLERANCE[("direct", "float32")])
+    assert _peak_rss_growth_mb(
+        "x = np.ones((1, 2, 4, 4), np.float32); w = np.ones((2, 1, 3, 3), np.float32)\n"
+        "F.conv2d(x, w, None, 1, 2**14, 2**14, 2, algorithm='direct')") < 64
+    big = 2**30      # blk_elems' products would overflow; taps beyond the data are skipped
+    x1 = np.ones((1, 1, 3, 3), np.float32)
+    out = F.conv2d(x1, np.ones((1, 1, 3, 3), np.float32), None, 1, (big, big), (big, big), 1,
+                   algorithm="direct")
+    np.testing.assert_array_equal(out, np.ones((1, 1, 3, 3), np.float32))
