@@ -92,10 +92,19 @@ class _WeightAndBias(Module):
             state["bias"] = self._bias
         return state
 
-    def _load_own(self, name, value):
+    def _convert_own(self, name, value):
         if name not in ("weight", "bias"):
             raise KeyError(name)
-        setattr(self, name, np.asarray(value, dtype=self.dtype))
+        shape = self._weight_shape if name == "weight" else self._weight_shape[:1]
+        return _frozen(np.asarray(value, dtype=self.dtype), self.dtype, shape, name,
+                       type(self).__name__)
+
+    def _load_own(self, name, value):
+        if name == "weight":
+            self._weight = value        # already frozen by _convert_own
+            self._weight_changed()
+        else:
+            self._bias = value
 
 
 class Conv2d(_WeightAndBias):
@@ -470,9 +479,12 @@ class BatchNorm2d(Module):
     def _own_state(self):
         return {k: getattr(self, k) for k in self._STATE if getattr(self, k) is not None}
 
-    def _load_own(self, name, value):
+    def _convert_own(self, name, value):
         dtype = np.int64 if name == "num_batches_tracked" else self.dtype
-        setattr(self, name, np.array(value, dtype=dtype))
+        return np.array(value, dtype=dtype)
+
+    def _load_own(self, name, value):
+        setattr(self, name, value)
 
     def scale_shift(self, x=None):
         """(scale, shift), float64 per channel, so that BN(x) = x * scale + shift.

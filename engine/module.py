@@ -6,9 +6,10 @@ write ``forward``; the sublayers are registered in assignment order, so
 them with PyTorch's dotted key names (``layer1.0.conv1.weight``).
 
 Parameters and buffers are numpy arrays. A layer declares them by overriding
-``_own_state`` (name -> array, in PyTorch's order) and ``_load_own`` (set one from an
-array already checked for shape), so each layer keeps its own invariants (e.g.
-``Conv2d`` freezes its weights and drops its cached transformed weights).
+``_own_state`` (name -> array, in PyTorch's order), ``_convert_own`` (the value it would
+store, or an error; nothing changes) and ``_load_own`` (store a converted value), so
+each layer keeps its own invariants (e.g. ``Conv2d`` freezes its weights and drops its
+cached transformed weights) and ``load_state_dict`` is all or nothing.
 
 Saving: ``model.save_npz(path)`` writes ``state_dict()`` to an ``.npz`` file;
 ``model.load_npz(path)`` reads one back (torchvision weights converted to ``.npz``
@@ -20,6 +21,7 @@ identity).
 """
 import copy
 import os
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -162,8 +164,13 @@ class Module:
         """This module's own parameters and buffers: an ordered {name: array}."""
         return OrderedDict()
 
+    def _convert_own(self, name, value):
+        """``value`` (shape already checked) as own parameter/buffer ``name`` would hold
+        it; raise TypeError/ValueError if it cannot. Changes nothing."""
+        raise KeyError(name)
+
     def _load_own(self, name, value):
-        """Set own parameter/buffer ``name`` from ``value`` (shape already checked)."""
+        """Store ``value``, a result of ``_convert_own(name, ...)``."""
         raise KeyError(name)
 
     def state_dict(self):
@@ -215,7 +222,16 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + ". ".join(problems))
+        # All or nothing: every value is converted (dtype, checks) before any is stored.
+        converted = {}
         for key, value in arrays.items():
+            m, name, _ = owners[key]
+            try:
+                converted[key] = m._convert_own(name, value)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise type(e)(f"load_state_dict into {type(self).__name__}: {key}: {e}; "
+                              f"nothing was loaded") from None
+        for key, value in converted.items():
             m, name, _ = owners[key]
             m._load_own(name, value)
         return missing, unexpected
@@ -226,9 +242,32 @@ class Module:
 
     def load_npz(self, path, strict=True):
         """Load a ``.npz`` written by ``save_npz`` (or by numpy.savez from a PyTorch
-        state_dict) through ``load_state_dict``; returns self."""
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
+        state_dict) through ``load_state_dict``; returns self.
+
+        Every member's shape and dtype are read from its ``.npy`` header first, and
+        unexpected or missing keys (with ``strict``), wrong shapes, non-numeric dtypes
+        and members whose size disagrees with their header are a ValueError naming the
+        key before anything is decompressed or loaded."""
+        path = os.fspath(path)
+        expected = {k: np.shape(v) for k, v in self.state_dict().items()}
+        headers = npz_headers(path)
+        problems = []
+        unexpected = [k for k in headers if k not in expected]
+        missing = [k for k in expected if k not in headers]
+        for key, (shape, dtype) in headers.items():
+            if key in expected and shape != expected[key]:
+                problems.append(f"{key}: expected shape {expected[key]}, got {shape}")
+            elif dtype.kind not in "biuf":
+                problems.append(f"{key}: dtype {dtype} is not a real number type")
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if problems:
+            raise ValueError(f"load_npz {path} into {type(self).__name__}: " + "; ".join(problems)
+                             + "; nothing was loaded")
+        with np.load(path, allow_pickle=False) as data:
+            self.load_state_dict({k: data[k] for k in data.files if k in expected}, strict=strict)
         return self
 
     # Names of per-instance caches of derived state (prepared weights, resolved
@@ -290,6 +329,40 @@ class Module:
             body = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def npz_headers(path):
+    """{key: (shape, dtype)} of the arrays in the ``.npz`` at ``path``, read from each
+    member's ``.npy`` header without decompressing the data. ValueError naming the
+    member when it is not a plain ``.npy`` or its stored size disagrees with its header."""
+    out = {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"load_npz: {path} is not a readable .npz ({e})") from None
+    with zf:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            try:
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    shape, fortran, dtype = read_header(f, max_header_size=10000)
+                    header_len = f.tell()
+            except Exception as e:
+                raise ValueError(f"load_npz: {path}: member {key!r} is not a .npy array ({e})") from None
+            if dtype.hasobject:
+                raise ValueError(f"load_npz: {path}: {key}: object arrays are not loaded")
+            data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if info.file_size != header_len + data_bytes:
+                raise ValueError(f"load_npz: {path}: {key}: the header says {shape} {dtype} "
+                                 f"({data_bytes} bytes) but the member holds "
+                                 f"{info.file_size - header_len}")
+            out[key] = (tuple(shape), dtype)
+    return out
 
 
 def read_only(array):

@@ -212,3 +212,52 @@ def test_depthwise_huge_dilation_and_padding_scratch_follows_the_data():
     out = F.conv2d(x1, np.ones((1, 1, 3, 3), np.float32), None, 1, (big, big), (big, big), 1,
                    algorithm="direct")
     np.testing.assert_array_equal(out, np.ones((1, 1, 3, 3), np.float32))
+
+
+# ------------------------------------------------------------ atomic weight loads
+def _net():
+    return engine.Sequential(engine.Conv2d(3, 4, 3, seed=1), engine.BatchNorm2d(4),
+                             engine.Conv2d(4, 2, 1, seed=2))
+
+
+def test_load_state_dict_is_all_or_nothing_and_names_the_key():
+    """The issue's reproduction: a value that failed to convert left the earlier keys
+    replaced, and the error did not name the key."""
+    net = _net()
+    before = {k: np.array(v) for k, v in net.state_dict().items()}
+    sd = {k: np.zeros_like(v) for k, v in before.items()}
+    sd["2.bias"] = np.array(["a", "b"])                       # cannot become float32
+    with pytest.raises(ValueError, match=r"2\.bias.*nothing was loaded"):
+        net.load_state_dict(sd)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_load_npz_checks_headers_before_decompressing(tmp_path):
+    net = _net()
+    good = tmp_path / "good.npz"
+    net.save_npz(good)
+    _net().load_npz(good)
+    bomb = tmp_path / "bomb.npz"       # 256 MiB of zeros compress to about 256 KB
+    sd = {k: np.asarray(v) for k, v in net.state_dict().items()}
+    sd["0.weight"] = np.zeros((2**26,), np.float32)
+    np.savez_compressed(bomb, **sd)
+    assert bomb.stat().st_size < 1 << 20
+    growth = _peak_rss_growth_mb(
+        "import sys; sys.path.insert(0, 'tests'); from test_robustness import _net\n"
+        f"try:\n    _net().load_npz({str(bomb)!r})\nexcept ValueError as e:\n"
+        "    assert '0.weight: expected shape (4, 3, 3, 3), got (67108864,)' in str(e), e")
+    assert growth < 100
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, **{**{k: np.asarray(v) for k, v in net.state_dict().items()}, "spare": np.ones(3)})
+    with pytest.raises(ValueError, match="unexpected keys: spare"):
+        _net().load_npz(extra)
+    _net().load_npz(extra, strict=False)
+    lying = tmp_path / "lying.npz"     # a header that disagrees with the member's size
+    import zipfile
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(lying, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[:-4] if info.filename == "0.weight.npy" else data)
+    with pytest.raises(ValueError, match="0.weight: the header says"):
+        _net().load_npz(lying)
