@@ -965,6 +965,17 @@ def write_entries(path, entries, *, force=False, prefer_new=False, hardware=None
             # no lock file next to a device or FIFO, and never a rename of it
             raise PlanError(f"cannot write {path}: it is not a regular file; it was left "
                             f"untouched. Choose another file with --plan.")
+    try:
+        return _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait)
+    except PlanError:
+        raise
+    except OSError as e:      # a read-only directory, a full disk: one clear sentence
+        what = e.filename if getattr(e, "filename", None) else path
+        raise PlanError(f"cannot write {path}: {_os_reason(e)} ({what}); nothing was "
+                        f"changed") from None
+
+
+def _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with _Lock(path, on_wait=on_wait):
         plan = read_plan(path, hardware)

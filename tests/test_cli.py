@@ -445,3 +445,49 @@ def test_merge_names_the_inputs_hardware_not_here(tmp_path, cfg):
     r = run("merge", out, a)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "the entries being written 'Input CPU'" in r.stderr and "here" not in r.stderr
+
+
+# ------------------------------------------------------------ one-line user errors
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if line.startswith("convtune: error")]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_unwritable_plan_location_is_one_line_exit_2(tmp_path, cfg):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("tune", cfg(POOL_ONLY), "--plan", blocker / "plan.json", "--level", "estimate")
+    _one_line_error(r, str(blocker / "plan.json"), "Not a directory")
+    r = run("merge", blocker / "out.json", tmp_path / "missing.json")
+    _one_line_error(r, "missing.json")
+
+
+@pytest.mark.parametrize("doc, args, needles", [
+    ({"name": "r", "input": [4, 8, 8], "layers": [{"repeat": 10**9, "layers": [{"type": "relu"}]}]},
+     (), ["layers[0].repeat", "at most"]),
+    (TINY, ("--batch", 10**7), ["layers[0]", "GiB", "--batch"]),
+    ({"name": "big", "input": [3, 100000, 100000], "layers": [{"type": "conv", "out_channels": 4,
+                                                               "kernel_size": 3}]}, (), ["GiB"]),
+])
+def test_config_bounds_are_one_line_errors(tmp_path, cfg, doc, args, needles):
+    start = time.monotonic()
+    r = run("tune", cfg(doc), "--plan", tmp_path / "p.json", "--level", "estimate", *args, timeout=60)
+    _one_line_error(r, *needles)
+    assert time.monotonic() - start < 30
+
+
+def test_model_input_too_large_is_one_line_error(tmp_path):
+    r = run("tune", "--model", "engine.models:resnet18", "--input", "100000,3,224,224",
+            "--plan", tmp_path / "p.json", "--level", "estimate", timeout=60)
+    _one_line_error(r, "--input", "GiB")
+
+
+def test_fifo_config_is_not_opened(tmp_path):
+    fifo = tmp_path / "cfg.json"
+    os.mkfifo(fifo)
+    r = run("tune", fifo, "--plan", tmp_path / "p.json", timeout=30)
+    _one_line_error(r, str(fifo), "not a regular file")

@@ -535,3 +535,14 @@ def test_random_json_plan_never_breaks_a_model(tmp_path_factory, doc, edits, alg
     if info["source"] == "heuristic":
         np.testing.assert_array_equal(out, expected)
     plan.reset()
+
+
+def test_write_failure_is_a_plan_error_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+    monkeypatch.setattr(plan.os, "replace", refuse)
+    with pytest.raises(plan.PlanError, match="cannot write .*plan.json: permission denied"):
+        plan.write_entries(path, [entry_for(conv_p(), 2)])
+    assert not path.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]

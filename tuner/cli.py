@@ -155,6 +155,13 @@ def main(argv=None):
         except OSError:
             pass
         return EXIT_OK
+    except OSError as e:     # a file or directory the user named: one line, not a traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _err(f"{where}{e.strerror or e}")
+        return EXIT_USAGE
+    except MemoryError:
+        _err("out of memory: use a smaller --batch, --input or config")
+        return EXIT_USAGE
 
 
 # ------------------------------------------------------------------------ shared
