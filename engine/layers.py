@@ -22,10 +22,13 @@ from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
 from . import shapes as _shapes
+from ._lru import LRU
 from .module import Module, read_only
 from .threads import blas_single_threaded, get_num_threads
 
 _default_rng = np.random.default_rng()
+# Input shapes whose (params, choice) a Conv2d keeps; least recently used dropped.
+RESOLVED_CACHE_SIZE = 256
 
 
 def manual_seed(seed):
@@ -154,7 +157,7 @@ class Conv2d(_WeightAndBias):
             _registry.get(algorithm)
         self.algorithm = algorithm
         self.fused_relu = False
-        self._resolved = {}
+        self._resolved = LRU(RESOLVED_CACHE_SIZE)
         self._plan_generation = None
 
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -188,7 +191,7 @@ class Conv2d(_WeightAndBias):
         """(ConvParams, Choice) for this input shape, resolved once and cached."""
         generation = _plan.generation()
         if generation != self._plan_generation:   # another plan: every choice is stale
-            self._resolved, self._plan_generation = {}, generation
+            self._resolved, self._plan_generation = LRU(RESOLVED_CACHE_SIZE), generation
         key = (tuple(input_shape), threads, self.algorithm)
         cached = self._resolved.get(key)
         if cached is None:

@@ -280,7 +280,7 @@ class Module:
         memo[id(self)] = new
         for k, v in self.__dict__.items():
             if k in self._CACHES:
-                object.__setattr__(new, k, {})
+                object.__setattr__(new, k, v.empty_copy() if hasattr(v, "empty_copy") else {})
                 continue
             c = copy.deepcopy(v, memo)
             if isinstance(v, np.ndarray) and not v.flags.writeable:
@@ -292,7 +292,8 @@ class Module:
         # Pickle drops the caches (derived, and machine-specific) and records which
         # arrays were read-only: numpy unpickles every array writeable, and a writeable
         # weight could be edited in place behind its prepared (e.g. Winograd) form.
-        state = {k: ({} if k in self._CACHES else v) for k, v in self.__dict__.items()}
+        state = {k: ((v.empty_copy() if hasattr(v, "empty_copy") else {}) if k in self._CACHES else v)
+                 for k, v in self.__dict__.items()}
         frozen = [k for k, v in state.items() if isinstance(v, np.ndarray) and not v.flags.writeable]
         return {"state": state, "read_only": frozen}
 

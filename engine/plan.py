@@ -63,6 +63,8 @@ import warnings
 from filelock import FileLock
 from platformdirs import user_cache_dir
 
+from ._lru import LRU
+
 FORMAT = "convtune-plan"
 FORMAT_VERSION = 1
 LEVELS = ("estimate", "measure", "exhaustive")
@@ -577,7 +579,9 @@ _explicit = _UNSET          # what use_plan() set: _UNSET, None or a path
 _generation = 0
 _loaded = None              # PlanFile of the active path
 _loaded_path = None
-_lookup_cache = {}
+# (params, threads) -> PlanEntry or None; bounded: a model fed ever new input sizes
+LOOKUP_CACHE_SIZE = 4096
+_lookup_cache = LRU(LOOKUP_CACHE_SIZE)
 _last_check = 0.0
 _warned = set()
 

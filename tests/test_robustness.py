@@ -268,3 +268,24 @@ def test_load_npz_checks_headers_before_decompressing(tmp_path):
             dst.writestr(info, data[:-4] if info.filename == "0.weight.npy" else data)
     with pytest.raises(ValueError, match="0.weight: the header says"):
         _net().load_npz(lying)
+
+
+# ----------------------------------------------------------------- bounded caches
+def test_per_shape_caches_are_bounded():
+    """20,000 distinct input sizes grew the plan's and a layer's caches by 21 MB."""
+    from engine import layers, plan
+    layer = engine.Conv2d(2, 2, 3, padding=1, seed=0)
+    n = plan.LOOKUP_CACHE_SIZE + 500
+    for i in range(n):
+        layer._resolve((1, 2, 3 + i % 97, 3 + i // 97), 1)
+    assert len(layer._resolved) == layers.RESOLVED_CACHE_SIZE
+    assert len(plan._lookup_cache) <= plan.LOOKUP_CACHE_SIZE
+    x = np.ones((1, 2, 5, 5), np.float32)
+    out = layer(x)                                     # still right, and cached again
+    np.testing.assert_array_equal(layer(x), out)
+    assert len(layer._resolved) == layers.RESOLVED_CACHE_SIZE
+    copied = copy.deepcopy(layer)
+    assert len(copied._resolved) == 0 and copied._resolved.maxsize == layers.RESOLVED_CACHE_SIZE
+    unpickled = pickle.loads(pickle.dumps(layer))
+    assert len(unpickled._resolved) == 0
+    np.testing.assert_array_equal(unpickled(x), out)
