@@ -12,6 +12,7 @@ the layer's back: to change weights, assign a new array.
 ``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
 """
+import functools
 import math
 import numbers
 
@@ -22,7 +23,6 @@ from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
 from . import shapes as _shapes
-from ._lru import LRU
 from .module import Module, read_only
 from .threads import blas_single_threaded, get_num_threads
 
@@ -157,7 +157,7 @@ class Conv2d(_WeightAndBias):
             _registry.get(algorithm)
         self.algorithm = algorithm
         self.fused_relu = False
-        self._resolved = LRU(RESOLVED_CACHE_SIZE)
+        self._resolved = None          # set by _resolve (its generation check)
         self._plan_generation = None
 
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -172,8 +172,9 @@ class Conv2d(_WeightAndBias):
             self.weight = np.zeros(shape, self.dtype)
             self.bias = np.zeros(out_channels, self.dtype) if bias else None
 
-    # Caches of derived state, rebuilt on demand (a deep copy starts them empty).
-    _CACHES = ("_prepared", "_resolved")
+    # Caches of derived state, rebuilt on demand (a deep copy or an unpickled layer
+    # starts them empty; an empty _plan_generation makes _resolve build a new resolver).
+    _CACHES = ("_prepared", "_resolved", "_plan_generation")
 
     @property
     def _weight_shape(self):
@@ -188,17 +189,18 @@ class Conv2d(_WeightAndBias):
                                    self.dilation, self.groups, self.padding_mode, str(self.dtype))
 
     def _resolve(self, input_shape, threads):
-        """(ConvParams, Choice) for this input shape, resolved once and cached."""
+        """(ConvParams, Choice) for this input shape, resolved once and cached (the
+        RESOLVED_CACHE_SIZE most recently used shapes: functools' C LRU, so a hit
+        costs what a dict look-up did)."""
         generation = _plan.generation()
         if generation != self._plan_generation:   # another plan: every choice is stale
-            self._resolved, self._plan_generation = LRU(RESOLVED_CACHE_SIZE), generation
-        key = (tuple(input_shape), threads, self.algorithm)
-        cached = self._resolved.get(key)
-        if cached is None:
-            p = self._params(input_shape)
-            cached = (p, _dispatch.choose(p, self.algorithm, threads))
-            self._resolved[key] = cached
-        return cached
+            self._resolved = functools.lru_cache(RESOLVED_CACHE_SIZE)(self._resolve_uncached)
+            self._plan_generation = generation
+        return self._resolved(tuple(input_shape), threads, self.algorithm)
+
+    def _resolve_uncached(self, input_shape, threads, algorithm):
+        p = self._params(input_shape)
+        return p, _dispatch.choose(p, algorithm, threads)
 
     def prepared_weight(self, algorithm, p):
         """The weights as ``algorithm`` consumes them, computed once per weights."""
