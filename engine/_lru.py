@@ -4,24 +4,17 @@ from collections import OrderedDict
 
 
 class LRU(OrderedDict):
-    """A dict of at most ``maxsize`` items; ``get`` and assignment mark an item as
-    recently used, and the least recently used one is dropped past the bound.
+    """A dict of at most ``maxsize`` items; assignment marks an item as recently used
+    and drops the least recently used one past the bound. Look-ups stay OrderedDict's
+    own (C) ``get``: a caller on a hot path marks a hit with ``move_to_end(key)``.
 
     Safe to share between Python threads in the way the caches are used (a lost race
-    only costs a recomputation): an item evicted between lookup and reordering is a miss.
+    only costs a recomputation).
     """
 
     def __init__(self, maxsize=1024):
         super().__init__()
         self.maxsize = maxsize
-
-    def get(self, key, default=None):
-        try:
-            value = self[key]
-            self.move_to_end(key)
-        except KeyError:
-            return default
-        return value
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)

@@ -750,7 +750,12 @@ def lookup(params, num_threads=None):
     plan = current()
     found = _lookup_cache.get(ck, _UNSET)
     key = None
-    if found is _UNSET:
+    if found is not _UNSET:
+        try:
+            _lookup_cache.move_to_end(ck)      # LRU: a hit is recent
+        except KeyError:                       # evicted meanwhile by another thread
+            pass
+    else:
         found = None
         if plan is not None and plan.trusted:
             key = params_key(params, num_threads)

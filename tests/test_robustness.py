@@ -287,3 +287,13 @@ def test_per_shape_caches_are_bounded():
     for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         np.testing.assert_array_equal(other(x), out)
         assert other._resolved.cache_info().currsize == 1
+
+
+def test_lru_drops_the_least_recently_used():
+    from engine._lru import LRU
+    c = LRU(2)
+    c["a"], c["b"] = 1, 2
+    c.move_to_end("a")                  # a hit, as plan.lookup marks it
+    c["c"] = 3
+    assert list(c) == ["a", "c"] and c.get("b") is None
+    assert pickle.loads(pickle.dumps(c)) == {} and copy.deepcopy(c).maxsize == 2
