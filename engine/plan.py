@@ -751,10 +751,11 @@ def lookup(params, num_threads=None):
     found = _lookup_cache.get(ck, _UNSET)
     key = None
     if found is not _UNSET:
-        try:
-            _lookup_cache.move_to_end(ck)      # LRU: a hit is recent
-        except KeyError:                       # evicted meanwhile by another thread
-            pass
+        if len(_lookup_cache) > LOOKUP_CACHE_SIZE // 2:   # recency matters near the bound
+            try:
+                _lookup_cache.move_to_end(ck)  # LRU: a hit is recent
+            except KeyError:                   # evicted meanwhile by another thread
+                pass
     else:
         found = None
         if plan is not None and plan.trusted:
