@@ -1,12 +1,13 @@
-"""Real-use robustness: bounded thread counts, scratch sized by the data, atomic
-weight loads, prepared weights that follow the weights, calling-thread independence.
-(Plan-file robustness is in test_plan.py, processes in test_fork.py.)"""
-import concurrent.futures
+"""Real-use robustness: bounded thread counts, calling-thread independence, prepared
+weights that follow the weights, scratch sized by the data, atomic weight loads,
+bounded caches. (Plan files: test_plan.py and test_cli.py; processes: test_fork.py;
+README examples: test_readme.py.)"""
+import copy
 import os
+import pickle
 import subprocess
 import sys
 import threading
-import warnings
 
 import numpy as np
 import pytest
@@ -108,8 +109,6 @@ def test_pooling_does_not_depend_on_calling_thread():
 
 
 # ------------------------------------------- prepared weights follow the weights
-import copy  # noqa: E402
-import pickle  # noqa: E402
 
 WINO = [a for a in engine.algorithms() if a.startswith("winograd")][:1]
 
