@@ -1,28 +1,43 @@
-"""Side-by-side layer benchmark: every applicable convtune algorithm vs PyTorch.
+"""Side-by-side layer benchmark: every applicable convtune algorithm and the default
+dispatch vs PyTorch, ONNX Runtime and ncnn, in one process.
 
 For each layer of the suite (configs/layers.json by default: VGG-16, ResNet-18,
 ResNet-50 1x1, MobileNet-V1 depthwise, dilated and grouped layers, the seed CNN, max
-pool 64x112x112 k3 s2 p1, ...) at each batch size, in one process and at one thread
-count (engine.set_num_threads and torch.set_num_threads alike), times
+pool 64x112x112 k3 s2 p1, ...) at each batch size, at one thread count for every
+engine, times
 
-    torch   torch.nn.functional.conv2d / max_pool2d / avg_pool2d
-    each    engine.functional.conv2d(..., algorithm=name) for every applicable algorithm
-            (or, with --cached-weights, a Conv2d(algorithm=name) layer, which keeps the
-            transformed Winograd weights between calls as a model does)
+    torch    torch.nn.functional.conv2d / max_pool2d / avg_pool2d
+    ort      ONNX Runtime on a one-node ONNX model (benchmarks/anchors.py)
+    ncnn     ncnn on a one-layer net (benchmarks/anchors.py)
+    each     engine algorithm forced (a Conv2d(algorithm=name) layer with --cached-weights,
+             which keeps transformed weights as a model does; else functional.conv2d)
+    default  a Conv2d layer with no algorithm: the plan (--plan, default none) or the
+             heuristic, i.e. what a user gets
 
 interleaved (tuner/timing.py: warm-up, calls per sample grown to --min-sample, rounds
-with rotated order, medians), and prints per layer torch ms, each algorithm's ms, the
-fastest, and torch_time / engine_time for it (> 1: convtune is faster), then geometric
-means of that ratio per category (1x1, 3x3, 7x7, depthwise, dilated, grouped, pool, ...).
+with rotated order, medians). Each anchor's output is checked against PyTorch (or the
+engine's direct algorithm without torch) first and left out, with a note, if it
+differs. Per layer it prints every median in ms, the fastest engine algorithm, the
+default's time over the best forced one (default/best: 1.00 = the heuristic chose the
+fastest), and other/default ratios (> 1: convtune is faster); then geometric means per
+category. Anchors that are not installed are skipped with a note.
 
-    python benchmarks/bench_layers.py [--threads 2] [--batch 1,8] [--filter vgg]
-                                      [--reps 7] [--quick] [--cached-weights] [--suite FILE]
+    python benchmarks/bench_layers.py [--threads 2] [--batch 1,8] [--filter vgg] [--isa avx2]
+                                      [--plan none|FILE] [--reps 7] [--quick]
+                                      [--cached-weights] [--suite FILE]
+
+``--isa`` caps the micro-kernels (engine.isa.set_cap: baseline, avx2, avx512), e.g. to
+measure the AVX2 path on an AVX-512 machine.
 """
 import argparse
 import math
 import os
+import shutil
 import sys
+import tempfile
 from collections import defaultdict
+
+import numpy as np
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +47,9 @@ import engine  # noqa: E402
 import engine.functional as F  # noqa: E402
 from engine import shapes  # noqa: E402
 from tuner import configs, search, timing  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import anchors  # noqa: E402
 
 
 def engine_runners(shape, x, w, b, cached):
@@ -58,7 +76,41 @@ def engine_runners(shape, x, w, b, cached):
                                          shape.count_include_pad)}
 
 
+ANCHORS = ["torch", "ort", "ncnn"]
+
+
+def _default_runner(shape, x, w, b):
+    p = shape.params
+    if not isinstance(p, shapes.ConvParams):
+        return None
+    layer = engine.Conv2d(p.c_in, p.c_out, p.kernel, p.stride, (p.pads[0], p.pads[2]), p.dilation,
+                          p.groups, bias=b is not None, padding_mode=p.padding_mode)
+    if p.pads[0] != p.pads[1] or p.pads[2] != p.pads[3]:
+        return None               # asymmetric padding: not a Conv2d argument
+    layer.weight = w
+    if b is not None:
+        layer.bias = b
+    return lambda: layer(x)
+
+
+def _checked_anchors(shape, x, w, b, threads, workdir, reference):
+    """ONNX Runtime and ncnn runners whose output agrees with ``reference``."""
+    fns, notes = anchors.runners(shape, x, w, b, threads, workdir)
+    scale = 1 + float(np.abs(reference).max())
+    for name in list(fns):
+        try:
+            out = np.asarray(fns[name]()).reshape(reference.shape)
+            err = float(np.abs(out - reference).max()) / scale
+        except Exception as e:
+            err, notes[name] = math.inf, f"{type(e).__name__}: {e}"
+        if not err <= 1e-3:
+            notes.setdefault(name, f"output differs from the reference (rel. error {err:.1e})")
+            del fns[name]
+    return fns, notes
+
+
 def main(argv=None):
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default=os.path.join(ROOT, "configs", "layers.json"))
     ap.add_argument("--threads", type=int, default=2)
@@ -67,6 +119,10 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=None, help="samples per candidate (default 7; --quick: 3)")
     ap.add_argument("--min-sample", type=float, default=None, help="seconds per sample (default 0.02)")
     ap.add_argument("--quick", action="store_true", help="batch 1, 3 samples of >= 5 ms")
+    ap.add_argument("--isa", default=None, choices=list(engine.isa.NAMES),
+                    help="cap the micro-kernels at this ISA (default: the best the CPU has)")
+    ap.add_argument("--plan", default="none",
+                    help="plan for the default dispatch: 'none' (heuristic, the default) or a file")
     ap.add_argument("--cached-weights", action="store_true",
                     help="time Conv2d(algorithm=name) layers (weights prepared once) instead of "
                     "functional.conv2d(algorithm=name)")
@@ -76,19 +132,26 @@ def main(argv=None):
     min_sample = args.min_sample or (0.005 if args.quick else 0.02)
 
     engine.set_num_threads(args.threads)
+    if args.isa:
+        engine.isa.set_cap(args.isa)
+    engine.use_plan(None if args.plan.lower() == "none" else args.plan)
     try:
         import torch
         torch.set_num_threads(args.threads)
     except ImportError:
         torch = None
     algos = engine.algorithms()
-    print(f"bench_layers: {os.path.relpath(args.suite)}; threads {args.threads}; batches {batches}; "
-          f"{reps} samples >= {min_sample * 1e3:g} ms; engine via "
-          f"{'Conv2d(algorithm=...) layers' if args.cached_weights else 'functional.conv2d(algorithm=...)'}; "
+    print(f"bench_layers: {os.path.relpath(args.suite)}; {engine.plan.hardware_fingerprint()["cpu"]}; micro-kernels "
+          f"{engine.isa.active()}{' (capped with --isa)' if args.isa else ''}; threads {args.threads}; "
+          f"batches {batches}; {reps} samples >= {min_sample * 1e3:g} ms; plan {args.plan}; forced "
+          f"algorithms via {'Conv2d layers' if args.cached_weights else 'functional.conv2d'}; "
           f"PyTorch {torch.__version__ if torch else 'not installed'}")
-    header = ["layer", "N", "torch"] + algos + ["best", "torch/best"]
-    print(" ".join(f"{h:>14s}" if i else f"{h:34s}" for i, h in enumerate(header)))
-    ratios = defaultdict(list)
+    cols = ANCHORS + algos + ["default"]
+    header = ["layer", "N"] + cols + ["best", "dflt/best"] + [f"{a}/dflt" for a in ANCHORS]
+    print(" ".join(f"{h:>9s}" if i else f"{h:28s}" for i, h in enumerate(header)))
+    ratios = defaultdict(lambda: defaultdict(list))
+    notes_seen = {}
+    workdir = tempfile.mkdtemp(prefix="convtune-bench-")
     for batch in batches:
         cfg = configs.load(args.suite, batch=batch)
         for s in cfg.shapes:
@@ -99,25 +162,46 @@ def main(argv=None):
             else:
                 x, w, b = search.make_pool_data(s.params, 0), None, None
             fns = engine_runners(s, x, w, b, args.cached_weights)
+            default = _default_runner(s, x, w, b)
+            if default is not None:
+                fns["default"] = default
             if torch is not None:
                 fns["torch"] = search.torch_runner(torch, s, x, w, b)
+                reference = np.asarray(fns["torch"]())
+            else:
+                reference = np.asarray(next(iter(fns.values()))())
+            extra, notes = _checked_anchors(s, x, w, b, args.threads, workdir, reference)
+            fns.update(extra)
+            for name, note in notes.items():
+                if notes_seen.get(name) != note:
+                    print(f"  note: {name}: {note}")
+                    notes_seen[name] = note
             stats = timing.measure(fns, reps=reps, min_sample_s=min_sample, warmup=1)
             med = {k: v.median for k, v in stats.items()}
-            mine = {k: v for k, v in med.items() if k != "torch"}
-            best = min(mine, key=mine.get)
-            ratio = med["torch"] / mine[best] if "torch" in med else math.nan
-            ratios[s.category].append(ratio)
-            ratios["all"].append(ratio)
-            cells = [f"{med['torch'] * 1e3:14.3f}" if "torch" in med else f"{'-':>14s}"]
-            cells += [f"{med[a] * 1e3:14.3f}" if a in med else f"{'-':>14s}"
-                      for a in (algos if "pool" not in med else [])]
+            forced = {k: v for k, v in med.items() if k not in ANCHORS and k != "default"}
+            best = min(forced, key=forced.get)
+            mine = med.get("default", forced[best])
+            cells = [f"{med[c] * 1e3:9.3f}" if c in med else f"{'-':>9s}" for c in cols]
             if "pool" in med:
-                cells += [f"{med['pool'] * 1e3:14.3f}"] + [f"{'':>14s}"] * (len(algos) - 1)
-            print(f"{s.name[:34]:34s} {batch:>14d} " + " ".join(cells)
-                  + f" {best:>14s} {ratio:14.2f}", flush=True)
-    print("\ngeometric mean of torch_time / best convtune time per category (> 1: convtune faster):")
-    for cat, vals in sorted(ratios.items(), key=lambda kv: (kv[0] == "all", kv[0])):
-        print(f"  {cat:12s} {timing.geomean(vals):6.2f}  ({len(vals)} layer(s))")
+                cells[len(ANCHORS)] = f"{med['pool'] * 1e3:9.3f}"
+            cells += [f"{best[:9]:>9s}", f"{mine / forced[best]:9.2f}"]
+            ratios[s.category]["dflt/best"].append(mine / forced[best])
+            for a in ANCHORS:
+                r = med[a] / mine if a in med else math.nan
+                cells.append(f"{r:9.2f}")
+                if a in med:
+                    ratios[s.category][a].append(r)
+                    ratios["all"][a].append(r)
+            ratios["all"]["dflt/best"].append(mine / forced[best])
+            print(f"{s.name[:28]:28s} {batch:>9d} " + " ".join(cells), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print("\ngeometric means of other_time / convtune default time per category (> 1: convtune "
+          "faster), and the worst default/best-forced ratio:")
+    for cat, by in sorted(ratios.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        parts = [f"{a} {timing.geomean(by[a]):5.2f}" for a in ANCHORS if by.get(a)]
+        worst = max(by["dflt/best"]) if by.get("dflt/best") else math.nan
+        print(f"  {cat:12s} {'  '.join(parts)}   worst dflt/best {worst:4.2f}  "
+              f"({len(by['dflt/best'])} layer(s))")
 
 
 if __name__ == "__main__":

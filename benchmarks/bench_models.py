@@ -5,8 +5,9 @@ Each network is built in PyTorch with torchvision's structure and random weights
 fused (``engine.fuse``: BatchNorm folded, ReLU in the kernels). Engine and torch runs
 are interleaved and each side's median is reported, with torch_ms / engine_ms (> 1
 means the engine is faster); the minimum of each side's runs and their ratio follow,
-the steadier estimate when other work shares the machine. The engine uses the plan given with ``--plan`` (else
-CONVTUNE_PLAN, else its heuristic).
+the steadier estimate when other work shares the machine. The engine uses the plan given
+with ``--plan FILE``; without it, its heuristic (the default plan file is never read).
+``--isa`` caps the micro-kernels (baseline, avx2, avx512).
 
     python benchmarks/bench_models.py                       # resnet18 vgg16 mobilenet_v1, batch 1 and 8
     python benchmarks/bench_models.py --models resnet18 --batch 1 --profile
@@ -150,7 +151,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=11, help="timed runs per side")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--plan", help="a tuned plan (JSON) for the engine")
+    ap.add_argument("--plan", default="none",
+                    help="a tuned plan (JSON) for the engine, or 'none' (the heuristic; default)")
+    ap.add_argument("--isa", default=None, choices=list(engine.isa.NAMES),
+                    help="cap the micro-kernels at this ISA (default: the best the CPU has)")
     ap.add_argument("--no-fuse", action="store_true", help="run the unfused model")
     ap.add_argument("--pause", type=float, default=0.02,
                     help="seconds to sleep before each timed run (default 0.02), so the other "
@@ -171,10 +175,13 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     engine.set_num_threads(args.threads)
-    if args.plan:
-        engine.use_plan(args.plan)
+    if args.isa:
+        engine.isa.set_cap(args.isa)
+    engine.use_plan(None if args.plan.lower() == "none" else args.plan)
+    print(f"{engine.plan.hardware_fingerprint()["cpu"]}, micro-kernels {engine.isa.active()}"
+          f"{' (capped with --isa)' if args.isa else ''}")
     print(f"{args.clock} clock, threads {args.threads}, input {args.size}x{args.size}, plan "
-          f"{args.plan or os.environ.get('CONVTUNE_PLAN') or 'none (heuristic)'}, "
+          f"{args.plan if args.plan.lower() != 'none' else 'none (heuristic)'}, "
           f"{'unfused' if args.no_fuse else 'fused'}, medians of {args.repeat} interleaved runs")
     print(f"{'model':<14}{'batch':>6}{'torch ms':>11}{'engine ms':>11}{'torch/engine':>14}"
           f"{'| min: torch':>13}{'engine':>9}{'ratio':>7}")

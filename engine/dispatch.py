@@ -6,6 +6,7 @@ functional API calls it on every call (it is a few dictionary look-ups).
 """
 from dataclasses import dataclass, field
 
+from . import isa as _isa
 from . import registry as _registry
 from . import plan as _plan
 
@@ -45,6 +46,8 @@ def heuristic(p):
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
     winograd = _registry.REGISTRY.get("winograd_f4x3")
     winograd_ok = winograd is not None and winograd.why_not(p) is None
+    if winograd_ok and p.dtype == "float32" and _isa.active() == "baseline":
+        winograd_ok = False        # its float32 GEMM has no vector kernel here; BLAS has
     if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 6:
         m = 4 if p.n * p.out_h * p.out_w >= 14 * 14 else 2
         name = f"winograd_f{m}x3"

@@ -230,6 +230,7 @@ class Conv2d(_WeightAndBias):
             shape = (1, *shape)
         p, choice = self._resolve(shape, get_num_threads())
         return {**choice.as_dict(), "params": p.key(),
+                "kernels": _registry.get(choice.algorithm).kernels(p),
                 "applicable": _registry.applicable(p)}
 
     def extra_repr(self):

@@ -12,8 +12,10 @@ each layer keeps its own invariants (e.g. ``Conv2d`` freezes its weights and dro
 cached transformed weights) and ``load_state_dict`` is all or nothing.
 
 Saving: ``model.save_npz(path)`` writes ``state_dict()`` to an ``.npz`` file;
-``model.load_npz(path)`` reads one back (torchvision weights converted to ``.npz``
-with ``numpy.savez(path, **{k: v.numpy() for k, v in sd.items()})`` load as they are).
+``model.load_npz(path)`` reads one back. ``model.load(path)`` reads any weights file
+``engine.load_weights`` does (a PyTorch ``.pth`` in the zip or legacy format,
+``.safetensors``, ``.npz``) without PyTorch, with options for checkpoints whose key
+names differ (``prefix="module."``, ``rename=``).
 
 The engine is inference-only: ``train()``/``eval()`` only set the ``training`` flag,
 which no layer reads (BatchNorm always uses its running statistics, Dropout is the
@@ -269,6 +271,30 @@ class Module:
         with np.load(path, allow_pickle=False) as data:
             self.load_state_dict({k: data[k] for k in data.files if k in expected}, strict=strict)
         return self
+
+    def load(self, path, strict=True, *, key=None, prefix=None, rename=None):
+        """Load the weights file ``path`` (see ``engine.load_weights``: PyTorch zip or
+        legacy ``.pth``, ``.safetensors``, ``.npz``; nothing in it is executed) through
+        ``load_state_dict``.
+
+        ``key`` picks the entry of a nested checkpoint (``{"state_dict": ...}``);
+        ``prefix`` is stripped from the keys that start with it (``"module."`` for
+        DataParallel checkpoints); ``rename`` maps the remaining names (a mapping
+        old -> new, or a callable returning the new name or None to skip the entry);
+        see ``engine.weights.remap_keys``. ``strict`` is ``load_state_dict``'s: missing
+        or unexpected keys are a ValueError (naming the file) and nothing changes;
+        with ``strict=False`` the matching keys load. Returns (missing_keys,
+        unexpected_keys) as ``load_state_dict`` does.
+        """
+        from .weights import load_weights, remap_keys
+        weights = remap_keys(load_weights(path, key=key), prefix=prefix, rename=rename)
+        try:
+            return self.load_state_dict(weights, strict=strict)
+        except ValueError as e:
+            hint = ""
+            if prefix is None and weights and all(k.startswith("module.") for k in weights):
+                hint = " (every key in the file starts with 'module.': pass prefix='module.')"
+            raise ValueError(f"{os.fspath(path)}: {e}{hint}") from None
 
     # Names of per-instance caches of derived state (prepared weights, resolved
     # choices): a deep copy or an unpickled module starts them empty.

@@ -5,7 +5,7 @@ lazily at run time::
 
     {
       "format": "convtune-plan", "format_version": 1, "engine_version": "0.1.0",
-      "hardware": {"cpu": "...", "isa": ["avx2", ...], "cores": 2,
+      "hardware": {"cpu": "...", "isa": ["avx2", ...], "ukernels": "avx2", "cores": 2,
                    "caches": {"L1d": "48K", "L2": "2048K", ...}},
       "created": "2025-...Z", "updated": "2025-...Z",
       "entries": [
@@ -152,8 +152,10 @@ _fingerprint = None
 
 
 def hardware_fingerprint():
-    """CPU model, the ISA extensions this build uses, core count, cache sizes."""
+    """CPU model, the ISA extensions this build was compiled for, the micro-kernel ISA
+    that runs (``engine.isa.active()``, which CONVTUNE_ISA can cap), core count, caches."""
     global _fingerprint
+    from . import isa as ukernel_isa
     if _fingerprint is None:
         try:
             from .kernels import _buildinfo
@@ -162,7 +164,7 @@ def hardware_fingerprint():
             isa = []
         _fingerprint = {"cpu": _cpu_model(), "machine": platform.machine(), "isa": isa,
                         "cores": os.cpu_count() or 1, "caches": _cache_sizes()}
-    return dict(_fingerprint)
+    return dict(_fingerprint, ukernels=ukernel_isa.active())
 
 
 def _version_compatible(version):
@@ -188,7 +190,7 @@ def header_problem(header, hardware=None):
     there = header.get("hardware")
     if not isinstance(there, dict):
         return ("foreign", "the plan has no hardware fingerprint")
-    diffs = [k for k in ("cpu", "machine", "isa", "cores", "caches") if there.get(k) != here.get(k)]
+    diffs = [k for k in ("cpu", "machine", "isa", "ukernels", "cores", "caches") if there.get(k) != here.get(k)]
     if diffs:
         other = "here" if hardware is None else "the entries being written"
         detail = "; ".join(f"{k}: plan {there.get(k)!r}, {other} {here.get(k)!r}" for k in diffs[:2])
@@ -629,6 +631,14 @@ def reset():
     global _explicit
     with _lock:
         _explicit = _UNSET
+        _invalidate()
+
+
+def invalidate():
+    """Drop every cache (the plan is re-read and its trust re-checked on next use) and
+    bump ``generation()`` so layers re-resolve: for changes of what the fingerprint
+    describes, such as the micro-kernel ISA (``engine.isa.set_cap``)."""
+    with _lock:
         _invalidate()
 
 

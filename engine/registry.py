@@ -12,6 +12,7 @@ import numpy as np
 
 from .kernels import direct as _direct
 from .kernels import im2col as _im2col
+from . import isa as _isa
 from .shapes import INT_LIMIT
 from .threads import blas_single_threaded
 
@@ -50,6 +51,18 @@ class Algorithm:
         """Weight in the form the kernel consumes; layers cache the result."""
         return weight
 
+    def needs_blas(self, p):
+        """Whether the kernel for ``p`` calls BLAS (then the BLAS pool is held at one
+        thread around it)."""
+        return self.uses_blas
+
+    def kernels(self, p):
+        """What runs for ``p``: kernel names (and their ISA), for explain and reports."""
+        return {"kernel": self.kernel_name(p)}
+
+    def kernel_name(self, p):
+        return self.name
+
     def check_params(self, params):
         """``params`` (from a plan entry or the tuner) as a dict the kernel accepts;
         ValueError naming what is wrong for anything outside ``tunables``."""
@@ -74,7 +87,7 @@ class Algorithm:
         """Run the kernel into ``out`` with the BLAS pool held where needed. ``params``
         must have passed ``check_params``."""
         params = params or {}
-        if self.uses_blas:
+        if self.needs_blas(p):
             with blas_single_threaded():
                 self.run(x, prepared_weight, bias, out, p, num_threads, relu, params)
         else:
@@ -95,6 +108,9 @@ class Direct(Algorithm):
     specialised kernel whose inner loops vectorise along the output row."""
     name = "direct"
 
+    def kernel_name(self, p):
+        return "conv2d_depthwise" if p.is_depthwise else "conv2d_direct"
+
     def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         if p.is_depthwise:
@@ -114,6 +130,9 @@ class Im2col(Algorithm):
     # packing, narrower ones stay in cache.
     tunables = {"max_workspace_bytes": [1 << 20, 4 << 20, 64 << 20]}
 
+    def kernels(self, p):
+        return {"kernel": "conv2d_im2col", "gemm": f"BLAS {'s' if p.dtype == 'float32' else 'd'}gemm"}
+
     def why_not(self, p):
         # BLAS takes C ints for its sizes and strides: GEMM K and the plane sizes
         # (leading dimensions) must fit, or the call would wrap around.
@@ -132,7 +151,8 @@ class Im2col(Algorithm):
 
 
 class Winograd(Algorithm):
-    """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block."""
+    """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block; float32
+    on the active ISA's micro-kernels (engine.isa), float64 through BLAS."""
     uses_blas = True
     # Tiles per block (automatic: sized from a per-thread workspace budget).
     tunables = {"tile_block": [16, 32, 64, 128, 256]}
@@ -148,15 +168,31 @@ class Winograd(Algorithm):
             return f"{self.name} needs stride 1, got stride {p.stride}"
         if p.dilation != (1, 1):
             return f"{self.name} needs dilation 1, got dilation {p.dilation}"
+        # the tile kernels address a plane with int32 offsets
+        planes = {"padded input plane": (p.h + p.pads[0] + p.pads[1] + 8) * (p.w + p.pads[2] + p.pads[3] + 8),
+                  "output plane": (p.out_h + 8) * (p.out_w + 8)}
+        for what, value in planes.items():
+            if value >= 1 << 31:
+                return f"{self.name}'s tile offsets are 32-bit: the {what} is too large ({value} elements)"
         return None
 
     def prepare_weight(self, weight, p):
         return _winograd.transform_weight(weight, self.m)
 
+    def needs_blas(self, p):
+        return p.dtype != "float32"    # float32 runs on the micro-kernels
+
+    def kernels(self, p):
+        if p.dtype != "float32":
+            return {"kernel": "conv2d_winograd", "gemm": "BLAS dgemm"}
+        uk = _isa.kernels()
+        return {"kernel": "conv2d_winograd", "isa": uk["isa"], "gemm": uk["sgemm"],
+                "transforms": uk["winograd"].replace("{m}", str(self.m))}
+
     def run(self, x, u, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu,
-                                  **params)
+                                  isa=_isa.level(), **params)
 
 
 _ALGORITHMS = [Direct(), Im2col()]

@@ -64,3 +64,25 @@ def rng():
 @pytest.fixture(scope="session")
 def torch():
     return pytest.importorskip("torch")
+
+
+def _isa_params():
+    """Every micro-kernel ISA as a pytest param; those this CPU cannot run are skipped
+    with the reason (never passed silently)."""
+    from engine import isa
+    return [pytest.param(name, id=name, marks=pytest.mark.skipif(
+                name not in isa.available(),
+                reason=f"this CPU has no {name} (it supports up to {isa.cpu()})"))
+            for name in isa.NAMES]
+
+
+ISAS = _isa_params()
+
+
+@pytest.fixture
+def use_isa():
+    """use_isa(name): run the micro-kernels of ``name`` for the rest of the test."""
+    from engine import isa
+    before = isa.active()
+    yield isa.set_cap
+    isa.set_cap(before)

@@ -10,7 +10,7 @@ from engine import shapes
 
 import reference as ref
 from cases import CONV_CASES, conv_inputs, winograd_expected_ok
-from conftest import DTYPES
+from conftest import DTYPES, ISAS
 
 pytestmark = pytest.mark.usefixtures("plans_off")
 
@@ -74,6 +74,18 @@ def test_forced_algorithm_matches_reference(case, name, dtype):
     x, w, b = conv_inputs(case, dtype)
     out = F.conv2d(x, w, b, **case.kwargs, algorithm=name)
     check_against_reference(out, reference_for(case, x, w, b), case, name, dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n.startswith("winograd")])
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if winograd_expected_ok(c)], ids=lambda c: c.id)
+def test_winograd_case_table_on_every_isa(case, name, isa, use_isa):
+    """The whole case table through each Winograd variant on each micro-kernel ISA the
+    CPU has, through the public API (engine.isa caps what runs)."""
+    use_isa(isa)
+    x, w, b = conv_inputs(case, "float32")
+    out = F.conv2d(x, w, b, **case.kwargs, algorithm=name)
+    check_against_reference(out, reference_for(case, x, w, b), case, name, "float32")
 
 
 @pytest.mark.parametrize("name", [n for n in ALGORITHMS if n.startswith("winograd")] or ["(none)"])

@@ -7,11 +7,13 @@ Kernels take zero padding only; other padding modes are applied with numpy.pad f
 import numpy as np
 import pytest
 
+import engine.isa
 import engine.threads
 from engine import registry as algos
 from engine.kernels import direct, im2col, pool
 
 import reference as ref
+from conftest import ISAS
 from cases import AVG_CASES, CONV_CASES, MAX_CASES, conv_inputs, pool_input, winograd_expected_ok
 from conftest import DTYPES
 
@@ -96,12 +98,18 @@ def test_conv2d_im2col_writes_every_element(case, dtype):
 WINOGRAD_CASES = [c for c in FINITE_CONV if winograd_expected_ok(c)]
 
 
+# float32 on every micro-kernel ISA the CPU has (the rest skipped with the reason)
+DTYPE_ISA = [pytest.param("float32", p.values[0], id=f"float32-{p.id}", marks=p.marks) for p in ISAS] \
+    + [pytest.param("float64", None, id="float64")]
+
+
 @pytest.mark.skipif(winograd is None, reason="Winograd module not built")
 @pytest.mark.parametrize("m", [2, 4, 6])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,isa", DTYPE_ISA)
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: c.id)
-def test_conv2d_winograd_writes_every_element(case, dtype, m):
+def test_conv2d_winograd_writes_every_element(case, dtype, isa, m):
     x, w, b, top, left, expected = kernel_inputs(case, dtype)
+    level = None if isa is None else engine.isa.NAMES.index(isa)
     u = winograd.transform_weight(w, m)
     tol = algos.TOLERANCE[(f"winograd_f{m}x3", dtype)]
     with engine.threads.blas_single_threaded():
@@ -109,7 +117,8 @@ def test_conv2d_winograd_writes_every_element(case, dtype, m):
         for threads, relu, tile_block in [(1, False, 0), (2, False, 0), (2, True, 0), (2, False, 16),
                                           (3, False, 32)]:
             out = nan_out(expected, dtype)
-            winograd.conv2d_winograd(x, u, b, out, m, top, left, case.groups, threads, relu, tile_block)
+            winograd.conv2d_winograd(x, u, b, out, m, top, left, case.groups, threads, relu, tile_block,
+                                     isa=level)
             check(out, expected, tol, relu)
 
 

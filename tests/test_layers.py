@@ -13,6 +13,7 @@ import engine.functional as F
 from engine import registry as algos
 
 import reference as ref
+from conftest import ISAS
 from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("plans_off")
@@ -315,3 +316,26 @@ def test_thread_count_api():
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected):
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
+
+
+def test_heuristic_needs_winograds_vector_kernels(use_isa):
+    """With only the baseline micro-kernels, float32 Winograd has no fast GEMM, so the
+    heuristic leaves 3x3 layers to im2col (BLAS); float64 Winograd runs on BLAS anyway."""
+    kwargs = dict(in_channels=64, out_channels=64, kernel_size=3, padding=1)
+    use_isa("baseline")
+    info = engine.explain(kwargs, (1, 64, 56, 56))
+    assert info["algorithm"] == "im2col", info["reason"]
+    assert engine.explain(dict(kwargs, dtype="float64"), (1, 64, 56, 56))["algorithm"] == "winograd_f4x3"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_explain_names_the_kernels_that_run(isa, use_isa):
+    use_isa(isa)
+    info = engine.explain(dict(in_channels=16, out_channels=16, kernel_size=3, padding=1,
+                               algorithm="winograd_f4x3"), (1, 16, 20, 20))
+    uk = engine.isa.kernels(isa)
+    assert info["kernels"] == {"kernel": "conv2d_winograd", "isa": isa, "gemm": uk["sgemm"],
+                               "transforms": f"winograd_f4x3_{{input,output}}__{uk['sgemm'].split('__')[1]}"}
+    info = engine.explain(dict(in_channels=16, out_channels=16, kernel_size=1, algorithm="im2col"),
+                          (1, 16, 20, 20))
+    assert info["kernels"]["gemm"] == "BLAS sgemm"

@@ -311,7 +311,9 @@ def test_plan_kernel_params_reach_the_kernel(tmp_path, monkeypatch, algorithm, p
         return kernel(*args, **kwargs)
     monkeypatch.setattr(module, fn, spy)
     np.testing.assert_array_equal(layer(x), expected)
-    assert seen == [params]
+    # Winograd is also told which micro-kernel ISA runs (engine.isa): the active one
+    expected_kwargs = dict(params, isa=engine.isa.level()) if module is registry._winograd else params
+    assert seen == [expected_kwargs]
 
 
 @pytest.mark.parametrize("params", [{"tile_block": 7}, {"no_such_knob": 1}])
@@ -547,3 +549,23 @@ def test_write_failure_is_a_plan_error_naming_the_file(tmp_path, monkeypatch):
     with pytest.raises(plan.PlanError, match="cannot write .*plan.json: permission denied"):
         plan.write_entries(path, [entry_for(conv_p(), 2)])
     assert not path.exists() and not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.skipif(len(engine.isa.available()) < 2,
+                    reason="this CPU runs one micro-kernel ISA: nothing to switch between")
+def test_plan_tuned_with_other_ukernels_is_not_trusted(tmp_path, use_isa):
+    """The fingerprint records the micro-kernel ISA: entries tuned while one ISA's kernels
+    ran are not decisions when another's run, and apply again when it is back."""
+    path = tmp_path / "plan.json"
+    low, high = engine.isa.available()[-2:]
+    use_isa(low)
+    p = conv_p()
+    plan.write_entries(path, [entry_for(p, 2, "im2col")])
+    assert json.loads(path.read_text())["hardware"]["ukernels"] == low
+    engine.use_plan(path)
+    assert plan.lookup(p, 2).algorithm == "im2col"
+    use_isa(high)
+    with pytest.warns(RuntimeWarning, match=f"ukernels: plan '{low}', here '{high}'"):
+        assert plan.lookup(p, 2) is None
+    use_isa(low)
+    assert plan.lookup(p, 2).algorithm == "im2col"

@@ -13,9 +13,12 @@ import zlib
 import numpy as np
 import pytest
 
+from engine import isa as engine_isa
 from engine import winograd_transforms as wt
 from engine.kernels import winograd as wk
 from engine.registry import TOLERANCE
+
+from conftest import ISAS
 
 VARIANTS = [2, 4, 6]
 # max |err| / (1 + max |ref|) allowed: the engine's documented tolerance per variant.
@@ -76,6 +79,13 @@ def test_float64_tile_identity(m, points):
     np.testing.assert_allclose(y, _corr2d_valid(d, g), rtol=0, atol=1e-12 * 10 ** (m // 2))
 
 
+def test_compiled_matrices_header_is_generated_from_the_derivation():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, wt.C_HEADER)) as f:
+        assert f.read() == wt.c_header(), f"{wt.C_HEADER} is stale: regenerate it (see c_header)"
+
+
 @pytest.mark.parametrize("m", VARIANTS)
 def test_kernel_matrices_are_the_derived_ones(m):
     AT, G, BT = wt.transform_matrices(m)
@@ -121,12 +131,15 @@ CASES = {
 }
 
 
-def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False):
+def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False, isa=None):
+    """The kernel into a NaN-filled output; ``isa`` names the float32 micro-kernels
+    (default: the active ones)."""
     pt, pl, pb, pr = pads
     N, C, H, W = x.shape
     out = np.full((N, w.shape[0], H + pt + pb - 2, W + pl + pr - 2), np.nan, x.dtype)
     U = wk.transform_weight(w, m)
-    wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block)
+    level = None if isa is None else engine_isa.NAMES.index(isa)
+    wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block, isa=level)
     return out
 
 
@@ -137,43 +150,50 @@ def _blas_one_thread():
         yield
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# float32 once per micro-kernel ISA (skipped, with the reason, where the CPU lacks it);
+# float64 has one path (BLAS).
+DTYPE_ISA = [pytest.param(np.float32, p.values[0], id=f"float32-{p.id}", marks=p.marks) for p in ISAS] \
+    + [pytest.param(np.float64, None, id="float64")]
+
+
+@pytest.mark.parametrize("dtype,isa", DTYPE_ISA)
 @pytest.mark.parametrize("m", VARIANTS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_kernel_vs_reference(case, m, dtype):
+def test_kernel_vs_reference(case, m, dtype, isa):
     N, C, Co, H, W, pads, groups, has_bias = CASES[case]
     rng = np.random.default_rng(zlib.crc32(case.encode()))     # stable across runs
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((Co, C // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(Co).astype(dtype) if has_bias else None
     ref = ref_conv(x, w, b, *pads, groups)
-    out = run_kernel(x, w, b, pads, groups, m, threads=2)
+    out = run_kernel(x, w, b, pads, groups, m, threads=2, isa=isa)
     assert out.shape == ref.shape
     assert not np.isnan(out).any(), "unwritten output elements"
     err = np.abs(out - ref).max() / (1 + np.abs(ref).max())
     assert err <= TOL[dtype][m], err
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype,isa", DTYPE_ISA)
 @pytest.mark.parametrize("m", VARIANTS)
-def test_threads_tile_block_and_relu_invariance(m, dtype):
+def test_threads_tile_block_and_relu_invariance(m, dtype, isa):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 9, 25, 23)).astype(dtype)
     w = rng.standard_normal((20, 9, 3, 3)).astype(dtype)
     b = rng.standard_normal(20).astype(dtype)
     pads = (1, 2, 0, 1)
     ref = ref_conv(x, w, b, *pads, 1)
-    outs = [run_kernel(x, w, b, pads, 1, m, t, tb) for t in (1, 2) for tb in (0, 16, 48)]
+    outs = [run_kernel(x, w, b, pads, 1, m, t, tb, isa=isa) for t in (1, 2) for tb in (0, 16, 48)]
     scale = 1 + np.abs(ref).max()
     for o in outs:
         assert np.abs(o - ref).max() / scale <= TOL[dtype][m]
         assert np.abs(o - outs[0]).max() / scale <= TOL[dtype][m]
-    r = run_kernel(x, w, b, pads, 1, m, 2, relu=True)
+    r = run_kernel(x, w, b, pads, 1, m, 2, relu=True, isa=isa)
     assert np.abs(r - np.maximum(ref, 0)).max() / scale <= TOL[dtype][m]
     assert (r >= 0).all()
 
 
-def test_split_cout_path_matches():
+@pytest.mark.parametrize("isa", ISAS)
+def test_split_cout_path_matches(isa):
     # few tiles, many output channels: the kernel splits C_out across threads
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 40, 7, 7)).astype(np.float32)
@@ -181,8 +201,28 @@ def test_split_cout_path_matches():
     assert wk.choose_blocking(4, 6, 40, 64, 4, 2)[1] == 2
     ref = ref_conv(x, w, None, 1, 1, 1, 1, 1)
     for m in VARIANTS:
-        out = run_kernel(x, w, None, (1, 1, 1, 1), 1, m, 2)
+        out = run_kernel(x, w, None, (1, 1, 1, 1), 1, m, 2, isa=isa)
         assert np.abs(out - ref).max() / (1 + np.abs(ref).max()) <= TOL[np.float32][m]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_chunks_spanning_images(isa):
+    """16-tile chunks that straddle image boundaries (4 tiles per image at F(2x2) on a
+    4x4 output, batch 5): every lane reads and writes its own image."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    ref = ref_conv(x, w, None, 1, 1, 1, 1, 1)
+    for m in VARIANTS:
+        out = run_kernel(x, w, None, (1, 1, 1, 1), 1, m, 2, isa=isa)
+        assert np.abs(out - ref).max() / (1 + np.abs(ref).max()) <= TOL[np.float32][m]
+
+
+def test_kernel_refuses_an_isa_index_it_has_no_kernels_for():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    U = wk.transform_weight(np.zeros((1, 1, 3, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="no micro-kernels for ISA index 7"):
+        wk.conv2d_winograd(x, U, None, np.zeros((1, 1, 1, 1), np.float32), 2, 0, 0, 1, 1, isa=7)
 
 
 def test_transform_weight_layout():

@@ -2,15 +2,17 @@
 
     convtune tune CONFIG... [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
                             [--tolerance T] [--force] [--batch N] [--dtype D]
+                            [--dask SCHEDULER_ADDRESS]
     convtune show [PLAN]
     convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N]
     convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
     convtune merge OUT IN... [--force]
+    convtune convert IN OUT.npz|OUT.safetensors [--key K] [--prefix P]
     convtune info
 
 Exit status: 0 success; 1 a check found an excess, or tuning left a shape without any
-accurate algorithm; 2 bad usage, a bad config, or a plan file that cannot be used;
-130 interrupted (whatever was measured is kept).
+accurate algorithm; 2 bad usage, a bad config, a plan file that cannot be used, or a
+weights file that cannot be converted; 130 interrupted (whatever was measured is kept).
 """
 import argparse
 import json
@@ -71,7 +73,7 @@ def build_parser():
         prog="convtune", description="Autotune convtune's convolution algorithms per layer shape "
         "and keep the fastest accurate choice in a plan file.",
         epilog="Exit status: 0 ok, 1 check excess / shape with no accurate algorithm, "
-               "2 usage, config or plan-file error, 130 interrupted.")
+               "2 usage, config, plan-file or weights-file error, 130 interrupted.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -101,6 +103,9 @@ def build_parser():
     t.add_argument("--reps", type=_positive_int,
                    help="timed samples per candidate (default: 7 at measure, 15 at exhaustive)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dask", metavar="SCHEDULER_ADDRESS",
+                   help="tune on this Dask cluster's workers (e.g. tcp://10.0.0.5:8786), one job per "
+                   "machine at a time, one plan per kind of machine (needs convtune[dask])")
 
     s = sub.add_parser("show", help="print a plan as a table")
     s.add_argument("plan", nargs="?", metavar="PLAN", help="plan file (default: the active plan)")
@@ -136,6 +141,17 @@ def build_parser():
     m.add_argument("--force", action="store_true",
                    help="skip unusable or foreign inputs instead of failing; replace an unusable OUT")
 
+    v = sub.add_parser("convert", help="convert a weights file (.pth, .safetensors, .npz) to .npz or .safetensors",
+                       description="Read IN with engine.load_weights (a PyTorch .pth in the zip or legacy "
+                       "format, .safetensors or .npz, told by content; nothing in it is executed) and write "
+                       "its tensors to OUT, whose extension (.npz or .safetensors) chooses the format. "
+                       ".npz has no bfloat16/float8: those are widened to float32 (exactly).")
+    v.add_argument("input", metavar="IN")
+    v.add_argument("output", metavar="OUT")
+    v.add_argument("--key", help="the entry of a nested checkpoint to take, e.g. state_dict "
+                   "(default: the only entry that holds tensors)")
+    v.add_argument("--prefix", help='strip this prefix from the names that start with it, e.g. "module."')
+
     sub.add_parser("info", help="hardware fingerprint, build, threads, BLAS, the plan in use and why")
     return ap
 
@@ -145,7 +161,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         return {"tune": cmd_tune, "show": cmd_show, "bench": cmd_bench, "check": cmd_check,
-                "merge": cmd_merge, "info": cmd_info}[args.command](args)
+                "merge": cmd_merge, "convert": cmd_convert, "info": cmd_info}[args.command](args)
     except KeyboardInterrupt:
         print("\nconvtune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
@@ -244,6 +260,8 @@ def cmd_tune(args):
     if path is None:
         _err(f"no plan file to write to ({why}); pass --plan PATH")
         return EXIT_USAGE
+    if args.dask:
+        return _tune_dask(args, configs, shapes, path)
     existing = P.read_plan(path)
     if existing.status == "unreadable":     # a FIFO, a device, no permission: never moved
         _err(f"cannot use {path} as a plan: it {P._WHAT[existing.status]} ({existing.reason}); "
@@ -262,18 +280,7 @@ def cmd_tune(args):
         existing = P.PlanFile(path, "missing")
     threads_list = args.threads or [engine.get_num_threads()]
     level = args.level
-    rank = P.LEVEL_RANK[level]
-
-    jobs, skipped = [], 0
-    for threads in threads_list:
-        for s in shapes:
-            tol = args.tolerance if args.tolerance is not None else search.default_tolerance(s.params.dtype)
-            old = existing.entries.get(P.entry_key(P.params_key(s.params, threads)))
-            if (old is not None and not args.force and P.LEVEL_RANK.get(old.get("level"), -1) >= rank
-                    and math.isclose(float(old.get("tolerance") or 0), tol, rel_tol=1e-9)):
-                skipped += 1
-                continue
-            jobs.append((s, threads, tol))
+    jobs, skipped = search.pending_jobs(existing, shapes, threads_list, level, args.tolerance, args.force)
     names = ", ".join(c.name for c in configs)
     print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
           f"level {level}; plan {path}")
@@ -370,6 +377,52 @@ def cmd_tune(args):
             print(f"  {label} t{threads}: {msg}", file=sys.stderr)
         status = EXIT_FAIL
     return status
+
+
+def _tune_dask(args, configs, shapes, path):
+    """``convtune tune --dask ADDRESS``: the shapes tuned on the cluster's workers
+    (``tuner.distributed.tune``), a plan per kind of machine."""
+    try:
+        from distributed import Client
+        from . import distributed as dist
+    except ImportError as e:
+        _err(f"--dask needs Dask: pip install convtune[dask] ({e})")
+        return EXIT_USAGE
+    from engine import plan as P
+    try:
+        client = Client(args.dask, timeout=30)
+    except (OSError, TimeoutError, ValueError) as e:
+        _err(f"cannot connect to the Dask scheduler {args.dask}: {e}")
+        return EXIT_USAGE
+    names = ", ".join(c.name for c in configs)
+    print(f"convtune tune: {len(shapes)} distinct shape(s) in {names} on the Dask cluster {args.dask}; "
+          f"level {args.level}; plan {path}", flush=True)
+    try:
+        summary = dist.tune(shapes, client, path, threads=args.threads, level=args.level,
+                            tolerance=args.tolerance, force=args.force, reps=args.reps,
+                            timeout=args.budget,
+                            on_result=lambda r: print(f"  {r['label']} t{r['threads']} on {r['host']} "
+                                                      f"(pid {r['pid']}): {r['message']}", flush=True))
+    except P.PlanError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    finally:
+        client.close()
+    if summary["skipped"]:
+        print(f"  {summary['skipped']} already tuned at level >= {args.level} (use --force to re-tune)")
+    for fid, p in summary["plans"].items():
+        print(f"plan for {fid}: {p}")
+    print(f"tuned {summary['written']} shape(s); {summary['resubmitted']} job(s) resubmitted after "
+          f"losing their worker")
+    if summary["untuned"]:
+        print(f"{len(summary['untuned'])} shape(s) left untuned (budget reached or no worker of their "
+              f"kind); re-run to continue", file=sys.stderr)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} shape(s) have no plan entry:", file=sys.stderr)
+        for label, threads, msg in summary["failed"]:
+            print(f"  {label} t{threads}: {msg}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def _work(shape, level):
@@ -653,6 +706,33 @@ def cmd_merge(args):
           f"into {out}: {total} entries")
     if hw != P.hardware_fingerprint():
         print(f"note: {out} describes other hardware ({(hw or {}).get('cpu')}) and is not trusted here")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------- convert
+def cmd_convert(args):
+    from engine import weights as W
+
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in (".npz", ".safetensors"):
+        _err(f"{args.output}: expected a name ending in .npz or .safetensors")
+        return EXIT_USAGE
+    try:
+        kind = W.detect_format(args.input)
+        tensors = W.remap_keys(W.load_weights(args.input, key=args.key), prefix=args.prefix)
+        widened = [k for k, a in tensors.items() if a.dtype.type.__module__ != "numpy"] \
+            if ext == ".npz" else []
+        W.save_weights(tensors, args.output)
+    except (ValueError, TypeError, KeyError, ImportError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        _err(" ".join(str(msg).split()))
+        return EXIT_USAGE
+    nbytes = sum(a.nbytes for a in tensors.values())
+    print(f"wrote {len(tensors)} tensor(s), {nbytes / 2 ** 20:.1f} MiB, from {args.input} ({kind}) "
+          f"to {args.output}")
+    if widened:
+        print(f"note: {len(widened)} bfloat16/float8 tensor(s) widened to float32 for .npz "
+              f"(e.g. {widened[0]})")
     return EXIT_OK
 
 

@@ -266,6 +266,26 @@ def estimate_entry(shape, threads, tolerance):
             "time_s": None, "tuned_at": _now(), "reason": reason, "candidates": cands}
 
 
+def pending_jobs(existing, shapes, threads_list, level, tolerance=None, force=False):
+    """What ``convtune tune`` still has to tune: ([(shape, threads, tolerance)], skipped).
+
+    A shape at a thread count is skipped when ``existing`` (a PlanFile) already holds it
+    at an equal or higher ``level`` with the same tolerance, unless ``force``;
+    ``tolerance`` None means the default for each shape's dtype."""
+    rank = _plan.LEVEL_RANK[level]
+    jobs, skipped = [], 0
+    for threads in threads_list:
+        for s in shapes:
+            tol = tolerance if tolerance is not None else default_tolerance(s.params.dtype)
+            old = existing.entries.get(_plan.entry_key(_plan.params_key(s.params, threads)))
+            if (old is not None and not force and _plan.LEVEL_RANK.get(old.get("level"), -1) >= rank
+                    and math.isclose(float(old.get("tolerance") or 0), tol, rel_tol=1e-9)):
+                skipped += 1
+                continue
+            jobs.append((s, threads, tol))
+    return jobs, skipped
+
+
 def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, on_step=None,
                reps=None):
     """Tune one shape at ``threads`` threads. Returns (entry or None, message).

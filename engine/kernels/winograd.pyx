@@ -11,8 +11,10 @@ each of the alpha^2 positions (xi, nu) of the transformed tile, the sum over c i
 matrix product, so the layer is alpha^2 GEMMs  M[a] = U[a] @ V[a]  between a
 weight transform (done once per layer, ``transform_weight``), an input transform and
 an output transform (``conv2d_winograd``). The matrices A^T, G, B^T come from
-``engine.winograd_transforms`` (exact derivation; float64 values copied into module
-C arrays at import), so the kernel and the derivation cannot drift apart.
+``engine.winograd_transforms`` (exact derivation): G at import, for the weight
+transform; A^T and B^T as compile-time constants (ukernels/winograd_matrices.h,
+generated from the derivation and checked against it by the tests), so the tile
+transforms unroll into straight-line vector FMAs.
 
 Layouts (all row-major, C-contiguous):
     x    [N][C_in][H][W]                    IN
@@ -25,25 +27,25 @@ numbered over the whole batch (n, tile_row, tile_col), so a block may span image
 
 One OpenMP region; work items are (tile block, C_out slice) pairs dealt statically.
 For each of its items a thread, on its own workspace and with no barrier in between:
-    1. input transform (skipped if its V already holds that tile block): gather 16
-       tiles into a [alpha][alpha][16] stack buffer, B^T d B with the 16 tiles as one
-       vector (C helper with GCC vector extensions: AVX-512 FMAs), store V[:, c, chunk];
+    1. input transform (skipped if its V already holds that tile block): 16 tiles at a
+       time, B^T d B with the 16 tiles as one vector, into V[:, c, chunk];
     2. groups * alpha^2 single-threaded GEMMs (C_out slice x C_in/g) @ (C_in/g x tiles);
-    3. output transform A^T M A, + bias (+ relu), scattered into ``out`` with bounds
-       checks (partial tiles at the right/bottom edges).
+    3. output transform A^T M A, + bias (+ relu), stored into ``out`` clipped to the
+       image (partial tiles at the right/bottom edges).
 C_out is sliced only when there are too few tiles to give each thread a block
 (deep layers on small images): then each thread reads only its slice of U, the big
 operand there (alpha^2 * C_out * C_in/g, 64 MiB for 512 channels at F(6,3)).
-Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 7 * TB ints,
+Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 5 * TB ints,
 TB chosen from a per-thread byte budget (WORKSPACE_BYTES), independent of N.
-float32 with AVX-512 (module SIMD is True; int32 offsets must fit): the gather of
-phase 1 is one masked vpgatherdps per (i, j) tile element (padding lanes read 0), the
-scatter of phase 3 one masked vpscatterdps per (i, j) (relu as max(0, v)), and the GEMMs
-of phase 2 are our own 8-row x 48-column register-blocked kernel (wg_sgemm: V[a] is
-already the packed panel, U rows are contiguous in K; K sliced by 128 so the V panel
-stays in L1, next U row block prefetched), not BLAS sgemm (OpenBLAS re-packs U per
-call, ~45-55 GF/s at these shapes vs ~110-125 here). float64 keeps the scalar
-gather/scatter and BLAS dgemm. Tile blocks hold whole 16-tile chunks, dealt evenly.
+
+float32 runs entirely on the micro-kernels of the ISA it is given (``isa``, from
+``engine.isa``; ukernels/ukernels.h): winograd_f{m}x3_input / _output (AVX-512: masked
+gathers and scatters; AVX2 and baseline: row copies and clipped stores) and the
+packed-panel GEMM (sgemm_8x48__avx512f, sgemm_6x16__avx2_fma, sgemm_4x16__scalar: V[a]
+is already the [K][tiles] panel a BLAS would build and U's rows are contiguous in K,
+so nothing is re-packed per call, where OpenBLAS re-packs U on every call). No BLAS in
+the float32 path. float64 keeps the C transforms below and BLAS dgemm.
+Tile blocks hold whole 16-tile chunks, dealt evenly.
 """
 import numpy as np
 
@@ -55,27 +57,45 @@ from ._blas cimport gemm
 
 from .. import winograd_transforms as _wt
 
-# The hot loops live in winograd_simd.h (C with GCC vector extensions and AVX-512
-# intrinsics): one 16-lane vector per (i, j) element of the tile, 16 tiles side by
-# side, so every FMA is a full AVX-512 op whatever the auto-vectoriser decides.
-cdef extern from "winograd_simd.h":
-    int WG_SIMD
-    void wg_f_in_g(const float* xc, const int* off, const int* iy, const int* ix, int nl, int H, int W, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
-    void wg_f_out_s(const float* M, Py_ssize_t plane, const double* AT, float b, int relu, float* oc, const int* off, const int* oy, const int* ox, int nl, int OH, int OW, int m) noexcept nogil
-    void wg_sgemm(int Mr, int N, int K, const float* U, int ldu, const float* V, int ldv, float* C, int ldm) noexcept nogil
-    void wg_f_in(const float* d, const double* BT, float* V, Py_ssize_t plane, int alpha) noexcept nogil
-    void wg_d_in(const double* d, const double* BT, double* V, Py_ssize_t plane, int alpha) noexcept nogil
-    void wg_f_out(const float* M, Py_ssize_t plane, const double* AT, float b, float* o, int m) noexcept nogil
-    void wg_d_out(const double* M, Py_ssize_t plane, const double* AT, double b, double* o, int m) noexcept nogil
+from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, UK_ISA_COUNT
+
+# float64 tile transforms: the same 16-lane template the float32 micro-kernels use
+# (ukernels/winograd_transform.h), here on double vectors.
+cdef extern from *:
+    """
+    #include "ukernels/winograd_transform.h"
+    typedef double wg_v16d __attribute__((vector_size(128)));
+    WG_TRANSFORMS(wgd, double, wg_v16d)
+    static void wg_d_in(const double* d, double* V, ptrdiff_t plane, int alpha) {
+        switch (alpha) {
+            case 4: wgd_in_a(d, V, plane, 4); break;
+            case 6: wgd_in_a(d, V, plane, 6); break;
+            default: wgd_in_a(d, V, plane, 8); break;
+        }
+    }
+    static void wg_d_out(const double* M, ptrdiff_t plane, double b, double* o, int m) {
+        switch (m) {
+            case 2: wgd_out_a(M, plane, b, o, 2); break;
+            case 4: wgd_out_a(M, plane, b, o, 4); break;
+            default: wgd_out_a(M, plane, b, o, 6); break;
+        }
+    }
+    static const double* wg_matrix(int m, int which) {   /* which: 0 = A^T, 1 = B^T */
+        switch (m) {
+            case 2: return which ? WG_BT2 : WG_AT2;
+            case 4: return which ? WG_BT4 : WG_AT4;
+            default: return which ? WG_BT6 : WG_AT6;
+        }
+    }
+    """
+    void wg_d_in(const double* d, double* V, Py_ssize_t plane, int alpha) noexcept nogil
+    void wg_d_out(const double* M, Py_ssize_t plane, double b, double* o, int m) noexcept nogil
+    const double* wg_matrix(int m, int which) noexcept nogil
 
 
 cdef enum:
     VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
     MAXA = 8            # largest alpha (F(6,3))
-
-# A^T (m x alpha) and B^T (alpha x alpha) per variant, float64, row-major; index m//2-1.
-cdef double _AT[3][MAXA * MAXA]
-cdef double _BT[3][MAXA * MAXA]
 
 WORKSPACE_BYTES = 4 << 20     # per-thread V + M budget (bytes)
 MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out instead
@@ -83,33 +103,23 @@ MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out in
 _G = {}        # m -> G (float64), for transform_weight: derived once, not per call
 
 
-def _load_matrices():
-    for idx, m in enumerate((2, 4, 6)):
-        AT, G, BT = _wt.transform_matrices(m, 3)
-        _G[m] = G
-        alpha = m + 2
-        for i in range(m):
-            for j in range(alpha):
-                _AT[idx][i * alpha + j] = AT[i, j]
-        for i in range(alpha):
-            for j in range(alpha):
-                _BT[idx][i * alpha + j] = BT[i, j]
-
-
-_load_matrices()
+for _m in (2, 4, 6):
+    _G[_m] = _wt.transform_matrices(_m, 3)[1]
 
 
 def kernel_matrices(int m):
-    """(AT, BT) as baked into the kernel (float64 copies), for tests."""
-    cdef int idx = m // 2 - 1, alpha = m + 2, i, j
+    """(AT, BT) as compiled into the kernels (ukernels/winograd_matrices.h), for tests."""
+    cdef int alpha = m + 2, i, j
+    cdef const double* at = wg_matrix(m, 0)
+    cdef const double* bt = wg_matrix(m, 1)
     AT = np.empty((m, alpha))
     BT = np.empty((alpha, alpha))
     for i in range(m):
         for j in range(alpha):
-            AT[i, j] = _AT[idx][i * alpha + j]
+            AT[i, j] = at[i * alpha + j]
     for i in range(alpha):
         for j in range(alpha):
-            BT[i, j] = _BT[idx][i * alpha + j]
+            BT[i, j] = bt[i * alpha + j]
     return AT, BT
 
 
@@ -159,17 +169,18 @@ cdef void _weight_transform(const double[:, :, :, ::1] g, const double[:, ::1] G
                                                               + t[i][2] * G[j, 2])
 
 
-cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                       Py_ssize_t c, const int* tn, const int* ty, const int* tx, int nl,
-                       int alpha, const double* BT, floating* V, Py_ssize_t plane) noexcept nogil:
-    """V[xi*alpha+nu][lane] (plane stride ``plane``) = (B^T d B)[xi][nu] for nl <= 16 tiles.
+cdef void _input_chunk_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t c, const int* tn, const int* ty, const int* tx, int nl,
+                           int alpha, double* V, Py_ssize_t plane) noexcept nogil:
+    """V[xi*alpha+nu][lane] (plane stride ``plane``) = (B^T d B)[xi][nu] for nl <= 16 tiles
+    of channel c, float64 (float32 has its micro-kernels).
 
     ``ty``/``tx`` are the tiles' top-left input coordinates (padding already subtracted),
-    ``tn`` their image. Lanes >= nl are zero. Stack scratch: 2 * 64 * 16 elements (d, and t in the C helper).
+    ``tn`` their image. Lanes >= nl are zero. Stack scratch: 2 * 64 * 16 elements.
     """
-    cdef floating d[MAXA * MAXA * VL]      # d[i][j][lane]
-    cdef const floating* src
-    cdef const floating* row
+    cdef double d[MAXA * MAXA * VL]      # d[i][j][lane]
+    cdef const double* src
+    cdef const double* row
     cdef int l, i, j, k, y0, x0, yy, xx
     cdef int aa = alpha * alpha
     # gather: one tile per lane; fast path for tiles entirely inside the image
@@ -195,31 +206,23 @@ cdef void _input_chunk(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                         d[(i * alpha + j) * VL + l] = src[yy * W + xx]
                     else:
                         d[(i * alpha + j) * VL + l] = 0
-    # B^T d B, 16 tiles per vector op (in winograd_simd.h)
-    if floating is float:
-        wg_f_in(d, BT, V, plane, alpha)
-    else:
-        wg_d_in(d, BT, V, plane, alpha)
+    wg_d_in(d, V, plane, alpha)
 
 
-cdef void _output_chunk(const floating* M, Py_ssize_t plane, floating* out,
-                        Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t oc,
-                        const int* tn, const int* oy, const int* ox, int nl,
-                        int m, const double* AT, floating b, bint relu) noexcept nogil:
+cdef void _output_chunk_f64(const double* M, Py_ssize_t plane, double* out,
+                            Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t oc,
+                            const int* tn, const int* oy, const int* ox, int nl,
+                            int m, double b, bint relu) noexcept nogil:
     """out tiles (oc; 16 lanes) = A^T M A + b, relu; writes only in-bounds outputs.
 
     M[xi*alpha+nu][lane] with plane stride ``plane``; ``oy``/``ox`` are the tiles'
     top-left output coordinates. Stack scratch: (64 + 48 + 36) * 16 elements.
     """
-    cdef floating o[6 * 6 * VL]            # o[i][j][lane]
-    cdef floating* orow
-    cdef floating v
+    cdef double o[6 * 6 * VL]            # o[i][j][lane]
+    cdef double* orow
+    cdef double v
     cdef int l, i, j, hh, ww
-    # A^T M A + b, 16 tiles per vector op (in winograd_simd.h); relu at the store
-    if floating is float:
-        wg_f_out(M, plane, AT, b, o, m)
-    else:
-        wg_d_out(M, plane, AT, b, o, m)
+    wg_d_out(M, plane, b, o, m)
     for l in range(nl):
         orow = out + ((tn[l] * Cout + oc) * OH + oy[l]) * OW + ox[l]
         hh = OH - oy[l]
@@ -283,7 +286,7 @@ def _blocking(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U, bias,
                     floating[:, :, :, ::1] out, int m, int pad_top, int pad_left,
                     int groups, int num_threads, bint relu=False,
-                    Py_ssize_t tile_block=0):
+                    Py_ssize_t tile_block=0, isa=None):
     """out = conv2d(x, weight, bias, stride 1, dilation 1, zero padding) via F(m x m, 3 x 3).
 
     IN:  x[N][C_in][H][W]; U[alpha*alpha][C_out][C_in/groups] = transform_weight(w, m);
@@ -291,14 +294,18 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
          from out's shape: OH = H + pad_top + pad_bottom - 2).
     OUT: out[N][C_out][OH][OW], every element overwritten (+ bias, relu if asked).
     ``tile_block``: tiles per block (rounded up to a multiple of 16), 0 = automatic
-    (``choose_blocking``). The caller holds BLAS at one thread while this runs.
+    (``choose_blocking``). ``isa``: index of the micro-kernel ISA (engine.isa.NAMES)
+    for float32, default ``engine.isa.level()``. float64 calls BLAS, and the caller
+    holds BLAS at one thread while this runs. The image planes must keep their tile
+    offsets in 32 bits: (H + 8) * (W + 8) and (OH + 8) * (OW + 8) below 2^31
+    (``Winograd.why_not`` checks it).
 
     One OpenMP region; each thread, for each of its (tile block, C_out slice) items:
     input-transforms the block into its own V (skipped when the block is the one it
     just did), runs groups * alpha^2 single-threaded GEMMs into its own M, and
     output-transforms M into ``out``. No barrier between phases, so a descheduled
     thread on a busy machine stalls nobody but itself until the end.
-    Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 7 * TB ints,
+    Workspace per thread: alpha^2 * TB * (C_in + C_out slice) elements + 5 * TB ints,
     independent of N.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -310,12 +317,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef Py_ssize_t n_tiles = N * TH * TW
     cdef Py_ssize_t TB, ncb, cbs, nTB, w, MR
     cdef int nthr = num_threads if num_threads > 0 else 1
-    cdef bint simd = False
+    cdef const uk_kernels_t* uk = NULL
     cdef const floating* xp
     cdef const floating* Up
     cdef floating* outp
-    cdef const double* ATp = _AT[idx]
-    cdef const double* BTp = _BT[idx]
     cdef const floating[::1] bview
     cdef const floating* bp = NULL
     # thread-private (assigned inside the parallel block)
@@ -329,6 +334,15 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
         raise ValueError(f"m must be 2, 4 or 6, got {m}")
     if U.shape[0] != aa or U.shape[1] != Cout or U.shape[2] != Cig:
         raise ValueError(f"U has shape {(U.shape[0], U.shape[1], U.shape[2])}, expected {(aa, Cout, Cig)}")
+    if (H + 8) * (W + 8) >= (1 << 31) or (OH + 8) * (OW + 8) >= (1 << 31):
+        raise ValueError(f"winograd: planes of {H}x{W} -> {OH}x{OW} exceed the 32-bit tile offsets")
+    if floating is float:
+        if isa is None:
+            from .. import isa as _isa
+            isa = _isa.level()
+        uk = uk_kernels(isa) if 0 <= isa < UK_ISA_COUNT else NULL
+        if uk == NULL or isa > uk_cpu_isa():
+            raise ValueError(f"winograd: no micro-kernels for ISA index {isa!r} on this CPU")
     if n_tiles == 0 or Cout == 0:
         return
     if bias is not None:
@@ -341,13 +355,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     xp = &x[0, 0, 0, 0]
     Up = &U[0, 0, 0]
     outp = &out[0, 0, 0, 0]
-    # AVX-512 gather/scatter path (float32): int32 element offsets must not overflow
-    if floating is float:
-        simd = WG_SIMD != 0 and N * C * H * W < (1 << 31) - 4096 and N * Cout * OH * OW < (1 << 31) - 4096
     with nogil, parallel(num_threads=nthr):
         V = <floating*>malloc(aa * C * TB * sizeof(floating))
         Mw = <floating*>malloc(aa * MR * TB * sizeof(floating))
-        tinfo = <int*>malloc(7 * TB * sizeof(int))
+        tinfo = <int*>malloc(5 * TB * sizeof(int))
         state = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
         if state != NULL:
             state[0] = -1                  # tile block currently in V
@@ -359,14 +370,13 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
             else:
                 _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
                            C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
-                           groups, Cig, Cog, m, pad_top, pad_left, ATp, BTp, relu, simd, nTB)
+                           groups, Cig, Cog, m, pad_top, pad_left, relu, uk, nTB)
         free(V)
         free(Mw)
         free(tinfo)
         free(state)
     if failed:
         raise MemoryError("winograd: could not allocate the per-thread workspace")
-
 
 
 cdef void _work_item(const floating* x, const floating* U, const floating* bp, floating* out,
@@ -376,64 +386,53 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                      Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
                      Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
                      Py_ssize_t MR, int groups, Py_ssize_t Cig, Py_ssize_t Cog, int m,
-                     int pad_top, int pad_left, const double* AT, const double* BT,
-                     bint relu, bint simd, Py_ssize_t nTB) noexcept nogil:
-    """One (tile block tb, C_out slice cb) item on the calling thread's workspace."""
-    cdef int alpha = m + 2, aa = (m + 2) * (m + 2)
+                     int pad_top, int pad_left, bint relu, const uk_kernels_t* uk, Py_ssize_t nTB) noexcept nogil:
+    """One (tile block tb, C_out slice cb) item on the calling thread's workspace.
+    ``uk``: the float32 micro-kernels (unused for float64)."""
+    cdef int alpha = m + 2, aa = (m + 2) * (m + 2), idx = m // 2 - 1
     # block tb: 16-tile chunks [tb*nch/nTB, (tb+1)*nch/nTB), at most TB tiles
     cdef Py_ssize_t nch = (n_tiles + VL - 1) // VL
     cdef Py_ssize_t t0 = (tb * nch // nTB) * VL
     cdef Py_ssize_t nt = ((tb + 1) * nch // nTB) * VL - t0
-    cdef Py_ssize_t t, rem, c, ch, g, a, r, oc
+    cdef Py_ssize_t t, rem, c, ch, g, a, r, oc, lane0
     cdef Py_ssize_t nchunks, r0, r1
-    cdef int* tn = tinfo
-    cdef int* ty = tinfo + TB
+    cdef int* tn = tinfo                   # image of each tile
+    cdef int* ty = tinfo + TB              # top-left output row / column
     cdef int* tx = tinfo + 2 * TB
-    cdef int* siy = tinfo + 3 * TB         # simd path: input top-left (padding subtracted)
-    cdef int* six = tinfo + 4 * TB
-    cdef int* ioff = tinfo + 5 * TB        # input offset from the channel plane of image 0
-    cdef int* ooff = tinfo + 6 * TB        # output offset from the channel plane of image 0
-    cdef int iy[VL]
-    cdef int ix[VL]
-    cdef int l, nl
+    cdef int* iy = tinfo + 3 * TB          # top-left input row / column (padding subtracted)
+    cdef int* ix = tinfo + 4 * TB
+    cdef int nl
     cdef floating bval
     if nt > n_tiles - t0:
         nt = n_tiles - t0
     nchunks = (nt + VL - 1) // VL
     if state[0] != tb:
-        # tile -> (image, top-left output row/col)
-        for t in range(nt):
-            rem = t0 + t
-            tn[t] = <int>(rem // (TH * TW))
-            rem = rem % (TH * TW)
-            ty[t] = <int>((rem // TW) * m)
-            tx[t] = <int>((rem % TW) * m)
-        if simd:
-            for t in range(nchunks * VL):
-                if t < nt:
-                    siy[t] = ty[t] - pad_top
-                    six[t] = tx[t] - pad_left
-                    ioff[t] = <int>(tn[t] * C * H * W + siy[t] * W + six[t])
-                    ooff[t] = <int>(tn[t] * Cout * OH * OW + ty[t] * OW + tx[t])
-                else:
-                    tn[t] = ty[t] = tx[t] = siy[t] = six[t] = ioff[t] = ooff[t] = 0
+        # tile -> (image, top-left output row/col); whole chunks, lanes past nt zeroed
+        for t in range(nchunks * VL):
+            if t < nt:
+                rem = t0 + t
+                tn[t] = <int>(rem // (TH * TW))
+                rem = rem % (TH * TW)
+                ty[t] = <int>((rem // TW) * m)
+                tx[t] = <int>((rem % TW) * m)
+                iy[t] = ty[t] - pad_top
+                ix[t] = tx[t] - pad_left
+            else:
+                tn[t] = ty[t] = tx[t] = iy[t] = ix[t] = 0
         # 1. input transform of all C_in channels, 16 tiles at a time
         for ch in range(nchunks):
-            nl = <int>(nt - ch * VL)
+            lane0 = ch * VL
+            nl = <int>(nt - lane0)
             if nl > VL:
                 nl = VL
-            if floating is float:
-                if simd:
-                    for c in range(C):
-                        wg_f_in_g(x + c * H * W, ioff + ch * VL, siy + ch * VL, six + ch * VL,
-                                  nl, <int>H, <int>W, BT, V + c * TB + ch * VL, C * TB, alpha)
-                    continue
-            for l in range(nl):
-                iy[l] = ty[ch * VL + l] - pad_top
-                ix[l] = tx[ch * VL + l] - pad_left
             for c in range(C):
-                _input_chunk(x, C, H, W, c, tn + ch * VL, iy, ix, nl, alpha, BT,
-                             V + c * TB + ch * VL, C * TB)
+                if floating is float:
+                    uk.wg_input[idx](x + c * H * W, C * H * W, tn + lane0, iy + lane0,
+                                     ix + lane0, nl, <int>H, <int>W,
+                                     V + c * TB + lane0, C * TB)
+                else:
+                    _input_chunk_f64(x, C, H, W, c, tn + lane0, iy + lane0, ix + lane0, nl,
+                                     alpha, V + c * TB + lane0, C * TB)
         state[0] = tb
     # 2. GEMMs: M[a][g*cbs + i][t] = sum_k U[a][g*Cog + r0 + i][k] V[a][g*Cig + k][t]
     r0 = cb * cbs
@@ -443,34 +442,30 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
     for g in range(groups):
         for a in range(aa):
             if floating is float:
-                if simd:
-                    wg_sgemm(<int>(r1 - r0), <int>(nchunks * VL), <int>Cig,
-                             U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
-                             V + (a * C + g * Cig) * TB, <int>TB,
-                             Mw + (a * MR + g * cbs) * TB, <int>TB)
-                    continue
-            gemm(False, False, <int>(r1 - r0), <int>nt, <int>Cig, <floating>1.0,
-                 U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
-                 V + (a * C + g * Cig) * TB, <int>TB, <floating>0.0,
-                 Mw + (a * MR + g * cbs) * TB, <int>TB)
+                uk.sgemm(<int>(r1 - r0), <int>(nchunks * VL), <int>Cig,
+                         U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
+                         V + (a * C + g * Cig) * TB, <int>TB,
+                         Mw + (a * MR + g * cbs) * TB, <int>TB, 0)
+            else:
+                gemm(False, False, <int>(r1 - r0), <int>nt, <int>Cig, <floating>1.0,
+                     U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
+                     V + (a * C + g * Cig) * TB, <int>TB, <floating>0.0,
+                     Mw + (a * MR + g * cbs) * TB, <int>TB)
     # 3. output transform + bias + relu into out
     for g in range(groups):
         for r in range(r0, r1):
             oc = g * Cog + r
             bval = bp[oc] if bp != NULL else 0
             for ch in range(nchunks):
-                nl = <int>(nt - ch * VL)
+                lane0 = ch * VL
+                nl = <int>(nt - lane0)
                 if nl > VL:
                     nl = VL
                 if floating is float:
-                    if simd:
-                        wg_f_out_s(Mw + (g * cbs + r - r0) * TB + ch * VL, MR * TB, AT, bval,
-                                   relu, out + oc * OH * OW, ooff + ch * VL, ty + ch * VL,
-                                   tx + ch * VL, nl, <int>OH, <int>OW, m)
-                        continue
-                _output_chunk(Mw + (g * cbs + r - r0) * TB + ch * VL, MR * TB, out,
-                              Cout, OH, OW, oc, tn + ch * VL, ty + ch * VL, tx + ch * VL,
-                              nl, m, AT, bval, relu)
-
-
-SIMD = bool(WG_SIMD)    # AVX-512 gather/scatter path compiled in (float32)
+                    uk.wg_output[idx](Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, bval,
+                                      relu, out + oc * OH * OW, Cout * OH * OW, tn + lane0,
+                                      ty + lane0, tx + lane0, nl, <int>OH, <int>OW)
+                else:
+                    _output_chunk_f64(Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, out,
+                                      Cout, OH, OW, oc, tn + lane0, ty + lane0, tx + lane0,
+                                      nl, m, bval, relu)

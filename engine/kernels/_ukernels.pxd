@@ -1,0 +1,34 @@
+# cython: language_level=3
+"""The micro-kernel table (ukernels/ukernels.h) as Cython sees it: cimported by every
+kernel module that runs micro-kernels (setup.py links the per-ISA objects into it)."""
+
+cdef extern from "ukernels/ukernels.h" nogil:
+    enum:
+        UK_ISA_BASELINE
+        UK_ISA_AVX2
+        UK_ISA_AVX512
+        UK_ISA_COUNT
+        UK_WG_LANES
+    ctypedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
+                                      const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
+    ctypedef void (*uk_sgemm_fn)(int M, int N, int K, const float* A, int lda,
+                                 const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
+    ctypedef void (*uk_wg_input_fn)(const float* x, Py_ssize_t img_stride, const int* tn,
+                                    const int* iy, const int* ix, int nl, int H, int W,
+                                    float* V, Py_ssize_t plane) noexcept nogil
+    ctypedef void (*uk_wg_output_fn)(const float* M, Py_ssize_t plane, float bias, int relu, float* out, Py_ssize_t img_stride,
+                                     const int* tn, const int* oy, const int* ox, int nl,
+                                     int OH, int OW) noexcept nogil
+    ctypedef struct uk_kernels_t:
+        const char* isa
+        int sgemm_mr
+        int sgemm_nr
+        const char* sgemm_name
+        uk_sgemm_tile_fn sgemm_tile
+        uk_sgemm_fn sgemm
+        const char* wg_name
+        uk_wg_input_fn wg_input[3]
+        uk_wg_output_fn wg_output[3]
+
+    int uk_cpu_isa() noexcept
+    const uk_kernels_t* uk_kernels(int isa) noexcept

@@ -1,0 +1,84 @@
+# cython: language_level=3
+"""Python face of the micro-kernel layer (ukernels/): what the CPU supports, each ISA's
+kernel names and register tiles, and the GEMM kernels callable on numpy arrays (for
+their tests, tests/test_ukernels.py, and for benchmarks).
+
+Which ISA the engine runs is decided in ``engine.isa``; this module only reports and
+runs what it is told to.
+"""
+import numpy as np
+
+from ._ukernels cimport uk_cpu_isa, uk_kernels, uk_kernels_t, UK_ISA_COUNT
+
+ISA_NAMES = ("baseline", "avx2", "avx512")
+assert len(ISA_NAMES) == UK_ISA_COUNT
+
+
+def cpu_isa():
+    """Index into ISA_NAMES of the best ISA this CPU and OS support (cpuid)."""
+    return uk_cpu_isa()
+
+
+def compiled():
+    """Indices of the ISAs this build has kernels for (all three on x86-64)."""
+    return [i for i in range(UK_ISA_COUNT) if uk_kernels(i) != NULL]
+
+
+def kernel_info(int isa):
+    """Names and register tile of ISA ``isa``'s kernels (a dict)."""
+    cdef const uk_kernels_t* t = _table(isa)
+    return {"isa": t.isa.decode(), "sgemm": t.sgemm_name.decode(),
+            "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "winograd": t.wg_name.decode()}
+
+
+cdef const uk_kernels_t* _table(int isa) except NULL:
+    if not 0 <= isa < UK_ISA_COUNT or uk_kernels(isa) == NULL:
+        raise ValueError(f"no micro-kernels for ISA index {isa} in this build "
+                         f"(compiled: {[ISA_NAMES[i] for i in compiled()]})")
+    if isa > uk_cpu_isa():
+        raise ValueError(f"this CPU cannot run {ISA_NAMES[isa]} kernels "
+                         f"(it supports up to {ISA_NAMES[uk_cpu_isa()]})")
+    return uk_kernels(isa)
+
+
+def sgemm(int isa, A, B, C, bint accumulate=False, bint tile=False):
+    """C = A @ B (+ C when ``accumulate``) on ISA ``isa``'s float32 GEMM, in place.
+
+    A[M][K], B[K][N], C[M][N]: float32, rows contiguous (any row stride). With ``tile``
+    the register-tile kernel is called directly, so M <= MR and N <= NR of that ISA's
+    tile; otherwise the blocked driver (any sizes).
+    """
+    cdef const uk_kernels_t* t = _table(isa)
+    cdef const float[:, :] a = _rows(A, "A")
+    cdef const float[:, :] b = _rows(B, "B")
+    cdef float[:, :] c = _rows(C, "C", writeable=True)
+    cdef int M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
+        raise ValueError(f"sgemm: shapes A{tuple(A.shape)} B{tuple(B.shape)} C{tuple(C.shape)} "
+                         f"do not form C[M][N] = A[M][K] @ B[K][N]")
+    if tile and not (1 <= M <= t.sgemm_mr and 1 <= N <= t.sgemm_nr):
+        raise ValueError(f"sgemm tile {t.sgemm_name.decode()} takes 1..{t.sgemm_mr} rows and "
+                         f"1..{t.sgemm_nr} columns, got {M}x{N}")
+    if M == 0 or N == 0:
+        return C
+    cdef const float* pa = &a[0, 0] if K > 0 else NULL
+    cdef const float* pb = &b[0, 0] if K > 0 else NULL
+    cdef int lda = a.strides[0] // 4 if K > 0 else 1
+    cdef int ldb = b.strides[0] // 4 if K > 0 else N
+    cdef int ldc = c.strides[0] // 4
+    with nogil:
+        if tile:
+            t.sgemm_tile(M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc, accumulate)
+        else:
+            t.sgemm(M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc, accumulate)
+    return C
+
+
+def _rows(arr, name, writeable=False):
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 2:
+        raise TypeError(f"sgemm: {name} must be a 2-D float32 ndarray")
+    if arr.size and (arr.shape[1] > 1 and arr.strides[1] != 4 or arr.strides[0] % 4):
+        raise ValueError(f"sgemm: {name}'s rows must be contiguous")
+    if writeable and not arr.flags.writeable:
+        raise ValueError(f"sgemm: {name} must be writeable")
+    return arr

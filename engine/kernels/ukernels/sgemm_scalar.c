@@ -1,0 +1,53 @@
+/* sgemm_4x16__scalar: the portable float32 GEMM tile (plain C), and its driver.
+ *
+ *   C[mr][nr] (ldc) = A[mr][k] (lda) @ B[k][nr] (ldb)  (+ C when acc)
+ * Correct on every CPU: compiled with the build's portable flags only; GCC vector
+ * extensions map each 16-column row onto whatever the baseline has (4 xmm with SSE on
+ * x86-64, 4 q registers with NEON). 4 x 16 accumulators = 16 xmm registers.
+ */
+#include "ukernels.h"
+#include "sgemm_driver.h"
+
+typedef float uk_v16 __attribute__((vector_size(64)));
+
+/* R rows (a compile-time constant once inlined) x 16 columns, one 16-float vector per
+   row (4 xmm with SSE2): the compiler keeps the accumulators in registers. Columns
+   past nr are staged through a zero-padded copy, so the vector loads stay in bounds. */
+static inline __attribute__((always_inline)) void tile_4x16(
+        int nr, int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+        int acc, const int R) {
+    uk_v16 t[4];
+    for (int r = 0; r < R; r++) {
+        float row[16] = {0};
+        if (acc) for (int c = 0; c < nr; c++) row[c] = C[(ptrdiff_t)r * ldc + c];
+        __builtin_memcpy(&t[r], row, sizeof(uk_v16));
+    }
+    for (int p = 0; p < k; p++) {
+        uk_v16 b;
+        if (nr == 16) {
+            __builtin_memcpy(&b, B + (ptrdiff_t)p * ldb, sizeof(uk_v16));
+        } else {
+            float row[16] = {0};
+            for (int c = 0; c < nr; c++) row[c] = B[(ptrdiff_t)p * ldb + c];
+            __builtin_memcpy(&b, row, sizeof(uk_v16));
+        }
+        for (int r = 0; r < R; r++) t[r] += A[(ptrdiff_t)r * lda + p] * b;
+    }
+    for (int r = 0; r < R; r++) {
+        float row[16];
+        __builtin_memcpy(row, &t[r], sizeof(uk_v16));
+        for (int c = 0; c < nr; c++) C[(ptrdiff_t)r * ldc + c] = row[c];
+    }
+}
+
+UK_API void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
+                               const float* B, int ldb, float* C, int ldc, int acc) {
+    switch (mr) {
+        case 1: tile_4x16(nr, k, A, lda, B, ldb, C, ldc, acc, 1); break;
+        case 2: tile_4x16(nr, k, A, lda, B, ldb, C, ldc, acc, 2); break;
+        case 3: tile_4x16(nr, k, A, lda, B, ldb, C, ldc, acc, 3); break;
+        default: tile_4x16(nr, k, A, lda, B, ldb, C, ldc, acc, 4); break;
+    }
+}
+
+UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, 256)
