@@ -242,17 +242,10 @@ class Module:
         """Write ``state_dict()`` to the ``.npz`` file ``path`` (uncompressed)."""
         np.savez(os.fspath(path), **{k: np.asarray(v) for k, v in self.state_dict().items()})
 
-    def load_npz(self, path, strict=True):
-        """Load a ``.npz`` written by ``save_npz`` (or by numpy.savez from a PyTorch
-        state_dict) through ``load_state_dict``; returns self.
-
-        Every member's shape and dtype are read from its ``.npy`` header first, and
-        unexpected or missing keys (with ``strict``), wrong shapes, non-numeric dtypes
-        and members whose size disagrees with their header are a ValueError naming the
-        key before anything is decompressed or loaded."""
-        path = os.fspath(path)
+    def _check_npz(self, path, headers, strict, op):
+        """ValueError, before any data is read, unless ``headers`` ({key: (shape,
+        dtype)}, from ``npz_headers``) fit this model; returns {key: expected shape}."""
         expected = {k: np.shape(v) for k, v in self.state_dict().items()}
-        headers = npz_headers(path)
         problems = []
         unexpected = [k for k in headers if k not in expected]
         missing = [k for k in expected if k not in headers]
@@ -266,8 +259,20 @@ class Module:
         if strict and missing:
             problems.append("missing keys: " + ", ".join(missing))
         if problems:
-            raise ValueError(f"load_npz {path} into {type(self).__name__}: " + "; ".join(problems)
+            raise ValueError(f"{op} {path} into {type(self).__name__}: " + "; ".join(problems)
                              + "; nothing was loaded")
+        return expected
+
+    def load_npz(self, path, strict=True):
+        """Load a ``.npz`` written by ``save_npz`` (or by numpy.savez from a PyTorch
+        state_dict) through ``load_state_dict``; returns self.
+
+        Every member's shape and dtype are read from its ``.npy`` header first, and
+        unexpected or missing keys (with ``strict``), wrong shapes, non-numeric dtypes
+        and members whose size disagrees with their header are a ValueError naming the
+        key before anything is decompressed or loaded."""
+        path = os.fspath(path)
+        expected = self._check_npz(path, npz_headers(path), strict, "load_npz")
         with np.load(path, allow_pickle=False) as data:
             self.load_state_dict({k: data[k] for k in data.files if k in expected}, strict=strict)
         return self
@@ -286,7 +291,12 @@ class Module:
         with ``strict=False`` the matching keys load. Returns (missing_keys,
         unexpected_keys) as ``load_state_dict`` does.
         """
-        from .weights import load_weights, remap_keys
+        from .weights import detect_format, load_weights, remap_keys
+        if key is None and detect_format(path) == "npz":
+            # shapes and dtypes from the members' headers first: nothing is decompressed
+            # for a file that cannot fit (a small .npz can hold a huge array)
+            self._check_npz(os.fspath(path), remap_keys(npz_headers(path), prefix=prefix,
+                                                        rename=rename), strict, "load")
         weights = remap_keys(load_weights(path, key=key), prefix=prefix, rename=rename)
         try:
             return self.load_state_dict(weights, strict=strict)

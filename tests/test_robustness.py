@@ -250,11 +250,13 @@ def test_load_npz_checks_headers_before_decompressing(tmp_path):
     sd["0.weight"] = np.zeros((2**26,), np.float32)
     np.savez_compressed(bomb, **sd)
     assert bomb.stat().st_size < 1 << 20
-    growth = _peak_rss_growth_mb(
-        "import sys; sys.path.insert(0, 'tests'); from test_robustness import _net\n"
-        f"try:\n    _net().load_npz({str(bomb)!r})\nexcept ValueError as e:\n"
-        "    assert '0.weight: expected shape (4, 3, 3, 3), got (67108864,)' in str(e), e")
-    assert growth < 100
+    for method in ("load_npz", "load"):
+        growth = _peak_rss_growth_mb(
+            "import sys; sys.path.insert(0, 'tests'); from test_robustness import _net\n"
+            f"try:\n    _net().{method}({str(bomb)!r})\n    raise SystemExit('loaded')\n"
+            "except ValueError as e:\n"
+            "    assert '0.weight: expected shape (4, 3, 3, 3), got (67108864,)' in str(e), e")
+        assert growth < 100, method
     extra = tmp_path / "extra.npz"
     np.savez(extra, **{**{k: np.asarray(v) for k, v in net.state_dict().items()}, "spare": np.ones(3)})
     with pytest.raises(ValueError, match="unexpected keys: spare"):
