@@ -37,8 +37,9 @@ def run(body, tmp_path, timeout=20):
     script = tmp_path / "scenario.py"
     script.write_text(PRELUDE + "\nif __name__ == '__main__':\n"
                       + textwrap.indent(textwrap.dedent(body), "    "))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}   # (Dask sets it)
     proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "CONVTUNE_PLAN": "none"})
+                          timeout=timeout, env={**env, "CONVTUNE_PLAN": "none"})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
