@@ -961,7 +961,7 @@ def move_aside(path):
 
 
 def write_entries(path, entries, *, force=False, prefer_new=False, hardware=None, on_move=None,
-                  on_wait=None):
+                  on_wait=None, lock_timeout=None):
     """Merge ``entries`` (entry dicts) into the plan at ``path``, atomically, under a lock.
 
     The file is re-read under the lock, so entries another process wrote meanwhile are
@@ -972,7 +972,7 @@ def write_entries(path, entries, *, force=False, prefer_new=False, hardware=None
     fingerprint to record (default: this machine's; ``merge`` passes the inputs').
     A symlink is resolved once: the lock and the replacement are the target's. A lock
     held by another process is waited for (``on_wait(message)`` says for whom) up to
-    ``lock_timeout()`` s, then PlanLockTimeout (a PlanError).
+    ``lock_timeout`` s (default ``lock_timeout()``), then PlanLockTimeout (a PlanError).
     Returns the number of entries in the file afterwards."""
     path = os.path.realpath(os.fspath(path))
     hardware = hardware_fingerprint() if hardware is None else hardware
@@ -986,7 +986,8 @@ def write_entries(path, entries, *, force=False, prefer_new=False, hardware=None
             raise PlanError(f"cannot write {path}: it is not a regular file; it was left "
                             f"untouched. Choose another file with --plan.")
     try:
-        return _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait)
+        return _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait,
+                             lock_timeout)
     except PlanError:
         raise
     except OSError as e:      # a read-only directory, a full disk: one clear sentence
@@ -995,9 +996,9 @@ def write_entries(path, entries, *, force=False, prefer_new=False, hardware=None
                         f"changed") from None
 
 
-def _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait):
+def _write_locked(path, entries, force, prefer_new, hardware, on_move, on_wait, timeout):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with _Lock(path, on_wait=on_wait):
+    with _Lock(path, timeout=timeout, on_wait=on_wait):
         plan = read_plan(path, hardware)
         if plan.status == "unreadable":    # never moved aside: it may be a device or FIFO
             raise PlanError(f"cannot write {path}: it cannot be read ({plan.reason}); "

@@ -420,7 +420,11 @@ def test_held_lock_says_for_whom_and_times_out(tmp_path, cfg):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"held by pid {os.getpid()}" in r.stderr and "waiting up to 1 s" in r.stderr
     assert "gave up after 1 s" in r.stderr and len(r.stderr.strip().splitlines()) == 2
-    assert run("tune", c, "--plan", path, "--level", "estimate").returncode == 0  # released
+    side = [f for f in os.listdir(tmp_path) if f.startswith("plan.json.pending-") and f.endswith(".json")]
+    assert len(side) == 1 and f"convtune merge {path} {tmp_path / side[0]}" in r.stderr
+    assert len(entries(tmp_path / side[0])) == 1                      # the shape is not lost
+    assert run("merge", path, tmp_path / side[0]).returncode == 0        # released
+    assert len(entries(path)) == 1
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, cfg):

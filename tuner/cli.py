@@ -202,6 +202,19 @@ def _load_configs(paths, batch=None, dtype=None, args=None):
         return None
 
 
+def _keep_aside(P, path, entry, error):
+    """After a lock timeout, keep the measurement just made in a plan of its own beside
+    ``path`` (no tuned shape is lost); the text to add to the error."""
+    if not isinstance(error, P.PlanLockTimeout):
+        return ""
+    side = f"{path}.pending-{os.getpid()}.json"
+    try:
+        P.write_entries(side, [entry], lock_timeout=0)
+    except (P.PlanError, OSError):
+        return ""
+    return f", and this one in {side} (convtune merge {path} {side})"
+
+
 def _say_waiting(message):
     print(f"convtune: {message}", file=sys.stderr, flush=True)
 
@@ -336,8 +349,8 @@ def cmd_tune(args):
                 try:
                     P.write_entries(path, [entry], prefer_new=args.force, on_wait=_say_waiting)
                 except P.PlanError as e:
-                    _err(f"{e}. {written} shape(s) tuned earlier are kept in {path}; "
-                         f"re-run to tune the rest")
+                    _err(f"{e}. {written} shape(s) tuned earlier are kept in {path}"
+                         f"{_keep_aside(P, path, entry, e)}; re-run to tune the rest")
                     return EXIT_USAGE
                 written += 1
                 chosen = entry["candidates"][0] if entry.get("candidates") else {}
