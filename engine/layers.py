@@ -12,6 +12,7 @@ the layer's back: to change weights, assign a new array.
 ``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
 """
+import functools
 import math
 import numbers
 
@@ -22,10 +23,12 @@ from . import dispatch as _dispatch
 from . import functional as F
 from . import plan as _plan
 from . import shapes as _shapes
-from .module import Module
+from .module import Module, read_only
 from .threads import blas_single_threaded, get_num_threads
 
 _default_rng = np.random.default_rng()
+# Input shapes whose (params, choice) a Conv2d keeps; least recently used dropped.
+RESOLVED_CACHE_SIZE = 256
 
 
 def manual_seed(seed):
@@ -43,15 +46,14 @@ def _rng(seed):
 
 
 def _frozen(array, dtype, shape, name, op="Conv2d"):
-    """A private read-only C-contiguous copy of ``array`` with the expected shape, in
+    """A private read-only C-contiguous copy of ``array`` with the expected shape (a
+    view whose WRITEABLE flag cannot be set again, ``module.read_only``), in
     the layer's dtype (float32 weights load into a float64 layer and back, as
     ``load_state_dict`` does in PyTorch)."""
     _shapes.float_dtype(array, name, op)
     if array.shape != shape:
         raise ValueError(f"{op}: {name} must have shape {shape}, got {array.shape}")
-    out = np.array(array, dtype=dtype, order="C", copy=True)
-    out.flags.writeable = False
-    return out
+    return read_only(np.array(array, dtype=dtype, order="C", copy=True))
 
 
 def _check_init(init, op):
@@ -93,10 +95,19 @@ class _WeightAndBias(Module):
             state["bias"] = self._bias
         return state
 
-    def _load_own(self, name, value):
+    def _convert_own(self, name, value):
         if name not in ("weight", "bias"):
             raise KeyError(name)
-        setattr(self, name, np.asarray(value, dtype=self.dtype))
+        shape = self._weight_shape if name == "weight" else self._weight_shape[:1]
+        return _frozen(np.asarray(value, dtype=self.dtype), self.dtype, shape, name,
+                       type(self).__name__)
+
+    def _load_own(self, name, value):
+        if name == "weight":
+            self._weight = value        # already frozen by _convert_own
+            self._weight_changed()
+        else:
+            self._bias = value
 
 
 class Conv2d(_WeightAndBias):
@@ -146,7 +157,7 @@ class Conv2d(_WeightAndBias):
             _registry.get(algorithm)
         self.algorithm = algorithm
         self.fused_relu = False
-        self._resolved = {}
+        self._resolved = None          # set by _resolve (its generation check)
         self._plan_generation = None
 
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -161,8 +172,9 @@ class Conv2d(_WeightAndBias):
             self.weight = np.zeros(shape, self.dtype)
             self.bias = np.zeros(out_channels, self.dtype) if bias else None
 
-    # Caches of derived state, rebuilt on demand (a deep copy starts them empty).
-    _CACHES = ("_prepared", "_resolved")
+    # Caches of derived state, rebuilt on demand (a deep copy or an unpickled layer
+    # starts them empty; an empty _plan_generation makes _resolve build a new resolver).
+    _CACHES = ("_prepared", "_resolved", "_plan_generation")
 
     @property
     def _weight_shape(self):
@@ -177,17 +189,18 @@ class Conv2d(_WeightAndBias):
                                    self.dilation, self.groups, self.padding_mode, str(self.dtype))
 
     def _resolve(self, input_shape, threads):
-        """(ConvParams, Choice) for this input shape, resolved once and cached."""
+        """(ConvParams, Choice) for this input shape, resolved once and cached (the
+        RESOLVED_CACHE_SIZE most recently used shapes: functools' C LRU, so a hit
+        costs what a dict look-up did)."""
         generation = _plan.generation()
         if generation != self._plan_generation:   # another plan: every choice is stale
-            self._resolved, self._plan_generation = {}, generation
-        key = (tuple(input_shape), threads, self.algorithm)
-        cached = self._resolved.get(key)
-        if cached is None:
-            p = self._params(input_shape)
-            cached = (p, _dispatch.choose(p, self.algorithm, threads))
-            self._resolved[key] = cached
-        return cached
+            self._resolved = functools.lru_cache(RESOLVED_CACHE_SIZE)(self._resolve_uncached)
+            self._plan_generation = generation
+        return self._resolved(tuple(input_shape), threads, self.algorithm)
+
+    def _resolve_uncached(self, input_shape, threads, algorithm):
+        p = self._params(input_shape)
+        return p, _dispatch.choose(p, algorithm, threads)
 
     def prepared_weight(self, algorithm, p):
         """The weights as ``algorithm`` consumes them, computed once per weights."""
@@ -472,9 +485,12 @@ class BatchNorm2d(Module):
     def _own_state(self):
         return {k: getattr(self, k) for k in self._STATE if getattr(self, k) is not None}
 
-    def _load_own(self, name, value):
+    def _convert_own(self, name, value):
         dtype = np.int64 if name == "num_batches_tracked" else self.dtype
-        setattr(self, name, np.array(value, dtype=dtype))
+        return np.array(value, dtype=dtype)
+
+    def _load_own(self, name, value):
+        setattr(self, name, value)
 
     def scale_shift(self, x=None):
         """(scale, shift), float64 per channel, so that BN(x) = x * scale + shift.

@@ -6,9 +6,10 @@ write ``forward``; the sublayers are registered in assignment order, so
 them with PyTorch's dotted key names (``layer1.0.conv1.weight``).
 
 Parameters and buffers are numpy arrays. A layer declares them by overriding
-``_own_state`` (name -> array, in PyTorch's order) and ``_load_own`` (set one from an
-array already checked for shape), so each layer keeps its own invariants (e.g.
-``Conv2d`` freezes its weights and drops its cached transformed weights).
+``_own_state`` (name -> array, in PyTorch's order), ``_convert_own`` (the value it would
+store, or an error; nothing changes) and ``_load_own`` (store a converted value), so
+each layer keeps its own invariants (e.g. ``Conv2d`` freezes its weights and drops its
+cached transformed weights) and ``load_state_dict`` is all or nothing.
 
 Saving: ``model.save_npz(path)`` writes ``state_dict()`` to an ``.npz`` file;
 ``model.load_npz(path)`` reads one back. ``model.load(path)`` reads any weights file
@@ -22,6 +23,7 @@ identity).
 """
 import copy
 import os
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -164,8 +166,13 @@ class Module:
         """This module's own parameters and buffers: an ordered {name: array}."""
         return OrderedDict()
 
+    def _convert_own(self, name, value):
+        """``value`` (shape already checked) as own parameter/buffer ``name`` would hold
+        it; raise TypeError/ValueError if it cannot. Changes nothing."""
+        raise KeyError(name)
+
     def _load_own(self, name, value):
-        """Set own parameter/buffer ``name`` from ``value`` (shape already checked)."""
+        """Store ``value``, a result of ``_convert_own(name, ...)``."""
         raise KeyError(name)
 
     def state_dict(self):
@@ -217,7 +224,16 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + ". ".join(problems))
+        # All or nothing: every value is converted (dtype, checks) before any is stored.
+        converted = {}
         for key, value in arrays.items():
+            m, name, _ = owners[key]
+            try:
+                converted[key] = m._convert_own(name, value)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise type(e)(f"load_state_dict into {type(self).__name__}: {key}: {e}; "
+                              f"nothing was loaded") from None
+        for key, value in converted.items():
             m, name, _ = owners[key]
             m._load_own(name, value)
         return missing, unexpected
@@ -226,11 +242,39 @@ class Module:
         """Write ``state_dict()`` to the ``.npz`` file ``path`` (uncompressed)."""
         np.savez(os.fspath(path), **{k: np.asarray(v) for k, v in self.state_dict().items()})
 
+    def _check_npz(self, path, headers, strict, op):
+        """ValueError, before any data is read, unless ``headers`` ({key: (shape,
+        dtype)}, from ``npz_headers``) fit this model; returns {key: expected shape}."""
+        expected = {k: np.shape(v) for k, v in self.state_dict().items()}
+        problems = []
+        unexpected = [k for k in headers if k not in expected]
+        missing = [k for k in expected if k not in headers]
+        for key, (shape, dtype) in headers.items():
+            if key in expected and shape != expected[key]:
+                problems.append(f"{key}: expected shape {expected[key]}, got {shape}")
+            elif dtype.kind not in "biuf":
+                problems.append(f"{key}: dtype {dtype} is not a real number type")
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if problems:
+            raise ValueError(f"{op} {path} into {type(self).__name__}: " + "; ".join(problems)
+                             + "; nothing was loaded")
+        return expected
+
     def load_npz(self, path, strict=True):
         """Load a ``.npz`` written by ``save_npz`` (or by numpy.savez from a PyTorch
-        state_dict) through ``load_state_dict``; returns self."""
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
+        state_dict) through ``load_state_dict``; returns self.
+
+        Every member's shape and dtype are read from its ``.npy`` header first, and
+        unexpected or missing keys (with ``strict``), wrong shapes, non-numeric dtypes
+        and members whose size disagrees with their header are a ValueError naming the
+        key before anything is decompressed or loaded."""
+        path = os.fspath(path)
+        expected = self._check_npz(path, npz_headers(path), strict, "load_npz")
+        with np.load(path, allow_pickle=False) as data:
+            self.load_state_dict({k: data[k] for k in data.files if k in expected}, strict=strict)
         return self
 
     def load(self, path, strict=True, *, key=None, prefix=None, rename=None):
@@ -247,7 +291,12 @@ class Module:
         with ``strict=False`` the matching keys load. Returns (missing_keys,
         unexpected_keys) as ``load_state_dict`` does.
         """
-        from .weights import load_weights, remap_keys
+        from .weights import detect_format, load_weights, remap_keys
+        if key is None and detect_format(path) == "npz":
+            # shapes and dtypes from the members' headers first: nothing is decompressed
+            # for a file that cannot fit (a small .npz can hold a huge array)
+            self._check_npz(os.fspath(path), remap_keys(npz_headers(path), prefix=prefix,
+                                                        rename=rename), strict, "load")
         weights = remap_keys(load_weights(path, key=key), prefix=prefix, rename=rename)
         try:
             return self.load_state_dict(weights, strict=strict)
@@ -257,7 +306,8 @@ class Module:
                 hint = " (every key in the file starts with 'module.': pass prefix='module.')"
             raise ValueError(f"{os.fspath(path)}: {e}{hint}") from None
 
-    # Names of per-instance caches of derived state: a deep copy starts them empty.
+    # Names of per-instance caches of derived state (prepared weights, resolved
+    # choices): a deep copy or an unpickled module starts them empty.
     _CACHES = ()
 
     def __deepcopy__(self, memo):
@@ -266,13 +316,30 @@ class Module:
         memo[id(self)] = new
         for k, v in self.__dict__.items():
             if k in self._CACHES:
-                object.__setattr__(new, k, {})
+                object.__setattr__(new, k, v.empty_copy() if hasattr(v, "empty_copy") else {})
                 continue
             c = copy.deepcopy(v, memo)
             if isinstance(v, np.ndarray) and not v.flags.writeable:
-                c.flags.writeable = False
+                c = read_only(c)
             object.__setattr__(new, k, c)
         return new
+
+    def __getstate__(self):
+        # Pickle drops the caches (derived, and machine-specific) and records which
+        # arrays were read-only: numpy unpickles every array writeable, and a writeable
+        # weight could be edited in place behind its prepared (e.g. Winograd) form.
+        state = {k: ((v.empty_copy() if hasattr(v, "empty_copy") else {}) if k in self._CACHES else v)
+                 for k, v in self.__dict__.items()}
+        frozen = [k for k, v in state.items() if isinstance(v, np.ndarray) and not v.flags.writeable]
+        return {"state": state, "read_only": frozen}
+
+    def __setstate__(self, pickled):
+        if not (isinstance(pickled, dict) and set(pickled) == {"state", "read_only"}):
+            pickled = {"state": pickled, "read_only": []}   # a pickle from before
+        for k, v in pickled["state"].items():
+            if k in pickled["read_only"] and isinstance(v, np.ndarray):
+                v = read_only(v)
+            object.__setattr__(self, k, v)
 
     # ----------------------------------------------------------------------- fusion
     def _fuse(self):
@@ -299,6 +366,51 @@ class Module:
             body = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def npz_headers(path):
+    """{key: (shape, dtype)} of the arrays in the ``.npz`` at ``path``, read from each
+    member's ``.npy`` header without decompressing the data. ValueError naming the
+    member when it is not a plain ``.npy`` or its stored size disagrees with its header."""
+    out = {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"load_npz: {path} is not a readable .npz ({e})") from None
+    with zf:
+        for info in zf.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            try:
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    shape, fortran, dtype = read_header(f, max_header_size=10000)
+                    header_len = f.tell()
+            except Exception as e:
+                raise ValueError(f"load_npz: {path}: member {key!r} is not a .npy array ({e})") from None
+            if dtype.hasobject:
+                raise ValueError(f"load_npz: {path}: {key}: object arrays are not loaded")
+            data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if info.file_size != header_len + data_bytes:
+                raise ValueError(f"load_npz: {path}: {key}: the header says {shape} {dtype} "
+                                 f"({data_bytes} bytes) but the member holds "
+                                 f"{info.file_size - header_len}")
+            out[key] = (tuple(shape), dtype)
+    return out
+
+
+def read_only(array):
+    """``array``'s data behind a read-only view of a read-only array: the view's
+    WRITEABLE flag cannot be turned back on (numpy refuses while its base is read-only),
+    so ``layer.weight[...] = v`` raises instead of silently bypassing the caches built
+    from the weights."""
+    array.flags.writeable = False
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _to_numpy(value, key):

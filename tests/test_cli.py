@@ -339,3 +339,160 @@ def test_exhaustive_searches_kernel_params(tmp_path, cfg):
     assert ("im2col", "{}") in tried
     best = min((c for c in conv["candidates"] if c["status"] == "ok"), key=lambda c: c["median_s"])
     assert (conv["algorithm"], conv["params"]) == (best["algorithm"], best["params"])
+
+
+# ------------------------------------------------- hostile plan files, locks, links
+POOL_ONLY = {**TINY, "layers": TINY["layers"][1:]}
+
+
+def _hostile_plans(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200000)
+    return {"fifo": fifo, "device": "/dev/zero", "deep": deep}
+
+
+def test_show_info_tune_report_hostile_plans(tmp_path, cfg):
+    c = cfg(POOL_ONLY)
+    for name, path in _hostile_plans(tmp_path).items():
+        for args, env in ((("show", path), None), (("show", path, "--json"), None),
+                          (("info",), {"CONVTUNE_PLAN": str(path)}),
+                          # --force only where a regression could not rename a device
+                          (("tune", c, "--plan", path, "--level", "estimate")
+                           + (("--force",) if name == "fifo" else ()), None)):
+            r = run(*args, env=env, timeout=60)
+            assert "Traceback" not in r.stderr, (name, args, r.stderr)
+            want = 0 if args[0] == "info" else 2
+            assert r.returncode == want, (name, args, r.returncode, r.stderr)
+            text = r.stdout + r.stderr
+            assert ("cannot be read" in text) if name != "deep" else ("nested too deeply" in text), (
+                name, args, text[-300:])
+    assert os.path.exists("/dev/zero") and not os.path.exists("/dev/zero.lock")
+    assert stat_is_fifo(tmp_path / "fifo.json")
+
+
+def stat_is_fifo(path):
+    import stat
+    return stat.S_ISFIFO(os.stat(path).st_mode)
+
+
+def test_show_and_tune_report_invalid_entries(tmp_path, cfg):
+    plan = tmp_path / "plan.json"
+    c = cfg(POOL_ONLY)
+    assert run("tune", c, "--plan", plan, "--level", "estimate").returncode == 0
+    doc = json.loads(plan.read_text())
+    bad = json.loads(json.dumps(doc["entries"][0]))
+    bad["key"]["H"], bad["tolerance"] = 13, "x"
+    doc["entries"].append(bad)
+    plan.write_text(json.dumps(doc))
+    r = run("show", plan)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "1 invalid entry skipped" in r.stderr and "'tolerance' is 'x'" in r.stderr
+    r = run("tune", c, "--plan", plan, "--level", "estimate")
+    assert r.returncode == 0 and "1 invalid entry skipped" in r.stderr, r.stderr
+    r = run("info", env={"CONVTUNE_PLAN": str(plan)})
+    assert r.returncode == 0 and "1 invalid entry skipped" in r.stdout
+
+
+def test_write_through_symlink_replaces_the_target(tmp_path, cfg):
+    target_dir = tmp_path / "real"
+    target_dir.mkdir()
+    target, link = target_dir / "plan.json", tmp_path / "link.json"
+    c = cfg(POOL_ONLY)
+    assert run("tune", c, "--plan", target, "--level", "estimate").returncode == 0
+    link.symlink_to(target)
+    r = run("tune", cfg(OTHER, "o.json"), "--plan", link, "--level", "estimate")
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert len(entries(target)) == 3
+    assert not os.path.exists(str(link) + ".lock")          # one lock: the target's
+    assert os.path.exists(str(target) + ".lock")
+
+
+def test_held_lock_says_for_whom_and_times_out(tmp_path, cfg):
+    from engine import plan as P
+    path = tmp_path / "plan.json"
+    c = cfg(POOL_ONLY)
+    with P._Lock(str(path)):
+        r = run("tune", c, "--plan", path, "--level", "estimate",
+                env={"CONVTUNE_LOCK_TIMEOUT": "1"}, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"held by pid {os.getpid()}" in r.stderr and "waiting up to 1 s" in r.stderr
+    assert "gave up after 1 s" in r.stderr and len(r.stderr.strip().splitlines()) == 2
+    side = [f for f in os.listdir(tmp_path) if f.startswith("plan.json.pending-") and f.endswith(".json")]
+    assert len(side) == 1 and f"convtune merge {path} {tmp_path / side[0]}" in r.stderr
+    assert len(entries(tmp_path / side[0])) == 1                      # the shape is not lost
+    assert run("merge", path, tmp_path / side[0]).returncode == 0        # released
+    assert len(entries(path)) == 1
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path, cfg):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".plan-{dead}-abc123.tmp"
+    stale.write_text("{half a plan")
+    alive = tmp_path / f".plan-{os.getpid()}-xyz.tmp"       # a live writer's: kept
+    alive.write_text("{")
+    other = tmp_path / ".plan-notes.tmp"
+    other.write_text("mine")
+    assert run("tune", cfg(POOL_ONLY), "--plan", tmp_path / "plan.json", "--level", "estimate").returncode == 0
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_merge_names_the_inputs_hardware_not_here(tmp_path, cfg):
+    a, out = tmp_path / "a.json", tmp_path / "out.json"
+    assert run("tune", cfg(POOL_ONLY), "--plan", a, "--level", "estimate").returncode == 0
+    assert run("tune", cfg(OTHER, "o.json"), "--plan", out, "--level", "estimate").returncode == 0
+    doc = json.loads(a.read_text())
+    doc["hardware"]["cpu"] = "Input CPU"
+    a.write_text(json.dumps(doc))
+    r = run("merge", out, a)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the entries being written 'Input CPU'" in r.stderr and "here" not in r.stderr
+
+
+# ------------------------------------------------------------ one-line user errors
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if line.startswith("convtune: error")]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_unwritable_plan_location_is_one_line_exit_2(tmp_path, cfg):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("tune", cfg(POOL_ONLY), "--plan", blocker / "plan.json", "--level", "estimate")
+    _one_line_error(r, str(blocker / "plan.json"), "Not a directory")
+    r = run("merge", blocker / "out.json", tmp_path / "missing.json")
+    _one_line_error(r, "missing.json")
+
+
+@pytest.mark.parametrize("doc, args, needles", [
+    ({"name": "r", "input": [4, 8, 8], "layers": [{"repeat": 10**9, "layers": [{"type": "relu"}]}]},
+     (), ["layers[0].repeat", "at most"]),
+    (TINY, ("--batch", 10**7), ["layers[0]", "GiB", "--batch"]),
+    ({"name": "big", "input": [3, 100000, 100000], "layers": [{"type": "conv", "out_channels": 4,
+                                                               "kernel_size": 3}]}, (), ["GiB"]),
+])
+def test_config_bounds_are_one_line_errors(tmp_path, cfg, doc, args, needles):
+    start = time.monotonic()
+    r = run("tune", cfg(doc), "--plan", tmp_path / "p.json", "--level", "estimate", *args, timeout=60)
+    _one_line_error(r, *needles)
+    assert time.monotonic() - start < 30
+
+
+def test_model_input_too_large_is_one_line_error(tmp_path):
+    r = run("tune", "--model", "engine.models:resnet18", "--input", "100000,3,224,224",
+            "--plan", tmp_path / "p.json", "--level", "estimate", timeout=60)
+    _one_line_error(r, "--input", "GiB")
+
+
+def test_fifo_config_is_not_opened(tmp_path):
+    fifo = tmp_path / "cfg.json"
+    os.mkfifo(fifo)
+    r = run("tune", fifo, "--plan", tmp_path / "p.json", timeout=30)
+    _one_line_error(r, str(fifo), "not a regular file")

@@ -246,8 +246,14 @@ def test_layer_called_from_4_threads(algorithm, rng):
         concurrent_out = list(pool.map(layer, xs * 2))
     serial = [layer(x) for x in xs * 2]
     for c, s, x in zip(concurrent_out, serial, xs * 2):
-        np.testing.assert_array_equal(c, s)
-        tol = algos.DEFAULT_TOLERANCE["float32"] if algorithm is None else algos.TOLERANCE[(algorithm, "float32")]
+        chosen = layer.explain(x.shape)["algorithm"]
+        tol = algos.TOLERANCE[(chosen, "float32")]
+        if algos.REGISTRY[chosen].needs_blas(layer._params(x.shape)):
+            # A BLAS need not round bitwise alike from one thread to another (see
+            # engine/kernels/im2col.pyx, "Calling thread"): within tolerance.
+            ref.assert_close(c, s, tol)
+        else:
+            np.testing.assert_array_equal(c, s)
         ref.assert_close(c, ref.conv2d(x, layer.weight, layer.bias, padding=1), tol)
 
 

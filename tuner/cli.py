@@ -40,9 +40,19 @@ def _positive_int(text):
     return v
 
 
+def _thread_count(text):
+    """A positive int no larger than engine.threads.max_threads()."""
+    from engine.threads import THREADS_PER_CPU, max_threads
+    v = _positive_int(text)
+    if v > max_threads():
+        raise argparse.ArgumentTypeError(f"expected at most {max_threads()} threads "
+                                         f"({THREADS_PER_CPU} per CPU), got {text!r}")
+    return v
+
+
 def _threads_list(text):
-    """"2" or "1,2": thread counts, each a positive int."""
-    vals = [_positive_int(v) for v in str(text).split(",") if v.strip()]
+    """"2" or "1,2": thread counts, each a positive int (at most max_threads())."""
+    vals = [_thread_count(v) for v in str(text).split(",") if v.strip()]
     if not vals:
         raise argparse.ArgumentTypeError(f"expected a thread count or a comma list, got {text!r}")
     return vals
@@ -105,7 +115,7 @@ def build_parser():
     b.add_argument("config", nargs="?", metavar="CONFIG")
     _add_model_args(b)
     b.add_argument("--plan", help="plan file (default: the active plan)")
-    b.add_argument("--threads", type=_positive_int, default=None)
+    b.add_argument("--threads", type=_thread_count, default=None)
     b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
     b.add_argument("--batch", type=_positive_int)
     b.add_argument("--dtype", choices=("float32", "float64"))
@@ -117,7 +127,7 @@ def build_parser():
                    help="one tolerance for every algorithm (default: each algorithm's own, "
                    "engine.registry.TOLERANCE)")
     c.add_argument("--json", metavar="PATH", help="write a machine-readable report")
-    c.add_argument("--threads", type=_positive_int, default=None)
+    c.add_argument("--threads", type=_thread_count, default=None)
     c.add_argument("--batch", type=_positive_int)
     c.add_argument("--dtype", choices=("float32", "float64", "both"),
                    help="dtype(s) to check (default: the configs')")
@@ -161,6 +171,13 @@ def main(argv=None):
         except OSError:
             pass
         return EXIT_OK
+    except OSError as e:     # a file or directory the user named: one line, not a traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _err(f"{where}{e.strerror or e}")
+        return EXIT_USAGE
+    except MemoryError:
+        _err("out of memory: use a smaller --batch, --input or config")
+        return EXIT_USAGE
 
 
 # ------------------------------------------------------------------------ shared
@@ -183,6 +200,32 @@ def _load_configs(paths, batch=None, dtype=None, args=None):
     except ConfigError as e:
         _err(str(e))
         return None
+
+
+def _keep_aside(P, path, entry, error):
+    """After a lock timeout, keep the measurement just made in a plan of its own beside
+    ``path`` (no tuned shape is lost); the text to add to the error."""
+    if not isinstance(error, P.PlanLockTimeout):
+        return ""
+    side = f"{path}.pending-{os.getpid()}.json"
+    try:
+        P.write_entries(side, [entry], lock_timeout=0)
+    except (P.PlanError, OSError):
+        return ""
+    return f", and this one in {side} (convtune merge {path} {side})"
+
+
+def _say_waiting(message):
+    print(f"convtune: {message}", file=sys.stderr, flush=True)
+
+
+def _report_skipped(plan):
+    """One line on stderr when a plan has entries that failed validation."""
+    if plan.skipped:
+        n = len(plan.skipped)
+        print(f"convtune: warning: {plan.path}: {n} invalid entr{'y' if n == 1 else 'ies'} "
+              f"skipped (left in the file as written): {plan.skipped[0]}"
+              + (f" (and {n - 1} more)" if n > 1 else ""), file=sys.stderr)
 
 
 def _plan_path(explicit):
@@ -233,6 +276,11 @@ def cmd_tune(args):
     if args.dask:
         return _tune_dask(args, configs, shapes, path)
     existing = P.read_plan(path)
+    if existing.status == "unreadable":     # a FIFO, a device, no permission: never moved
+        _err(f"cannot use {path} as a plan: it {P._WHAT[existing.status]} ({existing.reason}); "
+             f"choose another file with --plan")
+        return EXIT_USAGE
+    _report_skipped(existing)
     if existing.status not in ("ok", "missing"):
         if not args.force:
             _err(f"refusing to write {path}: it {P._WHAT[existing.status]} ({existing.reason}). "
@@ -299,9 +347,10 @@ def cmd_tune(args):
             else:
                 entry["layers"] = s.names[:8]
                 try:
-                    P.write_entries(path, [entry], prefer_new=args.force)
+                    P.write_entries(path, [entry], prefer_new=args.force, on_wait=_say_waiting)
                 except P.PlanError as e:
-                    _err(str(e))
+                    _err(f"{e}. {written} shape(s) tuned earlier are kept in {path}"
+                         f"{_keep_aside(P, path, entry, e)}; re-run to tune the rest")
                     return EXIT_USAGE
                 written += 1
                 chosen = entry["candidates"][0] if entry.get("candidates") else {}
@@ -415,13 +464,24 @@ def cmd_show(args):
     if plan.status == "missing":
         _err(f"{path} does not exist")
         return EXIT_USAGE
+    if plan.status == "unreadable":
+        _err(f"{path} {P._WHAT[plan.status]} ({plan.reason})")
+        return EXIT_USAGE
     if args.json:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            sys.stdout.write(f.read())
-        return EXIT_OK if plan.status != "corrupt" else EXIT_USAGE
+        try:
+            raw, _ = P.read_bytes(path)
+        except OSError as e:
+            _err(f"{path} cannot be read ({e})")
+            return EXIT_USAGE
+        sys.stdout.write(raw.decode("utf-8", "replace"))
+        if plan.status == "corrupt":
+            _err(f"{path} is corrupt ({plan.reason})")
+            return EXIT_USAGE
+        return EXIT_OK
     if plan.status == "corrupt":
         _err(f"{path} is corrupt ({plan.reason})")
         return EXIT_USAGE
+    _report_skipped(plan)
     h = plan.header
     hw = h.get("hardware", {})
     print(f"plan {path}")
@@ -620,8 +680,7 @@ def cmd_merge(args):
     plans = []
     for path in args.inputs:
         pf = P.read_plan(path)
-        if pf.status == "missing" or pf.status == "corrupt" or (
-                pf.status == "incompatible"):
+        if pf.status in ("missing", "unreadable", "corrupt", "incompatible"):
             msg = f"it {P._WHAT[pf.status]} ({pf.reason})"
             if args.force:
                 print(f"skipping {path}: {msg}", file=sys.stderr)
@@ -651,7 +710,7 @@ def cmd_merge(args):
         return EXIT_USAGE
     entries = [e for pf in plans for e in pf.entries.values()]
     try:
-        total = P.write_entries(out, entries, force=args.force, hardware=hw,
+        total = P.write_entries(out, entries, force=args.force, hardware=hw, on_wait=_say_waiting,
                                 on_move=lambda m: print(f"moved the unusable {out} aside to {m}"))
     except P.PlanError as e:
         _err(str(e))
@@ -710,6 +769,8 @@ def cmd_info(args):
         state = {"ok": f"in use, {len(pf.entries)} entries",
                  "missing": "does not exist yet (the heuristic decides; run `convtune tune`)"}.get(
             pf.status, f"NOT TRUSTED: it {P._WHAT.get(pf.status)} ({pf.reason})")
+        if pf.skipped:
+            state += f"; {len(pf.skipped)} invalid entr{'y' if len(pf.skipped) == 1 else 'ies'} skipped"
         print(f"plan:      {path}\n           {why}; {state}")
     print(f"strict:    {'on (CONVTUNE_STRICT)' if P.strict_mode() else 'off'}")
     return EXIT_OK

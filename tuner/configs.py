@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """A config file is missing, not JSON, or describes an impossible network."""
 
 
+# Bounds on what a config may ask for (a hand-written network is far inside them): a
+# repeat of 10**9 would loop for ever, a batch of 10**6 would allocate terabytes.
+MAX_CONFIG_BYTES = 16 << 20
+MAX_REPEAT = 10_000
+MAX_LAYERS = 100_000
+MAX_TENSOR_BYTES = 4 << 30      # any one input, output or weight array of a shape
+
+
 @dataclass
 class Shape:
     """One distinct layer shape of a config: ``params`` is ConvParams or PoolParams."""
@@ -92,7 +100,8 @@ class _Builder:
         self.by_key = {}
         self.order = []
 
-    def add(self, params, name, category="", **extra):
+    def add(self, params, name, category="", where="", **extra):
+        _check_size(params, self.path, where or name)
         key = (repr(sorted(params.key().items())), tuple(sorted(extra.items())))
         s = self.by_key.get(key)
         if s is None:
@@ -101,6 +110,24 @@ class _Builder:
             self.order.append(s)
         s.names.append(name)
         return s
+
+
+def _check_size(params, path, where):
+    """ConfigError unless every array of the shape fits in MAX_TENSOR_BYTES."""
+    itemsize = 8 if params.dtype == "float64" else 4
+    k = params.key()
+    arrays = {"input": (k["N"], k["C"], k["H"], k["W"]), "output": tuple(params.output_shape)}
+    if "out_channels" in k:
+        arrays["weight"] = (k["out_channels"], k["C"] // k["groups"], *k["kernel"])
+    for what, shape in arrays.items():
+        size = itemsize
+        for d in shape:
+            size *= d
+        if size > MAX_TENSOR_BYTES:
+            dims = "x".join(str(d) for d in shape)
+            raise _err(path, where, f"the {what} {dims} {params.dtype} would take {size / 2**30:.1f} GiB; "
+                       f"convtune tunes shapes up to {MAX_TENSOR_BYTES >> 30} GiB per array "
+                       f"(a smaller --batch or input)")
 
 
 _CONV_FIELDS = {"type", "name", "id", "input_of", "in_channels", "out_channels", "kernel_size",
@@ -143,7 +170,7 @@ def _conv(layer, shape, b, where, name, category):
         raise _err(path, where, f"impossible on input {n}x{c}x{h}x{w}: {e}") from None
     if p.out_h < 1 or p.out_w < 1:
         raise _err(path, where, f"output would be empty on input {n}x{c}x{h}x{w}")
-    b.add(p, name, category or _conv_category(p), bias=bias)
+    b.add(p, name, category or _conv_category(p), where=where, bias=bias)
     return p.output_shape
 
 
@@ -175,7 +202,7 @@ def _pool(layer, shape, b, where, name, category, op):
         p = _shapes.pool_params(op, shape, k, stride, padding, dilation, ceil, b.dtype)
     except (ValueError, TypeError) as e:
         raise _err(path, where, f"impossible on input {'x'.join(map(str, shape))}: {e}") from None
-    b.add(p, name, category or "pool", **extra)
+    b.add(p, name, category or "pool", where=where, **extra)
     return p.output_shape
 
 
@@ -204,6 +231,8 @@ def _one(layer, shape, b, lw, state):
     if "layers" in layer:                   # a group: {"repeat": n, "layers": [...]}
         _check_keys(layer, {"repeat", "layers", "name"}, b.path, lw)
         reps = _int(layer.get("repeat", 1), b.path, f"{lw}.repeat")
+        if reps > MAX_REPEAT:
+            raise _err(b.path, f"{lw}.repeat", f"expected at most {MAX_REPEAT}, got {reps}")
         for _ in range(reps):
             shape = _walk(layer["layers"], shape, b, f"{lw}.layers", state)
         return shape
@@ -213,6 +242,8 @@ def _one(layer, shape, b, lw, state):
                    f"(or a pass-through: {', '.join(PASS_TYPES)})")
     kind = kind.lower()
     state["count"] += 1
+    if state["count"] > MAX_LAYERS:
+        raise _err(b.path, lw, f"more than {MAX_LAYERS} layers (check the repeats)")
     name = layer.get("name") or f"{kind}{state['count']}"
     inp = shape
     if "input_of" in layer:                 # a branch: takes an earlier layer's input
@@ -279,17 +310,27 @@ def parse(doc, path="<config>", batch=None, dtype=None):
 
 def load(path, batch=None, dtype=None):
     """Read and parse the config at ``path``; ConfigError names the file and field."""
+    from engine.plan import read_bytes   # a regular file only, at most so many bytes
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        raw, _ = read_bytes(path, MAX_CONFIG_BYTES)
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cannot read the config: no such file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    return parse(doc, path, batch, dtype)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON: nested too deeply") from None
+    try:
+        return parse(doc, path, batch, dtype)
+    except RecursionError:
+        raise ConfigError(f"{path}: layer groups nested too deeply") from None
 
 
 def from_model(spec, input_shape):
@@ -305,10 +346,19 @@ def from_model(spec, input_shape):
             raise _err(where, "--input", f"expected N,C,H,W integers, got {input_shape!r}") from None
     if len(input_shape) != 4 or min(input_shape) <= 0:
         raise _err(where, "--input", f"expected four positive integers N,C,H,W, got {input_shape!r}")
+    size = 4
+    for d in input_shape:
+        size *= d
+    if size > MAX_TENSOR_BYTES:
+        raise _err(where, "--input", f"{','.join(map(str, input_shape))} would take "
+                   f"{size / 2**30:.1f} GiB; at most {MAX_TENSOR_BYTES >> 30} GiB per array")
     try:
         found = collect_shapes(spec, input_shape, details=True)
     except (ValueError, TypeError, ImportError, AttributeError) as e:
         raise _err(where, "", str(e)) from None
+    except MemoryError:
+        raise _err(where, "--input", f"the model's activations for {input_shape} do not fit "
+                   f"in memory; use a smaller --input") from None
     shapes = []
     for d in found:
         p = d["params"]

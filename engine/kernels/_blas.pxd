@@ -13,6 +13,42 @@ two thread pools never oversubscribe the cores.
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython cimport floating
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int convtune_blas_serial_begin(void) {
+        int saved = omp_get_max_threads();
+        omp_set_num_threads(1);
+        return saved;
+    }
+    static void convtune_blas_serial_end(int saved) { omp_set_num_threads(saved); }
+    #else
+    static int convtune_blas_serial_begin(void) { return 1; }
+    static void convtune_blas_serial_end(int saved) { (void)saved; }
+    #endif
+    """
+    int convtune_blas_serial_begin() noexcept nogil
+    void convtune_blas_serial_end(int saved) noexcept nogil
+
+
+cdef inline int blas_serial_begin() noexcept nogil:
+    """Call in each kernel thread before its GEMMs; returns what ``blas_serial_end`` takes.
+
+    Makes every GEMM single-threaded whichever Python thread started the team. An
+    OpenMP-built BLAS sizes its own team from the calling thread's nthreads ICV, and
+    ``threadpoolctl``'s limit (``omp_set_num_threads``) only reaches the thread that set
+    it: a team started from another Python thread, or a team of one (not "in
+    parallel"), would split each GEMM over several threads, a different partition and
+    so different rounding. Setting this thread's ICV to 1 fixes that by construction; a
+    pthreads BLAS ignores it (``engine.threads`` holds its global pool at one thread).
+    """
+    return convtune_blas_serial_begin()
+
+
+cdef inline void blas_serial_end(int saved) noexcept nogil:
+    convtune_blas_serial_end(saved)
+
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
                       floating alpha, const floating* a, int lda,

@@ -464,6 +464,16 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     if bias is not None:
         bview = bias
         bp = &bview[0]
+    # The padded band holds every tap's rows and columns. When the window's extent
+    # (dilation x kernel) is far beyond both the data and the output, the band is
+    # nearly all zeros (dilation = padding = 2**14 on a 4x4 image: 256 MB) and its size
+    # products can overflow: the general direct kernel, which skips the taps outside
+    # the input and needs one output row of scratch, computes it instead.
+    if ((kW - 1) * <Py_ssize_t>dilation_w > 2 * (W + sw * OW) + 64
+            or (kH - 1) * <Py_ssize_t>dilation_h > 2 * (H + sh * OH) + 64):
+        conv2d_direct(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
+                      dilation_h, dilation_w, <int>C, num_threads, relu)
+        return
     cdef const floating* xp = &x[0, 0, 0, 0]
     cdef const floating* wp = &weight[0, 0, 0, 0]
     cdef floating* op = &out[0, 0, 0, 0]

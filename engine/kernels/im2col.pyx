@@ -28,14 +28,33 @@ over one OpenMP team with a static schedule. Each thread owns one column buffer 
 K x (slice width) elements, built just before its GEMM while it is in L2. The slice
 width comes from the workspace budget and an L2 target, never from N, C, H, W alone,
 so the scratch is bounded (see ``conv2d_im2col``).
+
+Calling thread: each work item's output is one GEMM whose operands do not depend on
+which thread computes it or which Python thread started the team: the partition comes
+from ``num_threads`` alone, column buffers are 64-byte aligned in every thread, and each
+GEMM is single-threaded (``_blas.blas_serial_begin`` for an OpenMP BLAS, the pool limit
+of ``engine.threads`` for a pthreads one). What stays outside our control is the BLAS
+itself (its per-thread packing buffers and run-time kernel choice): it does not promise
+bitwise-identical rounding from one thread to another, and on an AMD Zen 3 with
+OpenBLAS a call from a ``threading.Thread`` differed from one from the main thread by
+1.5e-6. Across calling threads im2col therefore agrees within its tolerance (tests:
+test_robustness.py); the kernels that use no BLAS agree bitwise.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm
+from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 from ._ranges cimport _tap_range
+
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+# Column buffers start on a cache line whichever thread allocates them (malloc's
+# alignment depends on the thread's arena), so nothing a GEMM sees depends on the
+# calling thread.
+cdef size_t COL_ALIGN = 64
 
 
 # Tuning constants, measured on the 2-core Sapphire Rapids box (L2 = 2 MiB per core)
@@ -287,6 +306,7 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     cdef int failed = 0
     cdef int* failed_p = &failed
     cdef Py_ssize_t colsize = 0, s
+    cdef int saved = 1                 # thread-private: this thread's nested-team ICV
 
     g.C = x.shape[1]; g.H = x.shape[2]; g.W = x.shape[3]; g.HW = g.H * g.W
     g.M = out.shape[1]; g.OH = out.shape[2]; g.OW = out.shape[3]; g.P = g.OH * g.OW
@@ -318,9 +338,11 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     with nogil, parallel(num_threads=nt):
         # Per-thread scratch, allocated inside the team: the column slice and the key
         # of the slice it currently holds.
+        saved = blas_serial_begin()
         col = NULL
         if colsize > 0:
-            col = <floating*>malloc(colsize * sizeof(floating))
+            if posix_memalign(<void**>&col, COL_ALIGN, colsize * sizeof(floating)) != 0:
+                col = NULL
         built = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
         if built != NULL:
             built[0] = -1
@@ -331,5 +353,6 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
                 _item(xp, wp, bptr, op, &g, relu, it, col, built)
         free(col)
         free(built)
+        blas_serial_end(saved)
     if failed:
         raise MemoryError("conv2d_im2col: could not allocate the per-thread column buffer")

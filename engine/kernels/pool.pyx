@@ -32,7 +32,7 @@ from libc.string cimport memcpy
 
 from cython cimport floating
 
-from ._ranges cimport _tap_range
+from ._ranges cimport _ceil_div, _tap_range
 
 
 # Smallest amount of work (window taps) worth a thread: waking an OpenMP team costs
@@ -174,8 +174,8 @@ cdef void _max_row_padded(const floating* xp, floating* orow, int64_t* irow,
     cdef Py_ssize_t j, ih
     if ih1 > H:
         ih1 = H
-    while ih0 < 0:
-        ih0 += dh
+    if ih0 < 0:          # the first row tap inside the plane (O(1), not O(padding))
+        ih0 += _ceil_div(-ih0, dh) * dh
     for j in range(OWr):
         mrow[j] = -INFINITY
     if irow != NULL:
@@ -217,7 +217,7 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2]
     cdef Py_ssize_t OWr = (OW + 15) // 16 * 16
-    cdef Py_ssize_t span = <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
+    cdef Py_ssize_t span, t_lo, t_hi
     cdef Py_ssize_t Lp, r, p, oh, j, c
     cdef int64_t[:, :, ::1] ind
     cdef int64_t* ip = NULL
@@ -236,6 +236,26 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
         ip = &ind[0, 0, 0]
     xp = &x[0, 0, 0]
     op = &out[0, 0, 0]
+    # Scratch is sized by what is read, not by the window: column taps that fall in the
+    # padding for every output column (t < t_lo or t >= t_hi) can never be the maximum
+    # (-inf), so they are dropped, with the padding moved by as many taps. The window
+    # keeps its order and every flat index, and spans at most the row plus the output's
+    # extent, however large kernel_w or pad_w are.
+    t_lo = _ceil_div(<Py_ssize_t>pad_w - (OW - 1) * stride_w, dilation_w)
+    if t_lo > pad_w // dilation_w:
+        t_lo = pad_w // dilation_w       # keep the padding >= 0
+    if t_lo < 0:
+        t_lo = 0
+    t_hi = _ceil_div(<Py_ssize_t>pad_w + W, dilation_w)
+    if t_hi > kernel_w:
+        t_hi = kernel_w
+    if t_hi <= t_lo:
+        t_hi = t_lo + 1
+    kernel_w = <int>(t_hi - t_lo)
+    pad_w = <int>(pad_w - t_lo * dilation_w)
+    if kernel_h > H + (OH - 1) * <Py_ssize_t>stride_h + pad_h:
+        kernel_h = <int>(H + (OH - 1) * stride_h + pad_h)   # rows past that are never read
+    span = <Py_ssize_t>(kernel_w - 1) * dilation_w + 1
     # Padded row length: every tap of the OWr columns, and the whole input row. Whole
     # vectors (OWr) only while that keeps the row near the input's size: with a stride
     # far beyond the row (2**22 would ask ~250 MB per thread) the exact OW columns are
@@ -251,8 +271,8 @@ def max_pool2d(const floating[:, :, ::1] x, floating[:, :, ::1] out, indices,
         raise MemoryError()
     for j in range(OW):
         c = j * stride_w - pad_w
-        while c < 0:
-            c += dilation_w
+        if c < 0:
+            c += _ceil_div(-c, dilation_w) * dilation_w
         first[j] = c
     # (assigned again in each thread; set here so the compiler sees them initialised)
     srow = mrow = NULL
