@@ -53,7 +53,7 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
-from ._blas cimport gemm
+from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 
 from .. import winograd_transforms as _wt
 
@@ -328,6 +328,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef floating* Mw
     cdef int* tinfo
     cdef Py_ssize_t* state
+    cdef int saved_threads
     cdef Py_ssize_t failed = 0
 
     if m != 2 and m != 4 and m != 6:
@@ -356,6 +357,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     Up = &U[0, 0, 0]
     outp = &out[0, 0, 0, 0]
     with nogil, parallel(num_threads=nthr):
+        saved_threads = blas_serial_begin()     # float64's dgemm: one thread per GEMM
         V = <floating*>malloc(aa * C * TB * sizeof(floating))
         Mw = <floating*>malloc(aa * MR * TB * sizeof(floating))
         tinfo = <int*>malloc(5 * TB * sizeof(int))
@@ -375,6 +377,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
         free(Mw)
         free(tinfo)
         free(state)
+        blas_serial_end(saved_threads)
     if failed:
         raise MemoryError("winograd: could not allocate the per-thread workspace")
 
