@@ -141,7 +141,7 @@ def main(argv=None):
     except ImportError:
         torch = None
     algos = engine.algorithms()
-    print(f"bench_layers: {os.path.relpath(args.suite)}; {engine.plan.hardware_fingerprint()["cpu"]}; micro-kernels "
+    print(f"bench_layers: {os.path.relpath(args.suite)}; {engine.plan.hardware_fingerprint()['cpu']}; micro-kernels "
           f"{engine.isa.active()}{' (capped with --isa)' if args.isa else ''}; threads {args.threads}; "
           f"batches {batches}; {reps} samples >= {min_sample * 1e3:g} ms; plan {args.plan}; forced "
           f"algorithms via {'Conv2d layers' if args.cached_weights else 'functional.conv2d'}; "

@@ -178,7 +178,7 @@ def main(argv=None):
     if args.isa:
         engine.isa.set_cap(args.isa)
     engine.use_plan(None if args.plan.lower() == "none" else args.plan)
-    print(f"{engine.plan.hardware_fingerprint()["cpu"]}, micro-kernels {engine.isa.active()}"
+    print(f"{engine.plan.hardware_fingerprint()['cpu']}, micro-kernels {engine.isa.active()}"
           f"{' (capped with --isa)' if args.isa else ''}")
     print(f"{args.clock} clock, threads {args.threads}, input {args.size}x{args.size}, plan "
           f"{args.plan if args.plan.lower() != 'none' else 'none (heuristic)'}, "

@@ -23,6 +23,18 @@ class Choice:
                 "kernel_params": dict(self.params)}
 
 
+# Winograd's rule for the heuristic, per micro-kernel ISA (engine.isa): the least
+# channels per group in and out, the least output size, and the batch's output pixels
+# per channel from which F(4x4) beats F(2x2). Grouped layers need more channels per
+# group (ResNeXt's 8 per group: im2col 0.7 ms, F(4x4) 1.2-1.5 ms). Measured with benchmarks/bench_layers.py
+# and small-layer sweeps at 2 threads on a Sapphire Rapids, AVX-512 and capped to AVX2
+# (CONVTUNE_ISA=avx2, Cython kernels built with CONVTUNE_MARCH=x86-64-v3): the same
+# thresholds hold for both. On baseline the float32 GEMM has no vector kernel, so 3x3
+# float32 layers stay on im2col (BLAS); float64 Winograd runs on BLAS on every ISA.
+_RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14}
+WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
+
+
 def heuristic(p):
     """The documented default when neither the caller nor a plan decides.
 
@@ -30,14 +42,20 @@ def heuristic(p):
 
     - depthwise (groups == C_in > 1): ``direct``, whose depthwise kernel streams each
       plane once; GEMM formulations have K = kH*kW there and waste the BLAS;
-    - 3x3, stride 1, dilation 1, at least 16 channels in and out per group and an
-      output of at least 6x6: Winograd, F(4x4) when the batch holds at least 14*14
-      output pixels per channel, else F(2x2) (on a 7x7 image at batch 1 F(4x4) has 4
-      mostly-padded tiles and its big transformed weights dominate); F(6x6) is left to
-      the tuner (seldom faster than F(4x4), 5x the float32 error);
+    - 3x3, stride 1, dilation 1, at least 8 channels in and out (16 per group when
+      grouped) and an output of at least 6x6 (``WINOGRAD_RULE``, per ISA): Winograd, F(4x4) when the
+      batch holds at least 14*14 output pixels per channel, else F(2x2) (on a 7x7 image
+      at batch 1 F(4x4) has 4 mostly-padded tiles and its big transformed weights
+      dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
+      seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
+
+    Known misses (default over best forced, bench_layers at batch 1): the 3-channel
+    seed.conv1 at 32x32 (im2col 0.05 ms, F(4x4) 0.03 ms: fewer than 8 input channels
+    go to im2col, which wins them on large images, e.g. 3->64 at 224x224 by 2x) and
+    VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     """
@@ -46,10 +64,13 @@ def heuristic(p):
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
     winograd = _registry.REGISTRY.get("winograd_f4x3")
     winograd_ok = winograd is not None and winograd.why_not(p) is None
-    if winograd_ok and p.dtype == "float32" and _isa.active() == "baseline":
+    rule = WINOGRAD_RULE[_isa.active()]
+    if p.dtype == "float32" and not rule.get("float32", True):
         winograd_ok = False        # its float32 GEMM has no vector kernel here; BLAS has
-    if winograd_ok and min(cin_g, cout_g) >= 16 and min(p.out_h, p.out_w) >= 6:
-        m = 4 if p.n * p.out_h * p.out_w >= 14 * 14 else 2
+    min_channels = rule["min_channels"] if p.groups == 1 else rule["min_channels_grouped"]
+    if (winograd_ok and min(cin_g, cout_g) >= min_channels
+            and min(p.out_h, p.out_w) >= rule["min_output"]):
+        m = 4 if p.n * p.out_h * p.out_w >= rule["f4_min_pixels"] else 2
         name = f"winograd_f{m}x3"
         if _registry.tolerance(name, p.dtype) <= _registry.DEFAULT_TOLERANCE[p.dtype]:
             return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"

@@ -305,7 +305,9 @@ def test_thread_count_api():
     ((1, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f2x3"),
     ((8, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 512, 5, 5), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "im2col"),
-    ((1, 8, 56, 56), dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), "im2col"),
+    ((1, 8, 56, 56), dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), "winograd_f4x3"),
+    ((1, 4, 56, 56), dict(in_channels=4, out_channels=8, kernel_size=3, padding=1), "im2col"),
+    ((1, 16, 56, 56), dict(in_channels=16, out_channels=4, kernel_size=3, padding=1), "im2col"),
     ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, stride=2), "im2col"),
     ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "im2col"),
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
@@ -313,7 +315,10 @@ def test_thread_count_api():
     ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "im2col"),
     ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "im2col"),
 ])
-def test_heuristic_follows_its_documented_rules(shape, kwargs, expected):
+@pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
+def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
+    """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE)."""
+    use_isa(isa)
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
 

@@ -51,7 +51,7 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 
@@ -359,7 +359,9 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     with nogil, parallel(num_threads=nthr):
         saved_threads = blas_serial_begin()     # float64's dgemm: one thread per GEMM
         V = <floating*>malloc(aa * C * TB * sizeof(floating))
-        Mw = <floating*>malloc(aa * MR * TB * sizeof(floating))
+        # zeroed once: lanes past a block's last tile are never written by the GEMM,
+        # and the output transform reads them (then drops them)
+        Mw = <floating*>calloc(aa * MR * TB, sizeof(floating))
         tinfo = <int*>malloc(5 * TB * sizeof(int))
         state = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
         if state != NULL:
@@ -445,7 +447,8 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
     for g in range(groups):
         for a in range(aa):
             if floating is float:
-                uk.sgemm(<int>(r1 - r0), <int>(nchunks * VL), <int>Cig,
+                # exactly the block's nt tiles: the tile kernels mask the last columns
+                uk.sgemm(<int>(r1 - r0), <int>nt, <int>Cig,
                          U + (a * Cout + g * Cog + r0) * Cig, <int>Cig,
                          V + (a * C + g * Cig) * TB, <int>TB,
                          Mw + (a * MR + g * cbs) * TB, <int>TB, 0)
