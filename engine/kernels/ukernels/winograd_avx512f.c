@@ -85,18 +85,4 @@ static inline __attribute__((always_inline)) void wg_output(
     }
 }
 
-#define WG_PUBLIC(M)                                                                        \
-UK_API void winograd_f##M##x3_input__avx512f(                                               \
-        const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,  \
-        int nl, int H, int W, float* V, ptrdiff_t plane) {                \
-    wg_input(x, img_stride, tn, iy, ix, nl, H, W, V, plane, M + 2);                     \
-}                                                                                           \
-UK_API void winograd_f##M##x3_output__avx512f(                                              \
-        const float* Mw, ptrdiff_t plane, float bias, int relu, float* out,             \
-        ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,  \
-        int OW) {                                                                           \
-    wg_output(Mw, plane, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
-}
-WG_PUBLIC(2)
-WG_PUBLIC(4)
-WG_PUBLIC(6)
+WG_ENTRY_POINTS(avx512f)

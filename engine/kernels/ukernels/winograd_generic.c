@@ -64,20 +64,4 @@ static inline __attribute__((always_inline)) void wg_output(
     }
 }
 
-#define WG_CAT_(a, b) a##b
-#define WG_CAT(a, b) WG_CAT_(a, b)
-#define WG_PUBLIC(M)                                                                        \
-UK_API void WG_CAT(winograd_f##M##x3_input__, UK_SUFFIX)(                                    \
-        const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,  \
-        int nl, int H, int W, float* V, ptrdiff_t plane) {                \
-    wg_input(x, img_stride, tn, iy, ix, nl, H, W, V, plane, M + 2);                     \
-}                                                                                           \
-UK_API void WG_CAT(winograd_f##M##x3_output__, UK_SUFFIX)(                                   \
-        const float* Mw, ptrdiff_t plane, float bias, int relu, float* out,             \
-        ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,  \
-        int OW) {                                                                           \
-    wg_output(Mw, plane, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);       \
-}
-WG_PUBLIC(2)
-WG_PUBLIC(4)
-WG_PUBLIC(6)
+WG_ENTRY_POINTS(UK_SUFFIX)

@@ -70,4 +70,24 @@ static inline __attribute__((always_inline)) void P##_out_a(                    
             __builtin_memcpy(o + (i * m + j) * 16, &acc, sizeof(VT));               \
         }                                                                            \
 }
+
+/* The public entry points of one ISA's tile kernels (ukernels.h), for a file that
+   defines static wg_input(..., alpha) and wg_output(..., m) (alpha, m constant once
+   inlined): winograd_f{2,4,6}x3_{input,output}__SUFFIX. */
+#define WG_CAT_(a, b) a##b
+#define WG_CAT(a, b) WG_CAT_(a, b)
+#define WG_ENTRY_POINTS_M(M, SUFFIX)                                                        \
+UK_API void WG_CAT(winograd_f##M##x3_input__, SUFFIX)(                                      \
+        const float* x, ptrdiff_t img_stride, const int* tn, const int* iy, const int* ix,  \
+        int nl, int H, int W, float* V, ptrdiff_t plane) {                                  \
+    wg_input(x, img_stride, tn, iy, ix, nl, H, W, V, plane, M + 2);                         \
+}                                                                                           \
+UK_API void WG_CAT(winograd_f##M##x3_output__, SUFFIX)(                                     \
+        const float* Mw, ptrdiff_t plane, float bias, int relu, float* out,                 \
+        ptrdiff_t img_stride, const int* tn, const int* oy, const int* ox, int nl, int OH,  \
+        int OW) {                                                                           \
+    wg_output(Mw, plane, bias, relu, out, img_stride, tn, oy, ox, nl, OH, OW, M);           \
+}
+#define WG_ENTRY_POINTS(SUFFIX) \
+    WG_ENTRY_POINTS_M(2, SUFFIX) WG_ENTRY_POINTS_M(4, SUFFIX) WG_ENTRY_POINTS_M(6, SUFFIX)
 #endif
