@@ -26,10 +26,10 @@ class Choice:
 # Winograd's rule for the heuristic, per micro-kernel ISA (engine.isa): the least
 # channels per group in and out, the least output size, and the batch's output pixels
 # per channel from which F(4x4) beats F(2x2). Grouped layers need more channels per
-# group (ResNeXt's 8 per group: im2col 0.7 ms, F(4x4) 1.2-1.5 ms). Measured with benchmarks/bench_layers.py
-# and small-layer sweeps at 2 threads on a Sapphire Rapids, AVX-512 and capped to AVX2
-# (CONVTUNE_ISA=avx2, Cython kernels built with CONVTUNE_MARCH=x86-64-v3): the same
-# thresholds hold for both. On baseline the float32 GEMM has no vector kernel, so 3x3
+# group (ResNeXt's 8 per group: im2col 0.7 ms, F(4x4) 1.2-1.5 ms). Measured with
+# benchmarks/bench_layers.py and small-layer sweeps at 2 threads on a Sapphire Rapids,
+# AVX-512 and capped to AVX2 (CONVTUNE_ISA=avx2, Cython kernels built with
+# CONVTUNE_MARCH=x86-64-v3): the same thresholds hold for both. On baseline the float32 GEMM has no vector kernel, so 3x3
 # float32 layers stay on im2col (BLAS); float64 Winograd runs on BLAS on every ISA.
 _RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
@@ -43,10 +43,10 @@ def heuristic(p):
     - depthwise (groups == C_in > 1): ``direct``, whose depthwise kernel streams each
       plane once; GEMM formulations have K = kH*kW there and waste the BLAS;
     - 3x3, stride 1, dilation 1, at least 8 channels in and out (16 per group when
-      grouped) and an output of at least 6x6 (``WINOGRAD_RULE``, per ISA): Winograd, F(4x4) when the
-      batch holds at least 14*14 output pixels per channel, else F(2x2) (on a 7x7 image
-      at batch 1 F(4x4) has 4 mostly-padded tiles and its big transformed weights
-      dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
+      grouped) and an output of at least 6x6 (``WINOGRAD_RULE``, per ISA): Winograd,
+      F(4x4) when the batch holds at least 14*14 output pixels per channel, else F(2x2)
+      (on a 7x7 image at batch 1 F(4x4) has 4 mostly-padded tiles and its big
+      transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
       seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
