@@ -22,9 +22,13 @@ Modules:
     padding    pad2d: reflect / replicate / circular / zeros padding in one pass
     direct     conv2d_direct (any parameters), conv2d_depthwise (groups == C_in)
     im2col     conv2d_im2col: column buffer built in bounded slices + GEMM; 1x1 as GEMM
-    winograd   Winograd F(m x m, 3 x 3) for m = 2, 4, 6 (AVX-512 hot loops and the
-               packed-panel float32 GEMM in winograd_simd.h)
+    winograd   Winograd F(m x m, 3 x 3) for m = 2, 4, 6 (float32 on the micro-kernels)
     pool       max_pool2d (with indices), avg_pool2d
+    ukernels/  C micro-kernels, one object per ISA (baseline, AVX2 + FMA, AVX-512F):
+               GEMM register tiles + blocked driver, Winograd tile transforms;
+               ukernels.h is the contract, dispatch.c the cpuid check and tables
+    _ukernels  their Python face (.pxd for kernel modules): CPU ISA, kernel names,
+               the GEMMs on numpy arrays for tests and benchmarks
     _blas.pxd  row-major GEMM over scipy.linalg.cython_blas, the one BLAS shim
     _buildinfo what the build used: OpenMP, flags, instruction-set extensions
 """

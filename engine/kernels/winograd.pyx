@@ -57,7 +57,7 @@ from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 
 from .. import winograd_transforms as _wt
 
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, UK_ISA_COUNT
+from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, UK_ISA_COUNT, UK_WG_LANES
 
 # float64 tile transforms: the same 16-lane template the float32 micro-kernels use
 # (ukernels/winograd_transform.h), here on double vectors.
@@ -94,7 +94,7 @@ cdef extern from *:
 
 
 cdef enum:
-    VL = 16             # tiles per vector chunk: 16 floats = one AVX-512 register
+    VL = UK_WG_LANES    # tiles per chunk (16 on every ISA: one 16-float vector per tile element)
     MAXA = 8            # largest alpha (F(6,3))
 
 WORKSPACE_BYTES = 4 << 20     # per-thread V + M budget (bytes)
