@@ -371,11 +371,14 @@ def _next_steps(path, args):
     lines = [f"the plan is {path}" + (" (the default location: models use it with nothing to set)"
                                       if default else ""),
              "next:",
-             f"  convtune show{'' if default else ' ' + path}              # what was chosen per shape",
-             f"  convtune bench {target}{plan_arg}   # planned choice vs every algorithm vs PyTorch",
-             f"  convtune profile {target}{plan_arg}   # where a model's time goes, per layer"]
+             ]
+    cmds = [(f"convtune show{'' if default else ' ' + path}", "what was chosen, per shape"),
+            (f"convtune bench {target}{plan_arg}", "planned choice vs every algorithm vs PyTorch"),
+            (f"convtune profile {target}{plan_arg}", "where a model's time goes, per layer")]
     if not default:
-        lines.append(f"  CONVTUNE_PLAN={path} python app.py   # use it (or engine.use_plan(path) in code)")
+        cmds.append((f"CONVTUNE_PLAN={path} python app.py", "use it (or engine.use_plan(path) in code)"))
+    width = max(len(c) for c, _ in cmds)
+    lines += [f"  {c:<{width}}   # {why}" for c, why in cmds]
     return "\n".join(lines)
 
 
@@ -895,7 +898,7 @@ def cmd_profile(args):
     print(f"whole model: min {lat['min']:.3f} ms, median {lat['median']:.3f} ms, max {lat['max']:.3f} ms "
           f"({args.repeat} runs, no hooks)")
     print(f"per layer (median of {args.repeat} runs with timing hooks), slowest first:")
-    print(prof.format_table(result["layers"], lat["median"]))
+    print(prof.format_table(result["layers"], lat["median"], min_percent=0.1))
     missing = [r for r in result["layers"] if r["no_plan_entry"]]
     if missing:
         hint = (f"--model {args.model} --input {args.input}" if args.model else args.config)

@@ -106,11 +106,12 @@ def plot_algorithms(groups, path=None, title=""):
     return _save(fig, path)
 
 
-def plot_profile(report, path=None, top=30):
+def plot_profile(report, path=None, top=30, min_percent=0.1):
     """``convtune profile``'s per-layer breakdown: horizontal bars of each layer's
-    median time (the ``top`` slowest, slowest at the top), labelled with its algorithm
-    and share of the total, PyTorch's time beside it where measured."""
-    rows = report["layers"][:top]
+    median time (the ``top`` slowest with at least ``min_percent`` of the total, slowest
+    at the top), labelled with its algorithm and share of the total, PyTorch's time
+    beside it where measured."""
+    rows = [r for r in report["layers"] if r["percent"] >= min_percent][:top]
     has_torch = any(r.get("torch_ms") is not None for r in rows)
     fig = _figure(9.0, 1.2 + 0.28 * len(rows) * (1.6 if has_torch else 1))
     ax = fig.add_subplot()

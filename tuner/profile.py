@@ -227,11 +227,15 @@ def trace_events(calls, pid=None, process_name="convtune profile"):
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def format_table(rows, total_ms=None):
-    """The per-layer table as text (rows as ``profile_model`` returns them)."""
+def format_table(rows, total_ms=None, min_percent=0.0):
+    """The per-layer table as text (rows as ``profile_model`` returns them); layers under
+    ``min_percent`` of the total are summed in one line."""
     from .cli import _table
     out = []
+    small = [r for r in rows if r["percent"] < min_percent]
     for r in rows:
+        if r["percent"] < min_percent:
+            continue
         decision = r["algorithm"] or "-"
         if r["source"]:
             decision += f" ({r['source']}"
@@ -248,6 +252,10 @@ def format_table(rows, total_ms=None):
     text = _table(out, ["layer", "op and shape", "algorithm (source, params)", "ms", "%",
                         "GFLOP/s", "torch ms", "torch/ms"],
                   ["<", "<", "<", ">", ">", ">", ">", ">"])
+    if small:
+        text += (f"\n({len(small)} more layer(s) under {min_percent:g}% each, "
+                 f"{sum(r['median_ms'] for r in small):.3f} ms in all: "
+                 f"{', '.join(sorted({r['op'] for r in small}))})")
     if total_ms is not None:
         layers = sum(r["median_ms"] for r in rows)
         text += f"\nsum of layers {layers:.2f} ms (whole model median {total_ms:.2f} ms)"
