@@ -250,7 +250,7 @@ def format_table(rows, total_ms=None, min_percent=0.0):
                     "-" if t is None else f"{t:.3f}",
                     "-" if t is None or r["median_ms"] <= 0 else f"{t / r['median_ms']:.2f}"])
     text = _table(out, ["layer", "op and shape", "algorithm (source, params)", "ms", "%",
-                        "GFLOP/s", "torch ms", "torch/ms"],
+                        "GFLOP/s", "torch ms", "torch/convtune"],
                   ["<", "<", "<", ">", ">", ">", ">", ">"])
     if small:
         text += (f"\n({len(small)} more layer(s) under {min_percent:g}% each, "
