@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import engine  # noqa: E402
+from tuner.profile import format_table, profile_model  # noqa: E402
 
 
 CLOCK = time.perf_counter     # --clock cpu: time.process_time (this process's CPU time)
@@ -75,71 +76,14 @@ def build(name, torch):
 
 def profile(model, x, repeat, torch, stat):
     """Per-leaf-layer engine times (ms, ``stat`` over ``repeat`` runs of the whole
-    model) on ``x``, with torch's time for each convolution on the same shape."""
-    import torch.nn.functional as TF
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    records = {}
-    starts = {}
-
-    def pre(m, args):
-        starts[id(m)] = CLOCK()
-
-    def post(m, args, out):
-        dt = (CLOCK() - starts[id(m)]) * 1e3
-        rec = records.setdefault(id(m), {"times": [], "shape": args[0].shape})
-        rec["times"].append(dt)
-
-    handles = []
-    for _, m in leaves:
-        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        for _ in range(repeat):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    rows = []
-    for name, m in leaves:
-        rec = records.get(id(m))
-        if rec is None:
-            continue
-        row = {"name": name, "layer": type(m).__name__, "ms": stat(rec["times"]),
-               "shape": rec["shape"], "algo": "", "torch_ms": None, "gflops": None}
-        if isinstance(m, engine.Conv2d):
-            info = m.explain(rec["shape"])
-            row["algo"] = f"{info['algorithm']} ({info['source']})"
-            p = m._params(rec["shape"])
-            row["gflops"] = p.flops / row["ms"] / 1e6
-            tx = torch.from_numpy(np.random.default_rng(0).standard_normal(rec["shape"]).astype(m.dtype))
-            tw = torch.from_numpy(np.array(m.weight))
-            tb = None if m.bias is None else torch.from_numpy(np.array(m.bias))
-            relu = m.fused_relu
-
-            def run_torch():
-                with torch.inference_mode():
-                    y = TF.conv2d(tx, tw, tb, m.stride, m.padding, m.dilation, m.groups)
-                    return TF.relu(y) if relu else y
-            row["torch_ms"] = interleaved([run_torch], repeat, 2, stat)[0]
-        rows.append(row)
-    return rows
+    model) on ``x``, with torch's time for each convolution and pool on the same shape:
+    ``tuner.profile`` (what ``convtune profile`` runs), on this module's clock."""
+    return profile_model(model, x, repeat=repeat, warmup=0, torch=torch, clock=CLOCK, stat=stat,
+                         latency=False)["layers"]
 
 
 def print_profile(rows, total_ms):
-    print(f"  {'layer':<28}{'type':<18}{'input':<20}{'engine ms':>10}{'torch ms':>10}"
-          f"{'ratio':>7}{'GFLOP/s':>9}  algorithm")
-    conv_e = conv_t = 0.0
-    for r in rows:
-        t = "" if r["torch_ms"] is None else f"{r['torch_ms']:.3f}"
-        ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['ms']:.2f}"
-        g = "" if r["gflops"] is None else f"{r['gflops']:.0f}"
-        if r["torch_ms"] is not None:
-            conv_e += r["ms"]
-            conv_t += r["torch_ms"]
-        print(f"  {r['name']:<28}{r['layer']:<18}{str(tuple(r['shape'])):<20}{r['ms']:>10.3f}"
-              f"{t:>10}{ratio:>7}{g:>9}  {r['algo']}")
-    layers = sum(r["ms"] for r in rows)
-    print(f"  sum of layers {layers:.2f} ms (whole model {total_ms:.2f} ms); convolutions: "
-          f"engine {conv_e:.2f} ms, torch {conv_t:.2f} ms")
+    print("  " + format_table(rows, total_ms).replace("\n", "\n  "))
 
 
 def main(argv=None):

@@ -21,19 +21,53 @@ Architecture, in the order a call travels:
 The tuner (package ``tuner``) measures algorithms and writes plans; it talks to the
 runtime only through ``engine.plan`` and the public ``algorithm=`` override.
 """
-from . import functional, isa
-from .registry import algorithms
-from .build import build_info
-from .explain import explain
-from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                     Identity, Linear, MaxPool2d, ReLU, manual_seed)
-from .module import Module, Sequential
-from .weights import load_weights
-from .fusion import fuse
-from .convert import from_torch
-from . import models
-from .plan import use_plan
-from .threads import get_num_threads, set_num_threads
+import logging as _logging
+import os as _os
+
+# Diagnostics go to this logger (warnings about plans stay ``warnings``); silent unless
+# the application configures logging (the ``convtune`` command prints them to stderr).
+_logging.getLogger("convtune").addHandler(_logging.NullHandler())
+
+
+def _kernels_missing(e):
+    """The one ImportError raised when the compiled kernels cannot be imported (a source
+    checkout that was never built, or a build for another Python), saying what to do."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    root = _os.path.dirname(here)
+    checkout = _os.path.exists(_os.path.join(root, "setup.py"))
+    msg = (f"convtune's compiled kernels could not be imported from {here}/kernels ({e}). ")
+    if checkout:
+        msg += (f"You are importing engine from its source checkout ({root}), whose Cython "
+                f"kernels are not built for this Python. Either build them in place "
+                f"(`pip install -e .` or `python setup.py build_ext --inplace` in {root}), "
+                f"or, to use the installed package, run Python from another directory.")
+    else:
+        msg += ("The installation looks incomplete or was built for another Python: "
+                "reinstall it (`pip install --force-reinstall convtune`).")
+    return ImportError(msg)
+
+
+try:
+    from . import functional, isa
+    from .registry import algorithms
+    from .build import build_info
+    from .explain import explain
+    from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                         Identity, Linear, MaxPool2d, ReLU, manual_seed)
+    from .module import Module, Sequential
+    from .weights import load_weights
+    from .fusion import fuse
+    from .convert import from_torch
+    from . import models
+    from .plan import use_plan
+    from .threads import get_num_threads, set_num_threads
+except ImportError as _e:
+    # "cannot import name 'direct' from 'engine.kernels'" (not built), "No module named
+    # 'engine.kernels.pool'", or an extension built for another Python: say what to do.
+    # Any other ImportError (a missing dependency) is raised as it is.
+    if (getattr(_e, "name", None) or "").startswith(__name__ + ".kernels"):
+        raise _kernels_missing(_e) from None
+    raise
 
 __version__ = "0.1.0"
 

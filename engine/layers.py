@@ -13,6 +13,7 @@ the layer's back: to change weights, assign a new array.
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
 """
 import functools
+import logging
 import math
 import numbers
 
@@ -26,6 +27,7 @@ from . import shapes as _shapes
 from .module import Module, read_only
 from .threads import blas_single_threaded, get_num_threads
 
+_log = logging.getLogger("convtune")
 _default_rng = np.random.default_rng()
 # Input shapes whose (params, choice) a Conv2d keeps; least recently used dropped.
 RESOLVED_CACHE_SIZE = 256
@@ -200,7 +202,10 @@ class Conv2d(_WeightAndBias):
 
     def _resolve_uncached(self, input_shape, threads, algorithm):
         p = self._params(input_shape)
-        return p, _dispatch.choose(p, algorithm, threads)
+        choice = _dispatch.choose(p, algorithm, threads)
+        _log.debug("Conv2d %s at %d thread(s): %s (%s: %s)", _plan.describe_key(p.key()), threads,
+                   choice.algorithm, choice.source, choice.reason)
+        return p, choice
 
     def prepared_weight(self, algorithm, p):
         """The weights as ``algorithm`` consumes them, computed once per weights."""

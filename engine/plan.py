@@ -51,6 +51,7 @@ file that is not a plan is ignored as a whole.
 """
 import errno
 import json
+import logging
 import math
 import os
 import platform
@@ -721,6 +722,8 @@ def current():
         if path is None:
             return None
         plan = read_plan(path)
+        logging.getLogger("convtune").debug("plan %s: %s, %d entries", path, plan.status,
+                                            len(plan.entries))
         _loaded, _loaded_path, _last_check = plan, path, time.monotonic()
         _lookup_cache.clear()
         if plan.status != "ok" and not (plan.status == "missing" and path == default_path()):

@@ -6,5 +6,8 @@ only through ``engine.plan`` and the public ``algorithm=`` path (``functional``)
     configs   config files: networks (shapes propagated from the input) and shape suites
     timing    warm-up, calls per sample, interleaved repetitions, median and spread
     search    candidates per shape, the float64 accuracy gate, the choice
-    cli       the ``convtune`` command: tune, show, bench, check, merge, info
+    profile   per-layer timing of a model through forward hooks (installed, then removed)
+    report    the versioned JSON reports of ``--json FILE``
+    plot      ``--plot FILE.png|.svg`` through matplotlib's Figure + Agg (optional extra)
+    cli       the ``convtune`` command: tune, show, bench, profile, check, merge, info
 """

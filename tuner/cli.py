@@ -3,8 +3,10 @@
     convtune tune CONFIG... [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
                             [--tolerance T] [--force] [--batch N] [--dtype D]
                             [--dask SCHEDULER_ADDRESS]
-    convtune show [PLAN]
-    convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N]
+    convtune show [PLAN] [--plot FILE.png|.svg]
+    convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N] [--json FILE] [--plot FILE]
+    convtune profile (--model MODULE:FUNCTION | CONFIG) [--input N,C,H,W] [--threads N] [--repeat R]
+                     [--plan PATH|none] [--json FILE] [--trace FILE] [--plot FILE] [--no-torch]
     convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
     convtune merge OUT IN... [--force]
     convtune convert IN OUT.npz|OUT.safetensors [--key K] [--prefix P]
@@ -13,9 +15,15 @@
 Exit status: 0 success; 1 a check found an excess, or tuning left a shape without any
 accurate algorithm; 2 bad usage, a bad config, a plan file that cannot be used, or a
 weights file that cannot be converted; 130 interrupted (whatever was measured is kept).
+
+``--json FILE`` (tune, bench, profile, check) writes a versioned report (``tuner.report``
+documents the schema); ``--trace FILE`` (profile) a Chrome trace that Perfetto opens;
+``--plot FILE.png|.svg`` (bench, profile, show) a picture (needs ``convtune[plot]``).
+Diagnostics go through ``logging.getLogger("convtune")``, printed to stderr here.
 """
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -25,8 +33,31 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 NOISY_SPREAD = 0.25      # relative IQR above which a measurement is reported as noisy
 
 
+log = logging.getLogger("convtune")
+
+
+class _StderrHandler(logging.Handler):
+    """``convtune: error: ...`` / ``convtune: warning: ...`` / ``convtune: ...`` on the
+    sys.stderr of the moment (tests swap it)."""
+
+    def emit(self, record):
+        prefix = "error: " if record.levelno >= logging.ERROR else (
+            "warning: " if record.levelno >= logging.WARNING else "")
+        try:
+            print(f"convtune: {prefix}{record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # pragma: no cover
+            self.handleError(record)
+
+
+def _setup_logging():
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
 def _err(msg):
-    print(f"convtune: error: {msg}", file=sys.stderr)
+    log.error(msg)
 
 
 # -------------------------------------------------------------------- arguments
@@ -106,10 +137,14 @@ def build_parser():
     t.add_argument("--dask", metavar="SCHEDULER_ADDRESS",
                    help="tune on this Dask cluster's workers (e.g. tcp://10.0.0.5:8786), one job per "
                    "machine at a time, one plan per kind of machine (needs convtune[dask])")
+    t.add_argument("--json", metavar="FILE", dest="json_out",
+                   help="write a machine-readable report of what was tuned (see tuner/report.py)")
 
     s = sub.add_parser("show", help="print a plan as a table")
     s.add_argument("plan", nargs="?", metavar="PLAN", help="plan file (default: the active plan)")
     s.add_argument("--json", action="store_true", help="print the raw JSON instead")
+    s.add_argument("--plot", metavar="FILE.png|.svg",
+                   help="draw each shape's candidates' times (log scale), the chosen one marked")
 
     b = sub.add_parser("bench", help="planned choice vs every algorithm vs PyTorch, per layer")
     b.add_argument("config", nargs="?", metavar="CONFIG")
@@ -119,6 +154,34 @@ def build_parser():
     b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
     b.add_argument("--batch", type=_positive_int)
     b.add_argument("--dtype", choices=("float32", "float64"))
+    b.add_argument("--json", metavar="FILE", dest="json_out", help="write a machine-readable report")
+    b.add_argument("--plot", metavar="FILE.png|.svg",
+                   help="draw per layer each algorithm's time (log scale), the planned one marked, "
+                   "and PyTorch's")
+
+    pr = sub.add_parser("profile", help="where a model's time goes: whole latency and a per-layer table",
+                        description="Run a model (--model MODULE:FUNCTION, or a CONFIG's shapes) on "
+                        "random input: whole-model min/median/max latency, then per leaf layer its "
+                        "median time, share, effective GFLOP/s, the algorithm and where the decision "
+                        "came from (plan/heuristic/forced) with its kernel parameters, and PyTorch's "
+                        "time for the same layer when torch is installed. Timing hooks are installed "
+                        "for the per-layer runs only and removed afterwards.")
+    pr.add_argument("config", nargs="?", metavar="CONFIG",
+                    help="a config file (its distinct shapes, each run once per layer using it)")
+    pr.add_argument("--model", metavar="MODULE:FUNCTION",
+                    help='a model, e.g. "engine.models:resnet18" (fused unless --no-fuse)')
+    pr.add_argument("--input", metavar="N,C,H,W", default="1,3,224,224",
+                    help="the model's input shape (default 1,3,224,224)")
+    pr.add_argument("--threads", type=_thread_count, default=None)
+    pr.add_argument("--repeat", type=_positive_int, default=10, help="timed runs (default 10)")
+    pr.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    pr.add_argument("--plan", help='plan file, or "none" for the heuristic (default: the active plan)')
+    pr.add_argument("--no-fuse", action="store_true", help="profile the model as built (BatchNorm, "
+                    "ReLU as their own layers)")
+    pr.add_argument("--no-torch", action="store_true", help="do not time PyTorch per layer")
+    pr.add_argument("--json", metavar="FILE", dest="json_out", help="write a machine-readable report")
+    pr.add_argument("--trace", metavar="FILE", help="write a Chrome trace (open in ui.perfetto.dev)")
+    pr.add_argument("--plot", metavar="FILE.png|.svg", help="draw the per-layer time breakdown")
 
     c = sub.add_parser("check", help="parity regression: every algorithm vs float64 and PyTorch")
     c.add_argument("configs", nargs="*", metavar="CONFIG")
@@ -126,7 +189,7 @@ def build_parser():
     c.add_argument("--tolerance", type=_positive_float,
                    help="one tolerance for every algorithm (default: each algorithm's own, "
                    "engine.registry.TOLERANCE)")
-    c.add_argument("--json", metavar="PATH", help="write a machine-readable report")
+    c.add_argument("--json", metavar="PATH", help="write a machine-readable report (see tuner/report.py)")
     c.add_argument("--threads", type=_thread_count, default=None)
     c.add_argument("--batch", type=_positive_int)
     c.add_argument("--dtype", choices=("float32", "float64", "both"),
@@ -159,9 +222,22 @@ def build_parser():
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
+    _setup_logging()
+    if getattr(args, "plot", None):
+        from . import plot
+        try:
+            plot.check_path(args.plot)
+            plot._figure(1, 1)
+        except ValueError as e:
+            _err(str(e))
+            return EXIT_USAGE
+        except plot.PlotUnavailable as e:
+            _err(str(e))
+            return EXIT_USAGE
     try:
         return {"tune": cmd_tune, "show": cmd_show, "bench": cmd_bench, "check": cmd_check,
-                "merge": cmd_merge, "convert": cmd_convert, "info": cmd_info}[args.command](args)
+                "merge": cmd_merge, "convert": cmd_convert, "info": cmd_info,
+                "profile": cmd_profile}[args.command](args)
     except KeyboardInterrupt:
         print("\nconvtune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
@@ -216,16 +292,16 @@ def _keep_aside(P, path, entry, error):
 
 
 def _say_waiting(message):
-    print(f"convtune: {message}", file=sys.stderr, flush=True)
+    log.info(message)
 
 
 def _report_skipped(plan):
     """One line on stderr when a plan has entries that failed validation."""
     if plan.skipped:
         n = len(plan.skipped)
-        print(f"convtune: warning: {plan.path}: {n} invalid entr{'y' if n == 1 else 'ies'} "
-              f"skipped (left in the file as written): {plan.skipped[0]}"
-              + (f" (and {n - 1} more)" if n > 1 else ""), file=sys.stderr)
+        log.warning(f"{plan.path}: {n} invalid entr{'y' if n == 1 else 'ies'} "
+                    f"skipped (left in the file as written): {plan.skipped[0]}"
+                    + (f" (and {n - 1} more)" if n > 1 else ""))
 
 
 def _plan_path(explicit):
@@ -257,6 +333,53 @@ def _table(rows, headers, aligns=None):
 
 def _fmt_err(e):
     return "-" if e is None else f"{e:.1e}"
+
+
+def _write_report(path, command, settings, **fields):
+    """Write the ``--json`` report; False (after one error line) when it cannot be."""
+    from . import report
+    try:
+        report.write(path, report.make(command, settings, **fields))
+    except OSError as e:
+        _err(f"--json {path}: cannot write the report: {e.strerror or e}")
+        return False
+    return True
+
+
+def _write_plot(path, draw):
+    """Draw with ``draw(path)``; False (after one error line) when it cannot."""
+    from . import plot
+    try:
+        draw(path)
+    except plot.PlotUnavailable as e:
+        _err(str(e))
+        return False
+    except OSError as e:
+        _err(f"--plot {path}: cannot write the picture: {e.strerror or e}")
+        return False
+    print(f"plot written to {path}")
+    return True
+
+
+def _next_steps(path, args):
+    """What to do after tuning: where the plan is and the next commands."""
+    from engine import plan as P
+    target = (args.configs[0] if args.configs else
+              f"--model {args.model} --input {args.input}" if args.model else "CONFIG")
+    default = path == P.default_path()
+    plan_arg = "" if default else f" --plan {path}"
+    lines = [f"the plan is {path}" + (" (the default location: models use it with nothing to set)"
+                                      if default else ""),
+             "next:",
+             ]
+    cmds = [(f"convtune show{'' if default else ' ' + path}", "what was chosen, per shape"),
+            (f"convtune bench {target}{plan_arg}", "planned choice vs every algorithm vs PyTorch"),
+            (f"convtune profile {target}{plan_arg}", "where a model's time goes, per layer")]
+    if not default:
+        cmds.append((f"CONVTUNE_PLAN={path} python app.py", "use it (or engine.use_plan(path) in code)"))
+    width = max(len(c) for c, _ in cmds)
+    lines += [f"  {c:<{width}}   # {why}" for c, why in cmds]
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------- tune
@@ -297,11 +420,25 @@ def cmd_tune(args):
     names = ", ".join(c.name for c in configs)
     print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
           f"level {level}; plan {path}")
+    settings = {"configs": list(args.configs), "model": args.model,
+                "input": args.input if args.model else None, "threads": threads_list,
+                "level": level, "tolerance": args.tolerance, "budget_s": args.budget,
+                "force": args.force, "batch": args.batch, "dtype": args.dtype, "reps": args.reps}
+    results = []
+
+    def report(status, written=0, failed=0, elapsed=0.0, noisy=()):
+        if args.json_out and not _write_report(
+                args.json_out, "tune", settings, plan=path, written=written, failed=failed,
+                skipped=skipped, elapsed_s=elapsed, shapes=results, noisy=list(noisy),
+                exit_status=status):
+            return EXIT_USAGE
+        return status
+
     if skipped:
         print(f"  {skipped} already tuned at level >= {level} (use --force to re-tune)")
     if not jobs:
         print("nothing to do")
-        return EXIT_OK
+        return report(EXIT_OK)
 
     deadline = time.monotonic() + args.budget if args.budget else None
     start = time.monotonic()
@@ -340,6 +477,11 @@ def cmd_tune(args):
                     _bar.refresh()
             entry, msg = search.tune_shape(s, threads, level, tol, deadline, step, reps=args.reps)
             done += 1
+            results.append({"shape": label, "key": P.params_key(s.params, threads),
+                            "layers": s.names[:8], "threads": threads,
+                            "algorithm": entry["algorithm"] if entry else None,
+                            "params": entry.get("params", {}) if entry else {},
+                            "time_s": entry.get("time_s") if entry else None, "message": msg})
             if entry is None:
                 failed += 1
                 failures.append((label, threads, msg))
@@ -368,7 +510,7 @@ def cmd_tune(args):
             bar.close()
         print(f"\ninterrupted: {written} shape(s) tuned and kept in {path}; re-run to continue",
               file=sys.stderr)
-        return EXIT_INTERRUPT
+        return report(EXIT_INTERRUPT, written, failed, time.monotonic() - start, noisy)
     finally:
         if bar is not None:
             bar.close()
@@ -379,9 +521,9 @@ def cmd_tune(args):
             load = f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
         except OSError:  # pragma: no cover
             load = ""
-        print(f"warning: {len(noisy)} shape(s) were measured with a spread over "
-              f"±{NOISY_SPREAD:.0%}: the machine looks busy{load}, so close candidates may be "
-              f"ranked wrongly. Re-tune on a quiet machine with --force.", file=sys.stderr)
+        log.warning(f"{len(noisy)} shape(s) were measured with a spread over "
+                    f"±{NOISY_SPREAD:.0%}: the machine looks busy{load}, so close candidates may be "
+                    f"ranked wrongly. Re-tune on a quiet machine with --force.")
     if failures:
         tol_text = (f"{args.tolerance:g}" if args.tolerance is not None else "the default")
         print(f"{failed} shape(s) have no algorithm within tolerance {tol_text}; they keep "
@@ -389,7 +531,9 @@ def cmd_tune(args):
         for label, threads, msg in failures:
             print(f"  {label} t{threads}: {msg}", file=sys.stderr)
         status = EXIT_FAIL
-    return status
+    if written:
+        print(_next_steps(path, args))
+    return report(status, written, failed, elapsed, noisy)
 
 
 def _tune_dask(args, configs, shapes, path):
@@ -511,7 +655,27 @@ def cmd_show(args):
     print(_table(rows, ["shape", "algorithm", "time", "spread", "runner-up", "margin", "error",
                         "rejected", "level"], ["<", "<", ">", ">", "<", ">", ">", ">", "<"]))
     print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    if args.plot:
+        from . import plot
+        if not _write_plot(args.plot, lambda p: plot.plot_algorithms(
+                plan_groups(entries), p, f"plan {path}: candidates per shape")):
+            return EXIT_USAGE
     return EXIT_OK
+
+
+def plan_groups(entries):
+    """``plot.plot_algorithms`` groups from plan entries: each timed candidate's median
+    (ms), the plan's choice marked."""
+    from engine.plan import describe_key
+    from .search import candidate_label
+    groups = []
+    for e in entries:
+        times = {candidate_label(c): c["median_s"] * 1e3 for c in e.get("candidates", [])
+                 if c.get("status") == "ok" and c.get("median_s")}
+        groups.append({"label": describe_key(e["key"]), "times_ms": times, "torch_ms": None,
+                       "chosen": candidate_label({"algorithm": e["algorithm"],
+                                                  "params": e.get("params") or {}})})
+    return groups
 
 
 # ------------------------------------------------------------------------- bench
@@ -547,7 +711,7 @@ def cmd_bench(args):
           f"{plan.path + ('' if plan.trusted else ' (' + plan.status + ', ignored)') if plan else 'none'}; "
           f"PyTorch {torch.__version__ if torch else 'not installed'}")
     algo_names = engine.algorithms()
-    rows, ratios_best, ratios_torch = [], [], []
+    rows, ratios_best, ratios_torch, layers = [], [], [], []
     for s in shapes:
         prep = search.Prepared(s, threads)
         fns = {}
@@ -568,9 +732,11 @@ def cmd_bench(args):
             for n in prep.names:
                 fns[n] = prep.runner(n)
             planned = f"{choice.algorithm} ({choice.source})"
+            chosen, source = choice.algorithm, choice.source
         else:
             fns["planned"] = prep.runner("pool")
             planned = "pool"
+            chosen, source = "pool", None
         if torch is not None:
             fns["torch"] = search.torch_runner(torch, s, prep.x, prep.w, prep.b)
         stats = timing.measure(fns, reps=args.reps, min_sample_s=0.01, warmup=1)
@@ -588,6 +754,10 @@ def cmd_bench(args):
         row += [f"{med['torch'] * 1e3:.3f}" if "torch" in med else "-", best if algos else "-",
                 f"{r_best:.2f}", f"{r_torch:.2f}" if r_torch else "-"]
         rows.append(row)
+        layers.append({"layer": _shape_label(s), "shape": s.params.key(), "layers": s.names[:8],
+                       "planned": chosen, "source": source,
+                       "times_ms": {n: med[n] * 1e3 for n in med},
+                       "fastest": best if algos else None})
     headers = ["layer", "planned", "planned ms"] + [f"{n} ms" for n in algo_names] + \
               ["torch ms", "fastest", "planned/fastest", "torch/planned"]
     print(_table(rows, headers, ["<", "<"] + [">"] * (len(headers) - 2)))
@@ -596,11 +766,173 @@ def cmd_bench(args):
           f"the layer call overhead)")
     if ratios_torch:
         print(f"torch/planned: geometric mean {timing.geomean(ratios_torch):.3f} (> 1: convtune faster)")
+    settings = {"config": args.config, "model": args.model, "input": args.input if args.model else None,
+                "plan": plan.path if plan else None, "plan_trusted": bool(plan and plan.trusted),
+                "threads": threads, "reps": args.reps, "batch": args.batch, "dtype": args.dtype,
+                "torch": torch.__version__ if torch else None}
+    if args.json_out and not _write_report(
+            args.json_out, "bench", settings, layers=layers,
+            geomean_planned_over_fastest=timing.geomean(ratios_best),
+            geomean_torch_over_planned=timing.geomean(ratios_torch) if ratios_torch else None):
+        return EXIT_USAGE
+    if args.plot:
+        from . import plot
+        if not _write_plot(args.plot, lambda p: plot.plot_algorithms(
+                bench_groups(layers), p, f"convtune bench {args.config or args.model}: "
+                f"{threads} thread(s)")):
+            return EXIT_USAGE
     return EXIT_OK
+
+
+def bench_groups(layers):
+    """``plot.plot_algorithms`` groups from a bench report's "layers": each algorithm's
+    time (forced), the planned one marked, PyTorch's; a layer with one kernel (pooling)
+    shows its planned call under that kernel's name."""
+    groups = []
+    for r in layers:
+        times = {n: t for n, t in r["times_ms"].items() if n not in ("planned", "torch")}
+        groups.append({"label": r["layer"], "chosen": r["planned"],
+                       "times_ms": times or {r["planned"]: r["times_ms"]["planned"]},
+                       "torch_ms": r["times_ms"].get("torch")})
+    return groups
 
 
 def partial_call(layer, x):
     return lambda: layer(x)
+
+
+# ----------------------------------------------------------------------- profile
+def _parse_input(text):
+    """"N,C,H,W" -> a tuple of four positive ints, or None after one error line."""
+    try:
+        shape = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) <= 0:
+        _err(f"--input: expected four positive integers N,C,H,W, got {text!r}")
+        return None
+    return shape
+
+
+def _profile_target(args):
+    """(model, input array or None, description) for ``convtune profile``, or None after
+    one error line."""
+    import numpy as np
+
+    import engine
+    from engine import models
+    from .profile import ConfigModel
+
+    if bool(args.model) == bool(args.config):
+        _err("give either a CONFIG file or --model MODULE:FUNCTION (one of them)")
+        return None
+    if args.config:
+        from .configs import ConfigError, load
+        try:
+            shapes = load(args.config).shapes
+        except ConfigError as e:
+            _err(str(e))
+            return None
+        return ConfigModel(shapes), None, f"{args.config} ({len(shapes)} distinct shapes)"
+    shape = _parse_input(args.input)
+    if shape is None:
+        return None
+    try:
+        model = models.resolve_model(args.model)
+    except (ValueError, TypeError) as e:
+        _err(f"--model {args.model}: {e}")
+        return None
+    convs = [m for m in model.modules() if isinstance(m, engine.Conv2d)]
+    dtype = convs[0].dtype if convs else np.dtype(np.float32)
+    if not args.no_fuse:
+        model = engine.fuse(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    try:
+        model(x)
+    except (ValueError, TypeError) as e:
+        _err(f"--model {args.model} cannot run on --input {args.input}: {e}")
+        return None
+    return model, x, f"{args.model} on {args.input} {dtype}, {'unfused' if args.no_fuse else 'fused'}"
+
+
+def cmd_profile(args):
+    import engine
+    from engine import plan as P
+    from . import profile as prof
+    from .report import make
+
+    if args.warmup < 0:
+        _err(f"--warmup: expected an int >= 0, got {args.warmup}")
+        return EXIT_USAGE
+    if args.plan:
+        if args.plan.lower() == "none":
+            engine.use_plan(None)
+        else:
+            path = os.path.abspath(args.plan)
+            pf = P.read_plan(path)
+            if pf.status == "missing":
+                _err(f"--plan {args.plan}: no such file (\"none\" profiles the heuristic)")
+                return EXIT_USAGE
+            engine.use_plan(path)
+    threads = args.threads or engine.get_num_threads()
+    engine.set_num_threads(threads)
+    target = _profile_target(args)
+    if target is None:
+        return EXIT_USAGE
+    model, x, what = target
+    torch = None if args.no_torch else _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    plan = P.current()
+    if plan is None:
+        plan_text = f"none ({P.active_source()[1]}): the heuristic decides"
+    elif plan.trusted:
+        plan_text = f"{plan.path} ({len(plan.entries)} entries)"
+    else:
+        plan_text = f"{plan.path} ({plan.status}, ignored: the heuristic decides)"
+    print(f"convtune profile {what}")
+    print(f"  threads {threads}; {args.repeat} timed runs after {args.warmup} warm-up; plan {plan_text}; "
+          f"PyTorch {torch.__version__ if torch else ('not timed' if args.no_torch else 'not installed')}")
+    result = prof.profile_model(model, x, repeat=args.repeat, warmup=args.warmup, torch=torch)
+    lat = result["latency_ms"]
+    print(f"whole model: min {lat['min']:.3f} ms, median {lat['median']:.3f} ms, max {lat['max']:.3f} ms "
+          f"({args.repeat} runs, no hooks)")
+    print(f"per layer (median of {args.repeat} runs with timing hooks), slowest first:")
+    print(prof.format_table(result["layers"], lat["median"], min_percent=0.1))
+    missing = [r for r in result["layers"] if r["no_plan_entry"]]
+    if missing:
+        hint = (f"--model {args.model} --input {args.input}" if args.model else args.config)
+        print(f"{len(missing)} layer(s) marked '! no plan entry': the plan has no entry for their shape "
+              f"at {threads} thread(s), so the heuristic decided; tune them with "
+              f"`convtune tune {hint} --threads {threads} --plan {result['plan']}`")
+    settings = {"model": args.model, "config": args.config,
+                "input": args.input if args.model else None, "threads": threads,
+                "repeat": args.repeat, "warmup": args.warmup, "plan": result["plan"],
+                "plan_status": plan.status if plan else None, "fused": not args.no_fuse,
+                "torch": torch.__version__ if torch else None}
+    doc = make("profile", settings, latency_ms=lat, layers=result["layers"],
+               layers_total_ms=result["layers_total_ms"], plan=result["plan"])
+    if args.json_out:
+        from . import report
+        try:
+            report.write(args.json_out, doc)
+        except OSError as e:
+            _err(f"--json {args.json_out}: cannot write the report: {e.strerror or e}")
+            return EXIT_USAGE
+        print(f"report written to {args.json_out}")
+    if args.trace:
+        try:
+            with open(args.trace, "w", encoding="utf-8") as f:
+                json.dump(prof.trace_events(result["calls"]), f)
+        except OSError as e:
+            _err(f"--trace {args.trace}: cannot write the trace: {e.strerror or e}")
+            return EXIT_USAGE
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+    if args.plot:
+        from . import plot
+        if not _write_plot(args.plot, lambda p: plot.plot_profile(doc, p)):
+            return EXIT_USAGE
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------- check
@@ -657,11 +989,11 @@ def cmd_check(args):
                  ["<", "<", ">", ">", ">", "<"]))
     n = len(rows)
     if args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(report, f, indent=1)
-        except OSError as e:
-            _err(f"cannot write the report {args.json}: {e}")
+        settings = {k: report[k] for k in ("configs", "threads", "tolerance", "torch")}
+        settings.update(model=args.model, input=args.input if args.model else None,
+                        batch=args.batch, dtype=args.dtype)
+        if not _write_report(args.json, "check", settings, results=report["results"],
+                             failures=report["failures"]):
             return EXIT_USAGE
     if report["failures"]:
         print(f"FAILED: {report['failures']} of {n} algorithm/shape pair(s) exceed their tolerance",

@@ -22,6 +22,7 @@ the entry, and layers pass them to the kernel at run time.
 The float64 reference is numpy (``reference_conv`` / ``reference_pool``): per kernel tap
 one float64 GEMM over a strided view of the padded input, independent of our kernels.
 """
+import logging
 import math
 import time
 from functools import partial
@@ -37,6 +38,7 @@ from engine import shapes as _shapes
 
 from . import timing
 
+log = logging.getLogger("convtune")
 
 LEVEL_SETTINGS = {
     # reps per round, minimum sample length, finalist re-measurement reps, always re-measure
@@ -321,10 +323,17 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
         return None, (f"no algorithm within tolerance {tolerance:.1e} "
                       f"(least error: {best['algorithm']} {best['error'] or math.inf:.2e})")
     fns = {n: prep.runner(cands[n]["algorithm"], cands[n]["params"]) for n in ok}
+
+    def progress(name, stats):
+        timed = [(st.median, n) for n, st in stats.items() if st.samples]
+        best = min(timed) if timed else None
+        on_step(f"timing {name}" + (f" | best so far {best[1]} {timing.format_time(best[0])}"
+                                    if best else ""))
+
     stats, refined = timing.compare(
         fns, reps=settings["reps"], min_sample_s=settings["min_sample_s"],
         refine_reps=settings["refine_reps"], always_refine=settings["always_refine"],
-        deadline=deadline, on_sample=(lambda n: on_step(f"timing {n}")) if on_step else None)
+        deadline=deadline, on_stats=progress if on_step else None)
     for n, st in stats.items():
         cands[n].update(median_s=st.median, spread=round(st.spread, 4), samples=len(st.samples))
     ranked = sorted(cands.values(), key=lambda c: (c["median_s"] is None, c["median_s"] or 0,
@@ -340,4 +349,5 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
     rejected = [candidate_label(c) for c in ranked if c["status"] != "ok"]
     if rejected:
         msg += f"; rejected by the accuracy gate: {', '.join(rejected)}"
+    log.debug("tuned %s at %d thread(s): %s", _plan.describe_key(entry["key"]), threads, msg)
     return entry, msg

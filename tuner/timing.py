@@ -96,11 +96,14 @@ def calibrate(fn, min_sample_s, warmup=1, deadline=None, max_inner=1 << 20):
         inner = min(max_inner, max(inner * 2, int(math.ceil(min_sample_s / max(t, 1e-9) * 1.1))))
 
 
-def measure(fns, reps=7, min_sample_s=0.01, warmup=1, deadline=None, stats=None, on_sample=None):
+def measure(fns, reps=7, min_sample_s=0.01, warmup=1, deadline=None, stats=None, on_sample=None,
+            on_stats=None):
     """Interleaved measurement of ``fns`` (name -> zero-argument callable).
 
     Returns name -> Stats. ``stats`` (from an earlier call) is extended in place,
-    reusing its calibration; ``on_sample(name)`` is called after every sample."""
+    reusing its calibration; ``on_sample(name)`` is called after every sample, and
+    ``on_stats(name, stats)`` too (every candidate's Stats so far, e.g. for the best
+    so far in a progress bar)."""
     names = list(fns)
     stats = {} if stats is None else stats
     for name in names:
@@ -119,6 +122,8 @@ def measure(fns, reps=7, min_sample_s=0.01, warmup=1, deadline=None, stats=None,
                 st.inner = max(1, int(min_sample_s / t))
             if on_sample is not None:
                 on_sample(name)
+            if on_stats is not None:
+                on_stats(name, stats)
             _check(deadline)
     return stats
 
@@ -139,21 +144,21 @@ def finalists(stats, noise_floor=0.03):
 
 
 def compare(fns, reps=7, min_sample_s=0.01, warmup=1, refine_reps=None, deadline=None,
-            on_sample=None, always_refine=0, extra_rounds=2, noisy_spread=0.15):
+            on_sample=None, always_refine=0, extra_rounds=2, noisy_spread=0.15, on_stats=None):
     """``measure`` then re-measure the finalists (pooled samples). ``always_refine``
     re-measures at least that many of the fastest even when clearly apart; while the
     re-measured candidates stay within noise of each other with a spread above
     ``noisy_spread``, up to ``extra_rounds`` more rounds are taken.
 
     Returns (name -> Stats, list of names re-measured)."""
-    stats = measure(fns, reps, min_sample_s, warmup, deadline, on_sample=on_sample)
+    stats = measure(fns, reps, min_sample_s, warmup, deadline, on_sample=on_sample, on_stats=on_stats)
     fin = finalists(stats)
     if always_refine:
         ranked = sorted(stats, key=lambda n: stats[n].median)
         fin = list(dict.fromkeys(fin + ranked[:always_refine]))
     if len(fin) > 1:
         measure({n: fns[n] for n in fin}, refine_reps or reps, min_sample_s, 0, deadline,
-                stats=stats, on_sample=on_sample)
+                stats=stats, on_sample=on_sample, on_stats=on_stats)
         # Still noisy (a busy machine): up to ``extra_rounds`` more rounds among those
         # still within noise of each other, so their medians rest on more samples.
         for _ in range(extra_rounds):
@@ -161,7 +166,7 @@ def compare(fns, reps=7, min_sample_s=0.01, warmup=1, refine_reps=None, deadline
             if len(close) < 2 or max(stats[n].spread for n in close) <= noisy_spread:
                 break
             measure({n: fns[n] for n in close}, refine_reps or reps, min_sample_s, 0, deadline,
-                    stats=stats, on_sample=on_sample)
+                    stats=stats, on_sample=on_sample, on_stats=on_stats)
     else:
         fin = []
     return stats, fin
