@@ -60,7 +60,7 @@ import numpy as np
 
 from . import plan as _plan
 from .module import Module
-from .threads import get_num_threads, set_num_threads
+from .threads import get_num_threads, set_num_threads, usable_cores
 
 SETUP_TIMEOUT = 120.0      # seconds to wait for the cluster while setting a predict up
 _INSTALL_HINT = "pip install convtune[dask]  (installs dask[distributed])"
@@ -92,14 +92,6 @@ def get_client(client=None):
 
 
 # ------------------------------------------------------------------ the machines
-def usable_cores():
-    """The cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _machine_info():
     """Run on a worker: its hardware fingerprint, usable cores and process id."""
     return {"fingerprint": _plan.hardware_fingerprint(), "cores": usable_cores(), "pid": os.getpid()}

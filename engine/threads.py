@@ -36,7 +36,8 @@ _team_used = False          # a kernel may have started an OpenMP team in this p
 THREADS_PER_CPU = 4
 
 
-def _cpus():
+def usable_cores():
+    """The CPUs this process may run on (its affinity), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -46,14 +47,14 @@ def _cpus():
 def max_threads():
     """The largest thread count accepted: ``THREADS_PER_CPU`` x the CPUs this process
     may run on (larger counts are clamped to it, with a warning)."""
-    return THREADS_PER_CPU * _cpus()
+    return THREADS_PER_CPU * usable_cores()
 
 
 def _bounded(n, source):
     cap = max_threads()
     if n > cap:
         warnings.warn(f"{source} asks for {n} threads; convtune uses at most {cap} "
-                      f"({THREADS_PER_CPU} per CPU, {_cpus()} CPU(s) here)", RuntimeWarning,
+                      f"({THREADS_PER_CPU} per CPU, {usable_cores()} CPU(s) here)", RuntimeWarning,
                       stacklevel=3)
         return cap
     return n
@@ -68,7 +69,7 @@ def _default_threads():
                 return _bounded(n, f"OMP_NUM_THREADS={env}")
         except ValueError:
             pass
-    return _cpus()
+    return usable_cores()
 
 
 def get_num_threads():
