@@ -52,23 +52,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import anchors  # noqa: E402
 
 
+def _layer_runner(p, x, w, b, algorithm=None):
+    """A Conv2d layer for ConvParams ``p`` (weights prepared once, as in a model) run on
+    ``x``; None for asymmetric padding, which Conv2d cannot express."""
+    if p.pads[0] != p.pads[1] or p.pads[2] != p.pads[3]:
+        return None
+    layer = engine.Conv2d(p.c_in, p.c_out, p.kernel, p.stride, (p.pads[0], p.pads[2]), p.dilation,
+                          p.groups, bias=b is not None, padding_mode=p.padding_mode,
+                          algorithm=algorithm)
+    layer.weight = w
+    if b is not None:
+        layer.bias = b
+    return lambda: layer(x)
+
+
 def engine_runners(shape, x, w, b, cached):
+    """Every applicable algorithm forced: as a layer with ``cached``, else (and where a
+    layer cannot express the padding) through functional.conv2d."""
     p = shape.params
     if isinstance(p, shapes.ConvParams):
-        pads = p.pads
-        padding = (pads[0], pads[2])
+        padding = (p.pads[0], p.pads[2])   # asymmetric pads are issue 14's one operator
         out = {}
         for name in engine.registry.applicable(p):
-            if cached:
-                layer = engine.Conv2d(p.c_in, p.c_out, p.kernel, p.stride, padding, p.dilation, p.groups,
-                                      bias=b is not None, padding_mode=p.padding_mode, algorithm=name)
-                layer.weight = w
-                if b is not None:
-                    layer.bias = b
-                out[name] = (lambda layer=layer: layer(x))
-            else:
-                out[name] = (lambda name=name: F.conv2d(x, w, b, p.stride, padding, p.dilation, p.groups,
-                                                        p.padding_mode, algorithm=name))
+            run = _layer_runner(p, x, w, b, name) if cached else None
+            out[name] = run or (lambda name=name: F.conv2d(x, w, b, p.stride, padding, p.dilation,
+                                                           p.groups, p.padding_mode, algorithm=name))
         return out
     if p.op == "max_pool2d":
         return {"pool": lambda: F.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)}
@@ -80,17 +88,9 @@ ANCHORS = ["torch", "ort", "ncnn"]
 
 
 def _default_runner(shape, x, w, b):
+    """What a user gets: a Conv2d with no algorithm (the plan or the heuristic)."""
     p = shape.params
-    if not isinstance(p, shapes.ConvParams):
-        return None
-    layer = engine.Conv2d(p.c_in, p.c_out, p.kernel, p.stride, (p.pads[0], p.pads[2]), p.dilation,
-                          p.groups, bias=b is not None, padding_mode=p.padding_mode)
-    if p.pads[0] != p.pads[1] or p.pads[2] != p.pads[3]:
-        return None               # asymmetric padding: not a Conv2d argument
-    layer.weight = w
-    if b is not None:
-        layer.bias = b
-    return lambda: layer(x)
+    return _layer_runner(p, x, w, b) if isinstance(p, shapes.ConvParams) else None
 
 
 def _checked_anchors(shape, x, w, b, threads, workdir, reference):

@@ -152,8 +152,7 @@ class Im2col(Algorithm):
 
 class Winograd(Algorithm):
     """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block; float32
-    on the active ISA's micro-kernels (engine.isa), float64 through BLAS."""
-    uses_blas = True
+    on the active ISA's micro-kernels (engine.isa), float64 through BLAS (needs_blas)."""
     # Tiles per block (automatic: sized from a per-thread workspace budget).
     tunables = {"tile_block": [16, 32, 64, 128, 256]}
 
