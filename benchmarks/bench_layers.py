@@ -9,10 +9,11 @@ engine, times
     torch    torch.nn.functional.conv2d / max_pool2d / avg_pool2d
     ort      ONNX Runtime on a one-node ONNX model (benchmarks/anchors.py)
     ncnn     ncnn on a one-layer net (benchmarks/anchors.py)
-    each     engine algorithm forced (a Conv2d(algorithm=name) layer with --cached-weights,
-             which keeps transformed weights as a model does; else functional.conv2d)
-    default  a Conv2d layer with no algorithm: the plan (--plan, default none) or the
-             heuristic, i.e. what a user gets
+    each     engine algorithm forced: its operator (engine.operator) built once, weights
+             prepared once as a layer keeps them, with --cached-weights; else built per
+             call, weights prepared per call, as functional.conv2d does
+    default  the operator the dispatch builds: the plan (--plan, default none) or the
+             heuristic, i.e. what a user's layer runs
 
 interleaved (tuner/timing.py: warm-up, calls per sample grown to --min-sample, rounds
 with rotated order, medians). Each anchor's output is checked against PyTorch (or the
@@ -44,53 +45,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import engine  # noqa: E402
-import engine.functional as F  # noqa: E402
-from engine import shapes  # noqa: E402
+from engine import dispatch, operator, shapes  # noqa: E402
 from tuner import configs, search, timing  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import anchors  # noqa: E402
 
 
-def _layer_runner(p, x, w, b, algorithm=None):
-    """A Conv2d layer for ConvParams ``p`` (weights prepared once, as in a model) run on
-    ``x``; None for asymmetric padding, which Conv2d cannot express."""
-    if p.pads[0] != p.pads[1] or p.pads[2] != p.pads[3]:
-        return None
-    layer = engine.Conv2d(p.c_in, p.c_out, p.kernel, p.stride, (p.pads[0], p.pads[2]), p.dilation,
-                          p.groups, bias=b is not None, padding_mode=p.padding_mode,
-                          algorithm=algorithm)
-    layer.weight = w
-    if b is not None:
-        layer.bias = b
-    return lambda: layer(x)
-
-
-def engine_runners(shape, x, w, b, cached):
-    """Every applicable algorithm forced: as a layer with ``cached``, else (and where a
-    layer cannot express the padding) through functional.conv2d."""
+def engine_runners(shape, x, w, b, cached, threads):
+    """Every applicable algorithm forced (pooling's one included), as operators: built
+    once with ``cached`` (as a layer keeps them), else per call (as functional does)."""
     p = shape.params
-    if isinstance(p, shapes.ConvParams):
-        padding = (p.pads[0], p.pads[2])   # asymmetric pads are issue 14's one operator
-        out = {}
-        for name in engine.registry.applicable(p):
-            run = _layer_runner(p, x, w, b, name) if cached else None
-            out[name] = run or (lambda name=name: F.conv2d(x, w, b, p.stride, padding, p.dilation,
-                                                           p.groups, p.padding_mode, algorithm=name))
-        return out
-    if p.op == "max_pool2d":
-        return {"pool": lambda: F.max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)}
-    return {"pool": lambda: F.avg_pool2d(x, p.kernel, p.stride, p.padding, p.ceil_mode,
-                                         shape.count_include_pad)}
+    kw = ({"count_include_pad": shape.count_include_pad} if isinstance(p, shapes.PoolParams)
+          else {"weight": w, "bias": b})
+
+    def runner(name):
+        if cached or isinstance(p, shapes.PoolParams):
+            op = operator.create(p, name, num_threads=threads, **kw)
+            return lambda: op(x)
+        return lambda: operator.create(p, name, num_threads=threads, **kw)(x)
+    return {name: runner(name) for name in engine.registry.applicable(p)}
 
 
 ANCHORS = ["torch", "ort", "ncnn"]
 
 
-def _default_runner(shape, x, w, b):
-    """What a user gets: a Conv2d with no algorithm (the plan or the heuristic)."""
+def _default_runner(shape, x, w, b, threads):
+    """What a user's layer runs: the operator of the dispatch's choice (plan or heuristic)."""
     p = shape.params
-    return _layer_runner(p, x, w, b) if isinstance(p, shapes.ConvParams) else None
+    kw = ({"count_include_pad": shape.count_include_pad} if isinstance(p, shapes.PoolParams)
+          else {"weight": w, "bias": b})
+    op = operator.create(p, dispatch.choose(p, None, threads), num_threads=threads, **kw)
+    return lambda: op(x)
 
 
 def _checked_anchors(shape, x, w, b, threads, workdir, reference):
@@ -124,8 +110,8 @@ def main(argv=None):
     ap.add_argument("--plan", default="none",
                     help="plan for the default dispatch: 'none' (heuristic, the default) or a file")
     ap.add_argument("--cached-weights", action="store_true",
-                    help="time Conv2d(algorithm=name) layers (weights prepared once) instead of "
-                    "functional.conv2d(algorithm=name)")
+                    help="time forced algorithms with their weights prepared once (as a layer "
+                    "keeps them) instead of per call (as functional.conv2d(algorithm=name))")
     args = ap.parse_args(argv)
     batches = [int(v) for v in (args.batch or ("1" if args.quick else "1,8")).split(",")]
     reps = args.reps or (3 if args.quick else 7)
@@ -140,11 +126,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     except ImportError:
         torch = None
-    algos = engine.algorithms()
+    algos = engine.algorithms() + ["pool"]
     print(f"bench_layers: {os.path.relpath(args.suite)}; {engine.plan.hardware_fingerprint()['cpu']}; micro-kernels "
           f"{engine.isa.active()}{' (capped with --isa)' if args.isa else ''}; threads {args.threads}; "
           f"batches {batches}; {reps} samples >= {min_sample * 1e3:g} ms; plan {args.plan}; forced "
-          f"algorithms via {'Conv2d layers' if args.cached_weights else 'functional.conv2d'}; "
+          f"algorithms with weights prepared {'once' if args.cached_weights else 'per call'}; "
           f"PyTorch {torch.__version__ if torch else 'not installed'}")
     cols = ANCHORS + algos + ["default"]
     header = ["layer", "N"] + cols + ["best", "dflt/best"] + [f"{a}/dflt" for a in ANCHORS]
@@ -161,10 +147,8 @@ def main(argv=None):
                 x, w, b = search.make_conv_data(s.params, 0, s.bias)
             else:
                 x, w, b = search.make_pool_data(s.params, 0), None, None
-            fns = engine_runners(s, x, w, b, args.cached_weights)
-            default = _default_runner(s, x, w, b)
-            if default is not None:
-                fns["default"] = default
+            fns = engine_runners(s, x, w, b, args.cached_weights, args.threads)
+            fns["default"] = _default_runner(s, x, w, b, args.threads)
             if torch is not None:
                 fns["torch"] = search.torch_runner(torch, s, x, w, b)
                 reference = np.asarray(fns["torch"]())
@@ -180,10 +164,8 @@ def main(argv=None):
             med = {k: v.median for k, v in stats.items()}
             forced = {k: v for k, v in med.items() if k not in ANCHORS and k != "default"}
             best = min(forced, key=forced.get)
-            mine = med.get("default", forced[best])
+            mine = med["default"]
             cells = [f"{med[c] * 1e3:9.3f}" if c in med else f"{'-':>9s}" for c in cols]
-            if "pool" in med:
-                cells[len(ANCHORS)] = f"{med['pool'] * 1e3:9.3f}"
             cells += [f"{best[:9]:>9s}", f"{mine / forced[best]:9.2f}"]
             ratios[s.category]["dflt/best"].append(mine / forced[best])
             for a in ANCHORS:

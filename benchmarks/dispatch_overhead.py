@@ -3,8 +3,9 @@
 Times, on a tiny convolution (default 1x4x8x8 -> 4, 3x3, padding 1) where the kernel
 itself costs little:
 
-    kernel        the raw kernel into a preallocated output (registry entry __call__)
-    run_conv      functional.run_conv: output allocation + the kernel
+    kernel        the operator (engine.operator) into a preallocated output: the kernel
+                  and the operator's array checks
+    operator      the operator allocating its output
     choose        dispatch.choose(p) alone (plan look-up + heuristic), no plan / with a plan
     layer         Conv2d(x): shape check, cached choice (plan generation), cached weights
     functional    functional.conv2d(x, w, b): full validation + choose + weight prep
@@ -24,8 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engine  # noqa: E402
 import engine.functional as F  # noqa: E402
-from engine import dispatch, plan  # noqa: E402
-from engine import registry  # noqa: E402
+from engine import dispatch, operator, plan  # noqa: E402
 from tuner import timing  # noqa: E402
 
 
@@ -44,16 +44,15 @@ def main(argv=None):
     wt, b = layer.weight, layer.bias
     p = F.conv_setup(x, wt, b, 1, 1, 1, 1, "zeros")[3]
     algo_name = dispatch.heuristic(p)[0]
-    algo = registry.REGISTRY[algo_name]
-    prepared = algo.prepare_weight(wt, p)
-    out = np.empty(p.output_shape, np.float32)
     t = args.threads
+    op = operator.ConvOperator(p, algo_name, wt, b, num_threads=t)
+    out = np.empty(p.output_shape, np.float32)
 
     engine.use_plan(None)
     layer(x)
     fns = {
-        "kernel": lambda: algo(x, prepared, b, out, p, t),
-        "run_conv": lambda: F.run_conv(x, prepared, b, p, algo_name, t),
+        "kernel": lambda: op(x, out),
+        "operator": lambda: op(x),
         "choose (no plan)": lambda: dispatch.choose(p, None, t),
         "layer (no plan)": lambda: layer(x),
         "functional (no plan)": lambda: F.conv2d(x, wt, b, padding=1),
@@ -90,7 +89,7 @@ def main(argv=None):
               f"{us['layer (plan)'] - k:.2f} us (plan); functional {us['functional (no plan)'] - k:.2f} us "
               f"(no plan), {us['functional (plan)'] - k:.2f} us (plan); dispatch.choose "
               f"{us['choose (no plan)']:.2f} / {us['choose (plan)']:.2f} us; output allocation "
-              f"{us['run_conv'] - k:.2f} us")
+              f"{us['operator'] - k:.2f} us")
 
 if __name__ == "__main__":
     main()

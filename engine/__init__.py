@@ -1,28 +1,29 @@
 """convtune's runtime: PyTorch-exact convolution and pooling on numpy arrays.
 
-Architecture, in the order a call travels:
+A call travels down this path (each step only calls the next):
 
-    module      Module / Sequential: containers, state_dict, .npz save and load
-    weights     load_weights: .pth (zip/legacy), .safetensors, .npz -> {name: ndarray},
-                with an allow-list unpickler (nothing in a file is ever executed)
-    models      whole networks (VGG, ResNet, MobileNet-V1) and collect_shapes
-    fusion      fuse: BatchNorm folded into convolutions, ReLU into their kernels
-    convert     from_torch: a PyTorch module tree as engine layers (imports torch lazily)
-    layers      Conv2d / MaxPool2d / AvgPool2d hold parameters and per-shape caches;
-                ReLU, BatchNorm2d, Linear, ... are what networks need around them
+    nn/         the network layer: Module, layers, fusion, models, from_torch,
+                load_weights, distributed.predict (engine.nn; re-exported here)
     functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
     dispatch    pick the algorithm: forced > plan entry (``plan``) > heuristic
-    registry    the table of algorithms: what each handles, how to run its kernel
+    operator    ConvOperator / PoolOperator: one call's prepared weights, bias,
+                fused activation and kernel parameters, run as ``op(x, out=None)``
+    registry    the table of algorithms: what each handles, its tolerance, its kernel
     kernels/    Cython + OpenMP: direct, im2col (+ BLAS via _blas.pxd), winograd, pool;
                 kernels/ukernels/ the per-ISA C micro-kernels (GEMM tiles, Winograd tiles)
-    isa         which micro-kernel ISA runs (cpuid, capped by CONVTUNE_ISA)
-    threads     one thread count for the OpenMP team and BLAS
 
-The tuner (package ``tuner``) measures algorithms and writes plans; it talks to the
-runtime only through ``engine.plan`` and the public ``algorithm=`` override.
+and beside it: ``isa`` (which micro-kernel ISA runs: cpuid, capped by CONVTUNE_ISA),
+``threads`` (one thread count for the OpenMP team and BLAS), ``build`` (what the build
+used), ``explain`` (which algorithm a layer uses, and why).
+
+The core (everything outside ``nn``) never imports ``engine.nn``; nothing in ``engine``
+imports the tuner. The tuner (package ``tuner``) measures algorithms and writes plans
+through public names only: ``engine.plan``, ``engine.registry``'s candidates and
+tolerances, ``engine.operator``, ``engine.shapes`` and ``algorithm=``.
 """
 import logging as _logging
 import os as _os
+import sys as _sys
 
 # Diagnostics go to this logger (warnings about plans stay ``warnings``); silent unless
 # the application configures logging (the ``convtune`` command prints them to stderr).
@@ -48,19 +49,24 @@ def _kernels_missing(e):
 
 
 try:
-    from . import functional, isa
+    from . import functional, isa, operator
     from .registry import algorithms
     from .build import build_info
     from .explain import explain
-    from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                         Identity, Linear, MaxPool2d, ReLU, manual_seed)
-    from .module import Module, Sequential
-    from .weights import load_weights
-    from .fusion import fuse
-    from .convert import from_torch
-    from . import models
     from .plan import use_plan
     from .threads import get_num_threads, set_num_threads
+    from . import nn
+    from .nn.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                            Identity, Linear, MaxPool2d, ReLU, manual_seed)
+    from .nn.module import Module, Sequential
+    from .nn.weights import load_weights
+    from .nn.fusion import fuse
+    from .nn.convert import from_torch
+    from .nn import distributed, models, weights
+    # ``import engine.models`` (and .distributed, .weights: public module names) finds
+    # the module that lives in engine.nn.
+    for _m in (models, distributed, weights):
+        _sys.modules[f"{__name__}.{_m.__name__.rpartition('.')[2]}"] = _m
 except ImportError as _e:
     # "cannot import name 'direct' from 'engine.kernels'" (not built), "No module named
     # 'engine.kernels.pool'", or an extension built for another Python: say what to do.

@@ -1,14 +1,18 @@
-"""Which algorithm computes a convolution: forced > plan entry > heuristic.
+"""Which algorithm computes a convolution or a pooling: forced > plan entry > heuristic.
 
 ``choose`` returns a ``Choice`` (algorithm name, where the decision came from, why).
-Layers cache the choice per input shape, so this runs once per layer and shape; the
-functional API calls it on every call (it is a few dictionary look-ups).
+Layers cache their operator per input shape, so this runs once per layer and shape;
+the functional API calls it on every call (it is a few dictionary look-ups). Pooling
+has one algorithm ("pool"), so its choice never consults the plan.
 """
 from dataclasses import dataclass, field
 
 from . import isa as _isa
 from . import registry as _registry
 from . import plan as _plan
+from .shapes import PoolParams
+
+POOL_REASON = "pooling has one kernel per op"
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,10 @@ def heuristic(p):
     VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
+    Pooling (PoolParams): ``pool``, its only algorithm.
     """
+    if isinstance(p, PoolParams):
+        return "pool", POOL_REASON
     if p.is_depthwise:
         return "direct", "depthwise convolution: the direct depthwise kernel"
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
@@ -86,7 +93,7 @@ def heuristic(p):
 
 def check_forced(name, p):
     """Validate a forced algorithm for ``p``: ValueError naming it and why not."""
-    algo = _registry.get(name)
+    algo = _registry.get(name, "conv")
     reason = algo.why_not(p)
     if reason is not None:
         raise ValueError(f"algorithm {name!r} cannot compute this convolution: {reason}")
@@ -94,7 +101,10 @@ def check_forced(name, p):
 
 
 def choose(p, forced=None, num_threads=None):
-    """The Choice for ConvParams ``p``: forced > plan entry > heuristic."""
+    """The Choice for ``p`` (ConvParams: forced > plan entry > heuristic; PoolParams:
+    its one algorithm)."""
+    if isinstance(p, PoolParams):
+        return Choice("pool", "heuristic", POOL_REASON)
     if forced is not None:
         check_forced(forced, p)
         return Choice(forced, "forced", "algorithm= given by the caller")

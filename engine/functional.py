@@ -1,22 +1,19 @@
 """conv2d, max_pool2d, avg_pool2d on numpy arrays, with PyTorch's semantics.
 
 Each function validates once (types here, shapes and parameters in ``shapes``), picks
-an algorithm (``dispatch``) and runs a compiled kernel into a freshly allocated output.
-Kernels never see bad input: everything that can be wrong is caught here first.
+an algorithm (``dispatch``), builds its operator (``operator``: the weights prepared for
+that algorithm) and runs it into a freshly allocated output. Kernels never see bad
+input: everything that can be wrong is caught here first.
 """
 import numbers
 
 import numpy as np
 
-from . import registry as _registry
 from . import dispatch as _dispatch
 from . import shapes as _shapes
-from .kernels import padding as _padding
-from .kernels import pool as _pool
+from .operator import ConvOperator, PoolOperator
 from .threads import get_num_threads
 
-_PAD_MODE_CODES = {"zeros": _padding.PAD_ZEROS, "reflect": _padding.PAD_REFLECT,
-                   "replicate": _padding.PAD_REPLICATE, "circular": _padding.PAD_CIRCULAR}
 _float_dtype = _shapes.float_dtype
 
 
@@ -73,29 +70,6 @@ def conv_setup(input, weight, bias, stride, padding, dilation, groups, padding_m
     return x, weight, bias, p, unbatched
 
 
-def apply_padding_mode(x, p, num_threads):
-    """Reflect/replicate/circular padding as one compiled pass; zeros is left to the
-    kernels, which skip the taps outside the input without any copy."""
-    if p.padding_mode == "zeros" or max(p.pads) == 0:
-        return x
-    top, bottom, left, right = p.pads
-    padded = np.empty((p.n, p.c_in, p.h + top + bottom, p.w + left + right), dtype=x.dtype)
-    _padding.pad2d(x, padded, top, left, _PAD_MODE_CODES[p.padding_mode], num_threads)
-    return padded
-
-
-def run_conv(x, prepared_weight, bias, p, algorithm, num_threads, relu=False, params=None):
-    """Compute ConvParams ``p`` with the named algorithm (and its checked kernel
-    ``params``); ``prepared_weight`` is what that algorithm's ``prepare_weight``
-    returned. Returns the 4-D output."""
-    out = np.empty(p.output_shape, dtype=x.dtype)
-    if p.n == 0:
-        return out
-    x = apply_padding_mode(x, p, num_threads)
-    _registry.REGISTRY[algorithm](x, prepared_weight, bias, out, p, num_threads, relu, params)
-    return out
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
            padding_mode="zeros", *, algorithm=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d`` (plus ``padding_mode``
@@ -110,11 +84,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     x, weight, bias, p, unbatched = conv_setup(input, weight, bias, stride, padding,
                                                dilation, groups, padding_mode)
     threads = get_num_threads()
-    choice = _dispatch.choose(p, algorithm, threads)
-    algo = _registry.REGISTRY[choice.algorithm]
-    prepared = algo.prepare_weight(weight, p)
-    out = run_conv(x, prepared, bias, p, choice.algorithm, threads, params=choice.params)
-    return _batched_result(out, unbatched)
+    op = ConvOperator(p, _dispatch.choose(p, algorithm, threads), weight, bias, num_threads=threads)
+    return _batched_result(op(x), unbatched)
 
 
 # ------------------------------------------------------------------------ pooling
@@ -131,16 +102,9 @@ def pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     return x, p, unbatched
 
 
-def run_max_pool(x, p, return_indices, num_threads):
-    n, c, oh, ow = p.output_shape
-    out = np.empty((n, c, oh, ow), dtype=x.dtype)
-    indices = np.empty((n, c, oh, ow), dtype=np.int64) if return_indices else None
-    if n > 0:
-        _pool.max_pool2d(x.reshape(n * c, p.h, p.w), out.reshape(n * c, oh, ow),
-                         None if indices is None else indices.reshape(n * c, oh, ow),
-                         p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
-                         p.padding[0], p.padding[1], p.dilation[0], p.dilation[1], num_threads)
-    return out, indices
+def pool_operator(p, num_threads, **options):
+    """The PoolOperator for PoolParams ``p`` (its algorithm from ``dispatch``)."""
+    return PoolOperator(p, _dispatch.choose(p, None, num_threads), num_threads=num_threads, **options)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -153,10 +117,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     op = "max_pool2d"
     return_indices = check_bool(return_indices, "return_indices", op)
     x, p, unbatched = pool_setup(op, input, kernel_size, stride, padding, dilation, ceil_mode)
-    out, indices = run_max_pool(x, p, return_indices, get_num_threads())
+    result = pool_operator(p, get_num_threads(), return_indices=return_indices)(x)
     if return_indices:
+        out, indices = result
         return _batched_result(out, unbatched), _batched_result(indices, unbatched)
-    return _batched_result(out, unbatched)
+    return _batched_result(result, unbatched)
 
 
 def check_divisor_override(divisor_override, op="avg_pool2d"):
@@ -171,16 +136,6 @@ def check_divisor_override(divisor_override, op="avg_pool2d"):
     return int(divisor_override)
 
 
-def run_avg_pool(x, p, count_include_pad, divisor, num_threads):
-    n, c, oh, ow = p.output_shape
-    out = np.empty((n, c, oh, ow), dtype=x.dtype)
-    if n > 0:
-        _pool.avg_pool2d(x.reshape(n * c, p.h, p.w), out.reshape(n * c, oh, ow),
-                         p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
-                         p.padding[0], p.padding[1], count_include_pad, divisor, num_threads)
-    return out
-
-
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None):
     """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
@@ -192,5 +147,6 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     count_include_pad = check_bool(count_include_pad, "count_include_pad", op)
     divisor = check_divisor_override(divisor_override, op)
     x, p, unbatched = pool_setup(op, input, kernel_size, stride, padding, 1, ceil_mode)
-    out = run_avg_pool(x, p, count_include_pad, divisor, get_num_threads())
-    return _batched_result(out, unbatched)
+    pool = pool_operator(p, get_num_threads(), count_include_pad=count_include_pad,
+                         divisor_override=divisor)
+    return _batched_result(pool(x), unbatched)

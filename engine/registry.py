@@ -1,19 +1,23 @@
-"""The algorithm registry: what each convolution algorithm can do, and how to run it.
+"""The algorithm registry: what each convolution and pooling algorithm can do, its
+tolerance, its tunable kernel parameters, and how to run its kernel.
 
 Each ``Algorithm`` knows one thing the others do not: which parameters it handles
 (``why_not`` returns the reason it cannot, or None) and how to call its kernel. The
-forced path, the plan, the heuristic and the tuner all go through this one table.
+forced path, the plan, the heuristic, the operators (``engine.operator``, the only
+callers of ``run``) and the tuner all go through this one table. ``kind`` says what an
+algorithm computes: "conv" (ConvParams) or "pool" (PoolParams, max and average).
 
 Every ``run`` receives an input that already carries any non-zero padding mode
-(``functional`` applies reflect/replicate/circular with the compiled ``pad2d`` first),
+(the ``ConvOperator`` applies reflect/replicate/circular with the compiled ``pad2d``),
 so the kernels only ever see zero padding.
 """
 import numpy as np
 
 from .kernels import direct as _direct
 from .kernels import im2col as _im2col
+from .kernels import pool as _pool
 from . import isa as _isa
-from .shapes import INT_LIMIT
+from .shapes import INT_LIMIT, ConvParams, PoolParams
 from .threads import blas_single_threaded
 
 try:  # Winograd is its own module; the engine works without it.
@@ -31,6 +35,9 @@ TOLERANCE = {
     ("winograd_f2x3", "float32"): 5e-6, ("winograd_f2x3", "float64"): 1e-12,
     ("winograd_f4x3", "float32"): 2e-5, ("winograd_f4x3", "float64"): 1e-11,
     ("winograd_f6x3", "float32"): 1e-4, ("winograd_f6x3", "float64"): 1e-10,
+    # max pooling is exact; the bound is average pooling's (a window sum in the input
+    # dtype in PyTorch's order, then a divide: rounding only)
+    ("pool", "float32"): 4e-6, ("pool", "float64"): 1e-13,
 }
 # What the engine accepts when it chooses on its own (heuristic, tuner default).
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
@@ -38,13 +45,15 @@ DEFAULT_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 class Algorithm:
     name = None
+    kind = "conv"
     uses_blas = False
     # Kernel parameters the tuner searches at --level exhaustive: name -> the values it
     # tries. Empty params ({}) always mean the kernel's own automatic choice.
     tunables = {}
 
     def why_not(self, p):
-        """None when this algorithm computes ``p`` (a ConvParams), else the reason."""
+        """None when this algorithm computes ``p`` (a ConvParams), else the reason.
+        Callers pass parameters of the algorithm's ``kind`` (``applicable`` does)."""
         return None
 
     def prepare_weight(self, weight, p):
@@ -194,30 +203,85 @@ class Winograd(Algorithm):
                                   isa=_isa.level(), **params)
 
 
+class Pool(Algorithm):
+    """Max and average pooling (``PoolParams.op``): one compiled kernel each, parallel
+    over the N*C planes. Max pooling counts padding as -inf, propagates NaN and can
+    return PyTorch's indices; average pooling divides by ``divisor`` when non-zero,
+    else by the window size with or without the padding (``count_include_pad``)."""
+    name = "pool"
+    kind = "pool"
+
+    def why_not(self, p):
+        if not isinstance(p, PoolParams):
+            return f"{self.name} computes pooling, not {getattr(p, 'op', type(p).__name__)}"
+        return None
+
+    def kernel_name(self, p):
+        return p.op
+
+    def run(self, *args, **kwargs):
+        raise TypeError("pooling runs through pool(), not run(): build a PoolOperator")
+
+    def pool(self, x, out, indices, p, num_threads, count_include_pad=True, divisor=0):
+        """Pool the 4-D ``x`` into ``out`` (and int64 ``indices`` for max pooling, or
+        None); every N*C plane is pooled on its own."""
+        planes = p.n * p.c
+        x3 = x.reshape(planes, p.h, p.w)
+        out3 = out.reshape(planes, p.out_h, p.out_w)
+        if p.op == "max_pool2d":
+            _pool.max_pool2d(x3, out3, None if indices is None else indices.reshape(planes, p.out_h, p.out_w),
+                             p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
+                             p.padding[0], p.padding[1], p.dilation[0], p.dilation[1], num_threads)
+        else:
+            _pool.avg_pool2d(x3, out3, p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
+                             p.padding[0], p.padding[1], count_include_pad, divisor, num_threads)
+
+
 _ALGORITHMS = [Direct(), Im2col()]
 if _winograd is not None:
     _ALGORITHMS += [Winograd(2), Winograd(4), Winograd(6)]
+_ALGORITHMS.append(Pool())
 REGISTRY = {a.name: a for a in _ALGORITHMS}
 
 
 def algorithms():
-    """Names accepted by ``algorithm=``, in a stable order."""
-    return list(REGISTRY)
+    """Names accepted by ``algorithm=`` (the convolution algorithms), in a stable order."""
+    return [a.name for a in _ALGORITHMS if a.kind == "conv"]
 
 
-def get(name):
-    """The Algorithm called ``name``; ValueError listing the known names otherwise."""
+def get(name, kind=None):
+    """The Algorithm called ``name`` (of ``kind`` "conv" or "pool" when given);
+    ValueError listing the known names otherwise."""
+    known = [a.name for a in _ALGORITHMS if kind is None or a.kind == kind]
     if not isinstance(name, str):
-        raise TypeError(f"algorithm must be a str naming one of {algorithms()}, got {name!r}")
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; expected one of {algorithms()}") from None
+        raise TypeError(f"algorithm must be a str naming one of {known}, got {name!r}")
+    algo = REGISTRY.get(name)
+    if algo is None or name not in known:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of {known}")
+    return algo
+
+
+def kind_of(p):
+    """"conv" for ConvParams, "pool" for PoolParams."""
+    if isinstance(p, ConvParams):
+        return "conv"
+    if isinstance(p, PoolParams):
+        return "pool"
+    raise TypeError(f"expected ConvParams or PoolParams, got {type(p).__name__}")
 
 
 def applicable(p):
-    """Names of the algorithms that can compute ``p``."""
-    return [a.name for a in _ALGORITHMS if a.why_not(p) is None]
+    """Names of the algorithms that can compute ``p`` (ConvParams or PoolParams)."""
+    kind = kind_of(p)
+    return [a.name for a in _ALGORITHMS if a.kind == kind and a.why_not(p) is None]
+
+
+def candidates(p, exhaustive=False):
+    """What a tuner tries for ``p``: [(algorithm name, kernel params)], each applicable
+    algorithm with automatic params ({}), and with ``exhaustive`` every value of each
+    of its tunable parameters too (``Algorithm.param_variants``)."""
+    return [(name, params) for name in applicable(p)
+            for params in (REGISTRY[name].param_variants() if exhaustive else [{}])]
 
 
 def tolerance(name, dtype):

@@ -157,6 +157,53 @@ def check_padding_mode(padding_mode, op="conv2d"):
     return padding_mode
 
 
+@dataclass(frozen=True)
+class ConvLayerArgs:
+    """A convolution layer's hyper-parameters, checked (``conv_layer_args``)."""
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple
+    stride: tuple
+    padding: object        # "same" / "valid" or a pair
+    dilation: tuple
+    groups: int
+    padding_mode: str
+    dtype: np.dtype
+
+    @property
+    def weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+
+def conv_layer_args(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                    groups=1, padding_mode="zeros", dtype=np.float32, op="Conv2d"):
+    """``nn.Conv2d``'s arguments checked and normalised, before any input is seen:
+    TypeError/ValueError naming ``op`` and what is wrong."""
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{op}: {name} must be an int, got {v!r}")
+        if v <= 0:
+            raise ValueError(f"{op}: {name} must be positive, got {v}")
+    if in_channels % groups:
+        raise ValueError(f"{op}: in_channels ({in_channels}) must be divisible by groups ({groups})")
+    if out_channels % groups:
+        raise ValueError(f"{op}: out_channels ({out_channels}) must be divisible by groups ({groups})")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+    kernel = pair(kernel_size, "kernel_size", op)
+    if min(kernel) <= 0:
+        raise ValueError(f"{op}: kernel_size must be positive, got {kernel}")
+    stride, dilation = pair(stride, "stride", op), pair(dilation, "dilation", op)
+    if min(stride) <= 0 or min(dilation) <= 0:
+        raise ValueError(f"{op}: stride and dilation must be positive, got stride={stride}, "
+                         f"dilation={dilation}")
+    conv_padding(padding, kernel, stride, dilation, op)  # check
+    return ConvLayerArgs(int(in_channels), int(out_channels), kernel, stride,
+                         padding if isinstance(padding, str) else pair(padding, "padding", op),
+                         dilation, int(groups), check_padding_mode(padding_mode, op), dtype)
+
+
 def conv_params(input_shape, weight_shape, stride, padding, dilation, groups, padding_mode, dtype):
     """Resolve and check a convolution against PyTorch's rules; returns ConvParams.
 

@@ -28,6 +28,7 @@ import engine.distributed as ED  # noqa: E402
 from engine import plan as P  # noqa: E402
 from tuner import cli, configs  # noqa: E402
 from tuner import distributed as TD  # noqa: E402
+from tuner.model_shapes import collect_shapes  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_CNN = os.path.join(ROOT, "configs", "seed_cnn.json")
@@ -233,7 +234,7 @@ def test_threads_for():
 
 def _plan_for(model, path, batch, threads, algorithm, hardware=None):
     """A plan forcing ``algorithm`` for every conv shape of ``model`` at ``batch``."""
-    found = engine.models.collect_shapes(model, (batch, 3, 32, 32), details=True)
+    found = collect_shapes(model, (batch, 3, 32, 32), details=True)
     entries = [{"key": P.params_key(d["params"], threads), "algorithm": algorithm, "params": {},
                 "level": "measure", "tolerance": 1e-4, "tuned_at": "2026-01-01T00:00:00Z"}
                for d in found if d["key"]["op"] == "conv2d"]

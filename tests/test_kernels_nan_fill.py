@@ -176,4 +176,4 @@ def test_avg_pool_kernel_writes_every_element(case, dtype):
         assert not (out == 12345.0).any()
         if fill is np.nan:
             assert not np.isnan(out).any()
-        ref.assert_close(out, expected, ref.AVG_TOL[dtype])
+        ref.assert_close(out, expected, algos.tolerance("pool", dtype))

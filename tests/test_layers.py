@@ -248,7 +248,7 @@ def test_layer_called_from_4_threads(algorithm, rng):
     for c, s, x in zip(concurrent_out, serial, xs * 2):
         chosen = layer.explain(x.shape)["algorithm"]
         tol = algos.TOLERANCE[(chosen, "float32")]
-        if algos.REGISTRY[chosen].needs_blas(layer._params(x.shape)):
+        if algos.REGISTRY[chosen].needs_blas(layer.op_params(x.shape)):
             # A BLAS need not round bitwise alike from one thread to another (see
             # engine/kernels/im2col.pyx, "Calling thread"): within tolerance.
             ref.assert_close(c, s, tol)

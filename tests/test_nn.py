@@ -1,6 +1,6 @@
 """Module / Sequential, the network layers, state_dict and .npz, BatchNorm folding and
-fused epilogues, collect_shapes (engine.module, engine.layers, engine.fusion,
-engine.models); no PyTorch needed except where a test imports it."""
+fused epilogues, collect_shapes (engine.nn.module, engine.nn.layers, engine.nn.fusion,
+engine.nn.models, tuner.model_shapes); no PyTorch needed except where a test imports it."""
 from collections import OrderedDict
 
 import numpy as np
@@ -9,7 +9,8 @@ import pytest
 import engine
 from engine import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear,
                     MaxPool2d, Module, ReLU, Sequential)
-from engine.fusion import fold_batchnorm
+from engine.nn.fusion import fold_batchnorm
+from tuner.model_shapes import collect_shapes
 
 
 def rand(*shape, seed=0, dtype=np.float32):
@@ -250,7 +251,7 @@ def test_unfoldable_batchnorm_is_left_alone():
 
 # ------------------------------------------------------------- collect_shapes
 def test_collect_shapes_resnet18():
-    shapes = engine.models.collect_shapes(engine.models.resnet18, (1, 3, 224, 224))
+    shapes = collect_shapes(engine.models.resnet18, (1, 3, 224, 224))
     convs = [s for s in shapes if s["op"] == "conv2d"]
     pools = [s for s in shapes if s["op"] != "conv2d"]
     # conv1; 3x3 at 56/28/14/7 (same-size and strided); 1x1 strided downsamples
@@ -259,12 +260,12 @@ def test_collect_shapes_resnet18():
                                                  "zeros", "float32").key()
     assert [p["op"] for p in pools] == ["max_pool2d", "avg_pool2d"]
     assert pools[0]["H"] == 112 and pools[1]["kernel"] == [7, 7]
-    details = engine.models.collect_shapes("engine.models:resnet18", (1, 3, 224, 224), details=True)
+    details = collect_shapes("engine.models:resnet18", (1, 3, 224, 224), details=True)
     assert [d["params"].key() for d in details] == [d["key"] for d in details] == shapes
     assert details[0]["names"] == ["conv1"] and details[0]["bias"] is False
     assert "layer1.0.conv1" in details[2]["names"] and len(details[2]["names"]) == 4
     with pytest.raises(ValueError, match="package.module:function"):
-        engine.models.collect_shapes("resnet18", (1, 3, 32, 32))
+        collect_shapes("resnet18", (1, 3, 32, 32))
     m = engine.models.mobilenet_v1(num_classes=10)
-    dw = [s for s in engine.models.collect_shapes(m, (2, 3, 64, 64)) if s["op"] == "conv2d" and s["groups"] > 1]
+    dw = [s for s in collect_shapes(m, (2, 3, 64, 64)) if s["op"] == "conv2d" and s["groups"] > 1]
     assert all(s["groups"] == s["C"] and s["N"] == 2 for s in dw) and len(dw) == 9

@@ -4,6 +4,7 @@ import pytest
 
 import engine
 import engine.functional as F
+from engine import registry
 
 import reference as ref
 from cases import AVG_CASES, MAX_CASES, pool_input
@@ -44,7 +45,7 @@ def test_avg_pool(case, dtype):
     x = pool_input(case, dtype)
     out = F.avg_pool2d(x, **case.kwargs)
     assert out.dtype == np.dtype(dtype)
-    ref.assert_close(out, ref.avg_pool2d(x, **case.kwargs), ref.AVG_TOL[dtype], what=case.id)
+    ref.assert_close(out, ref.avg_pool2d(x, **case.kwargs), registry.tolerance("pool", dtype), what=case.id)
 
 
 @pytest.mark.parametrize("case", MAX_CASES + AVG_CASES, ids=lambda c: c.id)

@@ -195,7 +195,7 @@ def test_check_and_bench_json_envelope(tmp_path, capsys, plans_off):
     assert (doc["schema"], doc["version"], doc["command"]) == ("convtune-report", 1, "bench")
     (layer,) = doc["layers"]
     assert set(engine.registry.applicable(
-        engine.Conv2d(8, 8, 3, padding=1)._params((1, 8, 10, 10)))) <= set(layer["times_ms"])
+        engine.Conv2d(8, 8, 3, padding=1).op_params((1, 8, 10, 10)))) <= set(layer["times_ms"])
     assert f"{layer['times_ms']['planned']:.3f}" in out
 
 

@@ -275,7 +275,8 @@ def test_load_npz_checks_headers_before_decompressing(tmp_path):
 # ----------------------------------------------------------------- bounded caches
 def test_per_shape_caches_are_bounded():
     """20,000 distinct input sizes grew the plan's and a layer's caches by 21 MB."""
-    from engine import layers, plan
+    from engine import plan
+    from engine.nn import layers
     layer = engine.Conv2d(2, 2, 3, padding=1, seed=0)
     n = plan.LOOKUP_CACHE_SIZE + 500
     for i in range(n):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.weights import UnsafeWeightsError, WeightsError, load_weights, remap_keys
+from engine.nn.weights import UnsafeWeightsError, WeightsError, load_weights, remap_keys
 
 import torchfile as tf
 
@@ -101,7 +101,7 @@ def test_layout_without_torch(tmp_path, fmt):
         tf.write_zip(path, obj, folder="any-folder_name",
                      compression=zipfile.ZIP_DEFLATED if fmt == "zip-deflated" else zipfile.ZIP_STORED,
                      protocol=4 if fmt == "zip-protocol4" else 2)
-    assert engine.weights.detect_format(path) == ("torch-legacy" if fmt == "legacy" else "torch-zip")
+    assert engine.nn.weights.detect_format(path) == ("torch-legacy" if fmt == "legacy" else "torch-zip")
     out = load_weights(path)
     assert_same(out, want)
     out["full"][0, 0] = 123.0                          # arrays are the caller's own
@@ -401,7 +401,7 @@ def test_npz(tmp_path):
     out = load_weights(tmp_path / "w.npz")
     assert list(out) == list(arrays) and all(np.array_equal(out[k], v) for k, v in arrays.items())
     os.rename(tmp_path / "w.npz", tmp_path / "w.pth")                 # told by content
-    assert engine.weights.detect_format(tmp_path / "w.pth") == "npz"
+    assert engine.nn.weights.detect_format(tmp_path / "w.pth") == "npz"
     with pytest.raises(ValueError, match="key= picks an entry of a nested PyTorch checkpoint"):
         load_weights(tmp_path / "w.pth", key="a")
     np.savez(tmp_path / "obj.npz", o=np.array([{"x": 1}], dtype=object))
@@ -418,7 +418,7 @@ def test_safetensors_written_by_save_file(tmp_path):
               "f16": rng.standard_normal(3).astype(np.float16)}
     path = tmp_path / "model.safetensors"
     st.save_file(arrays, str(path))
-    assert engine.weights.detect_format(path) == "safetensors"
+    assert engine.nn.weights.detect_format(path) == "safetensors"
     out = load_weights(path)
     assert set(out) == set(arrays)
     for k, v in arrays.items():
@@ -541,7 +541,7 @@ def test_files_written_by_torch_save(torch, tmp_path, legacy):
     sd = torch_table(torch)
     path = tmp_path / "t.pth"
     torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
-    assert engine.weights.detect_format(path) == ("torch-legacy" if legacy else "torch-zip")
+    assert engine.nn.weights.detect_format(path) == ("torch-legacy" if legacy else "torch-zip")
     out = load_weights(path)
     assert list(out) == list(sd)
     for k, v in sd.items():

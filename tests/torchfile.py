@@ -1,7 +1,7 @@
 """PyTorch checkpoint files written without PyTorch, for tests/test_weights.py.
 
 The layouts are written out here from PyTorch's serialization format (torch/serialization.py,
-``_save`` and ``_legacy_save``), independently of engine/weights.py:
+``_save`` and ``_legacy_save``), independently of engine/nn/weights.py:
 
 zip (``torch.save`` since 1.6)::
 

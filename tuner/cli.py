@@ -335,15 +335,21 @@ def _fmt_err(e):
     return "-" if e is None else f"{e:.1e}"
 
 
-def _write_report(path, command, settings, **fields):
-    """Write the ``--json`` report; False (after one error line) when it cannot be."""
+def _write_report_doc(path, doc):
+    """Write a made report; False (after one error line) when it cannot be."""
     from . import report
     try:
-        report.write(path, report.make(command, settings, **fields))
+        report.write(path, doc)
     except OSError as e:
         _err(f"--json {path}: cannot write the report: {e.strerror or e}")
         return False
     return True
+
+
+def _write_report(path, command, settings, **fields):
+    """Write the ``--json`` report; False (after one error line) when it cannot be."""
+    from . import report
+    return _write_report_doc(path, report.make(command, settings, **fields))
 
 
 def _write_plot(path, draw):
@@ -384,9 +390,10 @@ def _next_steps(path, args):
 
 # -------------------------------------------------------------------------- tune
 def cmd_tune(args):
+    """``convtune tune``: open the plan, select the jobs, tune them with a progress bar,
+    report."""
     import engine
-    from engine import plan as P
-    from . import search, timing
+    from . import search
 
     loaded = _load_configs(args.configs, args.batch, args.dtype, args)
     if loaded is None:
@@ -398,142 +405,193 @@ def cmd_tune(args):
         return EXIT_USAGE
     if args.dask:
         return _tune_dask(args, configs, shapes, path)
-    existing = P.read_plan(path)
-    if existing.status == "unreadable":     # a FIFO, a device, no permission: never moved
-        _err(f"cannot use {path} as a plan: it {P._WHAT[existing.status]} ({existing.reason}); "
-             f"choose another file with --plan")
+    existing = _open_plan_for_writing(path, args.force)
+    if existing is None:
         return EXIT_USAGE
-    _report_skipped(existing)
-    if existing.status not in ("ok", "missing"):
-        if not args.force:
-            _err(f"refusing to write {path}: it {P._WHAT[existing.status]} ({existing.reason}). "
-                 f"The file was left untouched. "
-                 f"Use --force to move it aside (to {path}.bak-...) and start a new plan, or "
-                 f"choose another file with --plan.")
-            return EXIT_USAGE
-        moved = P.move_aside(path)
-        print(f"moved the unusable plan {path} aside to {moved}")
-        existing = P.PlanFile(path, "missing")
     threads_list = args.threads or [engine.get_num_threads()]
-    level = args.level
-    jobs, skipped = search.pending_jobs(existing, shapes, threads_list, level, args.tolerance, args.force)
-    names = ", ".join(c.name for c in configs)
-    print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
-          f"level {level}; plan {path}")
-    settings = {"configs": list(args.configs), "model": args.model,
-                "input": args.input if args.model else None, "threads": threads_list,
-                "level": level, "tolerance": args.tolerance, "budget_s": args.budget,
-                "force": args.force, "batch": args.batch, "dtype": args.dtype, "reps": args.reps}
-    results = []
-
-    def report(status, written=0, failed=0, elapsed=0.0, noisy=()):
-        if args.json_out and not _write_report(
-                args.json_out, "tune", settings, plan=path, written=written, failed=failed,
-                skipped=skipped, elapsed_s=elapsed, shapes=results, noisy=list(noisy),
-                exit_status=status):
-            return EXIT_USAGE
-        return status
-
+    jobs, skipped = search.pending_jobs(existing, shapes, threads_list, args.level, args.tolerance,
+                                        args.force)
+    print(f"convtune tune: {len(shapes)} distinct shape(s) in {', '.join(c.name for c in configs)}; "
+          f"threads {threads_list}; level {args.level}; plan {path}")
     if skipped:
-        print(f"  {skipped} already tuned at level >= {level} (use --force to re-tune)")
-    if not jobs:
+        print(f"  {skipped} already tuned at level >= {args.level} (use --force to re-tune)")
+    run = _TuneRun(args, path)
+    if jobs:
+        run.tune(jobs)
+    else:
         print("nothing to do")
-        return report(EXIT_OK)
+    return run.finish(_tune_settings(args, threads_list), skipped)
 
-    deadline = time.monotonic() + args.budget if args.budget else None
-    start = time.monotonic()
-    written = failed = 0
-    failures, noisy = [], []
-    costs = [_work(s, level) for s, _, _ in jobs]
-    bar = None
+
+def _open_plan_for_writing(path, force):
+    """The plan file tuning will merge into (``plan.check_writable``: an unusable file is
+    refused, or moved aside with --force), or None after one error line."""
+    from engine import plan as P
     try:
-        from tqdm import tqdm
-        # Progress is counted in estimated work (FLOPs x candidates), so the ETA holds
-        # when a network's first layers are much bigger than its last ones.
-        bar = tqdm(total=sum(costs), disable=True if args.no_progress else None, dynamic_ncols=True,
-                   leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
-    except ImportError:  # pragma: no cover
-        pass
+        existing = P.check_writable(path, force, on_move=lambda moved: print(
+            f"moved the unusable plan {path} aside to {moved}"))
+    except P.PlanError as e:
+        _err(str(e))
+        return None
+    _report_skipped(existing)
+    return existing
 
-    def say(text):
-        if bar is not None and not bar.disable:
-            bar.write(text)
+
+def _tune_settings(args, threads_list):
+    """The ``--json`` report's record of what was asked."""
+    return {"configs": list(args.configs), "model": args.model,
+            "input": args.input if args.model else None, "threads": threads_list,
+            "level": args.level, "tolerance": args.tolerance, "budget_s": args.budget,
+            "force": args.force, "batch": args.batch, "dtype": args.dtype, "reps": args.reps}
+
+
+class _Progress:
+    """A tqdm bar counted in estimated work (FLOPs x candidates, so the ETA holds when a
+    network's first layers are much bigger than its last ones), or plain lines when
+    tqdm is absent or the bar is off."""
+
+    def __init__(self, total, disable):
+        self.bar = None
+        try:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, disable=True if disable else None, dynamic_ncols=True,
+                            leave=False, bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                                    "[{elapsed}<{remaining}{postfix}]")
+        except ImportError:  # pragma: no cover
+            pass
+        self.live = self.bar is not None and not self.bar.disable
+
+    def say(self, text):
+        """A line above the bar."""
+        if self.live:
+            self.bar.write(text)
         else:
             print(text, flush=True)
 
-    status = EXIT_OK
-    done = 0
-    try:
-        for (s, threads, tol), cost in zip(jobs, costs):
-            label = _shape_label(s)
-            if bar is not None:
-                bar.set_description_str(f"[{done + 1}/{len(jobs)}] {label} t{threads}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise timing.DeadlineReached()
+    def job(self, text):
+        if self.bar is not None:
+            self.bar.set_description_str(text)
 
-            def step(text, _bar=bar):
-                if _bar is not None and not _bar.disable:
-                    _bar.set_postfix_str(text, refresh=False)
-                    _bar.refresh()
-            entry, msg = search.tune_shape(s, threads, level, tol, deadline, step, reps=args.reps)
-            done += 1
-            results.append({"shape": label, "key": P.params_key(s.params, threads),
-                            "layers": s.names[:8], "threads": threads,
-                            "algorithm": entry["algorithm"] if entry else None,
-                            "params": entry.get("params", {}) if entry else {},
-                            "time_s": entry.get("time_s") if entry else None, "message": msg})
-            if entry is None:
-                failed += 1
-                failures.append((label, threads, msg))
-                say(f"  {label} t{threads}: REJECTED: {msg}")
-            else:
-                entry["layers"] = s.names[:8]
-                try:
-                    P.write_entries(path, [entry], prefer_new=args.force, on_wait=_say_waiting)
-                except P.PlanError as e:
-                    _err(f"{e}. {written} shape(s) tuned earlier are kept in {path}"
-                         f"{_keep_aside(P, path, entry, e)}; re-run to tune the rest")
-                    return EXIT_USAGE
-                written += 1
-                chosen = entry["candidates"][0] if entry.get("candidates") else {}
-                if (chosen.get("spread") or 0) > NOISY_SPREAD:
-                    noisy.append(label)
-                    msg += f"  [noisy: spread ±{chosen['spread']:.0%}]"
-                say(f"  {label} t{threads}: {msg}")
-            if bar is not None:
-                bar.update(cost)
-    except timing.DeadlineReached:
-        say(f"budget of {args.budget:g} s reached: {len(jobs) - done} shape(s) left untuned; "
-            f"re-run to continue (tuned shapes are skipped)")
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        print(f"\ninterrupted: {written} shape(s) tuned and kept in {path}; re-run to continue",
-              file=sys.stderr)
-        return report(EXIT_INTERRUPT, written, failed, time.monotonic() - start, noisy)
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.monotonic() - start
-    print(f"tuned {written} shape(s) in {elapsed:.1f} s into {path}")
-    if noisy:
+    def step(self, text):
+        """What the current job is doing (the tuner's on_step)."""
+        if self.live:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.refresh()
+
+    def advance(self, cost):
+        if self.bar is not None:
+            self.bar.update(cost)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _TuneRun:
+    """One ``convtune tune`` loop: each job tuned (``search.tune_shape``) and written to
+    the plan as soon as it is measured, so an interrupted run keeps what it finished."""
+
+    def __init__(self, args, path):
+        self.args, self.path = args, path
+        self.results, self.failures, self.noisy = [], [], []
+        self.written = self.failed = 0
+        self.status = EXIT_OK
+        self.ran = False
+        self.start = time.monotonic()
+
+    def tune(self, jobs):
+        from . import timing
+        args = self.args
+        self.ran = True
+        deadline = time.monotonic() + args.budget if args.budget else None
+        costs = [_work(s, args.level) for s, _, _ in jobs]
+        progress = _Progress(sum(costs), args.no_progress)
+        done = 0
         try:
-            load = f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
-        except OSError:  # pragma: no cover
-            load = ""
-        log.warning(f"{len(noisy)} shape(s) were measured with a spread over "
-                    f"±{NOISY_SPREAD:.0%}: the machine looks busy{load}, so close candidates may be "
-                    f"ranked wrongly. Re-tune on a quiet machine with --force.")
-    if failures:
-        tol_text = (f"{args.tolerance:g}" if args.tolerance is not None else "the default")
-        print(f"{failed} shape(s) have no algorithm within tolerance {tol_text}; they keep "
-              f"using the heuristic (no plan entry was written):", file=sys.stderr)
-        for label, threads, msg in failures:
-            print(f"  {label} t{threads}: {msg}", file=sys.stderr)
-        status = EXIT_FAIL
-    if written:
-        print(_next_steps(path, args))
-    return report(status, written, failed, elapsed, noisy)
+            for (s, threads, tol), cost in zip(jobs, costs):
+                progress.job(f"[{done + 1}/{len(jobs)}] {_shape_label(s)} t{threads}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise timing.DeadlineReached()
+                if not self._tune_one(s, threads, tol, deadline, progress):
+                    self.status = EXIT_USAGE
+                    return
+                done += 1
+                progress.advance(cost)
+        except timing.DeadlineReached:
+            progress.say(f"budget of {args.budget:g} s reached: {len(jobs) - done} shape(s) left "
+                         f"untuned; re-run to continue (tuned shapes are skipped)")
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"\ninterrupted: {self.written} shape(s) tuned and kept in {self.path}; "
+                  f"re-run to continue", file=sys.stderr)
+            self.status = EXIT_INTERRUPT
+        finally:
+            progress.close()
+
+    def _tune_one(self, s, threads, tol, deadline, progress):
+        """Tune and record one job; False when the plan could not be written."""
+        from engine import plan as P
+        from . import search
+        label = _shape_label(s)
+        entry, msg = search.tune_shape(s, threads, self.args.level, tol, deadline, progress.step,
+                                       reps=self.args.reps)
+        self.results.append({"shape": label, "key": P.params_key(s.params, threads),
+                             "layers": s.names[:8], "threads": threads,
+                             "algorithm": entry["algorithm"] if entry else None,
+                             "params": entry.get("params", {}) if entry else {},
+                             "time_s": entry.get("time_s") if entry else None, "message": msg})
+        if entry is None:
+            self.failed += 1
+            self.failures.append((label, threads, msg))
+            progress.say(f"  {label} t{threads}: REJECTED: {msg}")
+            return True
+        entry["layers"] = s.names[:8]
+        try:
+            P.write_entries(self.path, [entry], prefer_new=self.args.force, on_wait=_say_waiting)
+        except P.PlanError as e:
+            _err(f"{e}. {self.written} shape(s) tuned earlier are kept in {self.path}"
+                 f"{_keep_aside(P, self.path, entry, e)}; re-run to tune the rest")
+            return False
+        self.written += 1
+        chosen = entry["candidates"][0] if entry.get("candidates") else {}
+        if (chosen.get("spread") or 0) > NOISY_SPREAD:
+            self.noisy.append(label)
+            msg += f"  [noisy: spread ±{chosen['spread']:.0%}]"
+        progress.say(f"  {label} t{threads}: {msg}")
+        return True
+
+    def finish(self, settings, skipped):
+        """Print the summary (unless the run stopped early) and write the --json report;
+        the exit status."""
+        elapsed = time.monotonic() - self.start
+        if self.status == EXIT_OK and self.ran:
+            self._summary(elapsed)
+        if self.args.json_out and not _write_report(
+                self.args.json_out, "tune", settings, plan=self.path, written=self.written,
+                failed=self.failed, skipped=skipped, elapsed_s=elapsed, shapes=self.results,
+                noisy=list(self.noisy), exit_status=self.status):
+            return EXIT_USAGE
+        return self.status
+
+    def _summary(self, elapsed):
+        print(f"tuned {self.written} shape(s) in {elapsed:.1f} s into {self.path}")
+        if self.noisy:
+            try:
+                load = f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+            except OSError:  # pragma: no cover
+                load = ""
+            log.warning(f"{len(self.noisy)} shape(s) were measured with a spread over "
+                        f"±{NOISY_SPREAD:.0%}: the machine looks busy{load}, so close candidates "
+                        f"may be ranked wrongly. Re-tune on a quiet machine with --force.")
+        if self.failures:
+            tol = f"{self.args.tolerance:g}" if self.args.tolerance is not None else "the default"
+            print(f"{self.failed} shape(s) have no algorithm within tolerance {tol}; they keep "
+                  f"using the heuristic (no plan entry was written):", file=sys.stderr)
+            for label, threads, msg in self.failures:
+                print(f"  {label} t{threads}: {msg}", file=sys.stderr)
+            self.status = EXIT_FAIL
+        if self.written:
+            print(_next_steps(self.path, self.args))
 
 
 def _tune_dask(args, configs, shapes, path):
@@ -597,70 +655,82 @@ def _work(shape, level):
 
 # -------------------------------------------------------------------------- show
 def cmd_show(args):
+    """``convtune show``: the plan's header and one row per entry (or its raw JSON)."""
     from engine import plan as P
-    from .timing import format_time
 
     path = os.path.abspath(args.plan) if args.plan else P.active_path()
     if path is None:
         _err(f"no plan in use ({P.active_source()[1]}); name one: convtune show PLAN")
         return EXIT_USAGE
     plan = P.read_plan(path)
-    if plan.status == "missing":
-        _err(f"{path} does not exist")
+    if plan.status in ("missing", "unreadable"):
+        _err(f"{path} {P.status_text(plan)}")
         return EXIT_USAGE
-    if plan.status == "unreadable":
-        _err(f"{path} {P._WHAT[plan.status]} ({plan.reason})")
+    if args.json and not _print_raw_plan(path):
+        return EXIT_USAGE
+    if plan.status == "corrupt":
+        _err(f"{path} {P.status_text(plan)}")
         return EXIT_USAGE
     if args.json:
-        try:
-            raw, _ = P.read_bytes(path)
-        except OSError as e:
-            _err(f"{path} cannot be read ({e})")
-            return EXIT_USAGE
-        sys.stdout.write(raw.decode("utf-8", "replace"))
-        if plan.status == "corrupt":
-            _err(f"{path} is corrupt ({plan.reason})")
-            return EXIT_USAGE
         return EXIT_OK
-    if plan.status == "corrupt":
-        _err(f"{path} is corrupt ({plan.reason})")
-        return EXIT_USAGE
     _report_skipped(plan)
-    h = plan.header
-    hw = h.get("hardware", {})
-    print(f"plan {path}")
-    print(f"  engine {h.get('engine_version')}, format {h.get('format_version')}, updated {h.get('updated')}")
-    print(f"  hardware: {hw.get('cpu')}, {hw.get('cores')} cores, ISA {', '.join(hw.get('isa') or []) or '-'}, "
-          f"caches {', '.join(f'{k} {v}' for k, v in (hw.get('caches') or {}).items()) or '-'}")
-    if not plan.trusted:
-        print(f"  NOT TRUSTED here: it {P._WHAT[plan.status]} ({plan.reason}); "
-              f"its entries are shown but not used")
-    rows = []
+    _print_plan_header(plan)
     entries = sorted(plan.entries.values(),
                      key=lambda e: (e["key"].get("op") != "conv2d", e["key"].get("threads"),
                                     -(e["key"].get("H", 0) * e["key"].get("W", 0)), repr(e["key"])))
-    for e in entries:
-        best = e.get("time_s")
-        others = [c for c in e.get("candidates", []) if c.get("status") == "ok"
-                  and c.get("algorithm") != e["algorithm"] and c.get("median_s")]
-        ru = min(others, key=lambda c: c["median_s"]) if others else None
-        chosen = next((c for c in e.get("candidates", []) if c.get("algorithm") == e["algorithm"]), {})
-        rejected = sum(1 for c in e.get("candidates", []) if str(c.get("status", "")).startswith("rejected"))
-        rows.append([
-            P.describe_key(e["key"]), e["algorithm"], format_time(best) if best else "-",
-            f"±{chosen['spread']:.0%}" if chosen.get("spread") is not None else "-",
-            ru["algorithm"] if ru else "-",
-            f"+{ru['median_s'] / best - 1:.0%}" if ru and best else "-",
-            _fmt_err(chosen.get("error")), str(rejected) if rejected else "-", e.get("level", "?")])
-    print(_table(rows, ["shape", "algorithm", "time", "spread", "runner-up", "margin", "error",
-                        "rejected", "level"], ["<", "<", ">", ">", "<", ">", ">", ">", "<"]))
-    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    print(_table([_plan_row(e) for e in entries],
+                 ["shape", "algorithm", "time", "spread", "runner-up", "margin", "error",
+                  "rejected", "level"], ["<", "<", ">", ">", "<", ">", ">", ">", "<"]))
+    print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
     if args.plot:
         from . import plot
         if not _write_plot(args.plot, lambda p: plot.plot_algorithms(
                 plan_groups(entries), p, f"plan {path}: candidates per shape")):
             return EXIT_USAGE
     return EXIT_OK
+
+
+def _print_raw_plan(path):
+    """``show --json``: the file's bytes as they are; False after an error line."""
+    from engine import plan as P
+    try:
+        raw, _ = P.read_bytes(path)
+    except OSError as e:
+        _err(f"{path} cannot be read ({e})")
+        return False
+    sys.stdout.write(raw.decode("utf-8", "replace"))
+    return True
+
+
+def _print_plan_header(plan):
+    from engine import plan as P
+    h = plan.header
+    hw = h.get("hardware", {})
+    print(f"plan {plan.path}")
+    print(f"  engine {h.get('engine_version')}, format {h.get('format_version')}, updated {h.get('updated')}")
+    print(f"  hardware: {hw.get('cpu')}, {hw.get('cores')} cores, ISA {', '.join(hw.get('isa') or []) or '-'}, "
+          f"caches {', '.join(f'{k} {v}' for k, v in (hw.get('caches') or {}).items()) or '-'}")
+    if not plan.trusted:
+        print(f"  NOT TRUSTED here: it {P.status_text(plan)}; its entries are shown but not used")
+
+
+def _plan_row(e):
+    """One entry as a ``show`` row: the choice, its time and spread, the runner-up and
+    its margin, the error, how many candidates the gate rejected, the level."""
+    from engine import plan as P
+    from .timing import format_time
+    best = e.get("time_s")
+    candidates = e.get("candidates", [])
+    others = [c for c in candidates if c.get("status") == "ok"
+              and c.get("algorithm") != e["algorithm"] and c.get("median_s")]
+    ru = min(others, key=lambda c: c["median_s"]) if others else None
+    chosen = next((c for c in candidates if c.get("algorithm") == e["algorithm"]), {})
+    rejected = sum(1 for c in candidates if str(c.get("status", "")).startswith("rejected"))
+    return [P.describe_key(e["key"]), e["algorithm"], format_time(best) if best else "-",
+            f"±{chosen['spread']:.0%}" if chosen.get("spread") is not None else "-",
+            ru["algorithm"] if ru else "-",
+            f"+{ru['median_s'] / best - 1:.0%}" if ru and best else "-",
+            _fmt_err(chosen.get("error")), str(rejected) if rejected else "-", e.get("level", "?")]
 
 
 def plan_groups(entries):
@@ -688,12 +758,11 @@ def _torch():
 
 
 def cmd_bench(args):
-    import numpy as np
-
+    """``convtune bench``: per shape, the planned operator, every algorithm forced and
+    PyTorch, timed side by side; a table, geometric means, --json and --plot."""
     import engine
-    from engine import dispatch as D
     from engine import plan as P
-    from . import search, timing
+    from . import timing
 
     loaded = _load_configs([args.config] if args.config else [], args.batch, args.dtype, args)
     if loaded is None:
@@ -711,59 +780,15 @@ def cmd_bench(args):
           f"{plan.path + ('' if plan.trusted else ' (' + plan.status + ', ignored)') if plan else 'none'}; "
           f"PyTorch {torch.__version__ if torch else 'not installed'}")
     algo_names = engine.algorithms()
-    rows, ratios_best, ratios_torch, layers = [], [], [], []
-    for s in shapes:
-        prep = search.Prepared(s, threads)
-        fns = {}
-        if hasattr(s.params, "c_out"):
-            choice = D.choose(s.params, None, threads)
-            pads = s.params.pads
-            if pads[0] == pads[1] and pads[2] == pads[3]:   # the call a model makes: a layer
-                layer = engine.Conv2d(s.params.c_in, s.params.c_out, s.params.kernel, s.params.stride,
-                                      (pads[0], pads[2]), s.params.dilation, s.params.groups,
-                                      bias=prep.b is not None, padding_mode=s.params.padding_mode,
-                                      dtype=np.dtype(s.params.dtype))
-                layer.weight = prep.w
-                if prep.b is not None:
-                    layer.bias = prep.b
-                fns["planned"] = partial_call(layer, prep.x)
-            else:                                           # padding="same", even kernel
-                fns["planned"] = prep.runner(choice.algorithm)
-            for n in prep.names:
-                fns[n] = prep.runner(n)
-            planned = f"{choice.algorithm} ({choice.source})"
-            chosen, source = choice.algorithm, choice.source
-        else:
-            fns["planned"] = prep.runner("pool")
-            planned = "pool"
-            chosen, source = "pool", None
-        if torch is not None:
-            fns["torch"] = search.torch_runner(torch, s, prep.x, prep.w, prep.b)
-        stats = timing.measure(fns, reps=args.reps, min_sample_s=0.01, warmup=1)
-        med = {n: st.median for n, st in stats.items()}
-        algos = [n for n in med if n not in ("planned", "torch")]
-        best = min(algos, key=med.get) if algos else "planned"
-        best_t = med[best]
-        r_best = med["planned"] / best_t
-        ratios_best.append(r_best)
-        r_torch = med["torch"] / med["planned"] if "torch" in med else None
-        if r_torch:
-            ratios_torch.append(r_torch)
-        row = [_shape_label(s), planned, f"{med['planned'] * 1e3:.3f}"]
-        row += [f"{med[n] * 1e3:.3f}" if n in med else "-" for n in algo_names]
-        row += [f"{med['torch'] * 1e3:.3f}" if "torch" in med else "-", best if algos else "-",
-                f"{r_best:.2f}", f"{r_torch:.2f}" if r_torch else "-"]
-        rows.append(row)
-        layers.append({"layer": _shape_label(s), "shape": s.params.key(), "layers": s.names[:8],
-                       "planned": chosen, "source": source,
-                       "times_ms": {n: med[n] * 1e3 for n in med},
-                       "fastest": best if algos else None})
+    layers = [_bench_shape(s, threads, torch, args.reps) for s in shapes]
+    ratios_best = [l["planned_over_fastest"] for l in layers]
+    ratios_torch = [l["torch_over_planned"] for l in layers if l["torch_over_planned"]]
     headers = ["layer", "planned", "planned ms"] + [f"{n} ms" for n in algo_names] + \
               ["torch ms", "fastest", "planned/fastest", "torch/planned"]
-    print(_table(rows, headers, ["<", "<"] + [">"] * (len(headers) - 2)))
+    print(_table([_bench_row(l, algo_names) for l in layers], headers,
+                 ["<", "<"] + [">"] * (len(headers) - 2)))
     print(f"planned/fastest: geometric mean {timing.geomean(ratios_best):.3f}, worst {max(ratios_best):.3f} "
-          f"(1.00 = the planned choice is the fastest algorithm; the planned column includes "
-          f"the layer call overhead)")
+          f"(1.00 = the planned choice is the fastest algorithm)")
     if ratios_torch:
         print(f"torch/planned: geometric mean {timing.geomean(ratios_torch):.3f} (> 1: convtune faster)")
     settings = {"config": args.config, "model": args.model, "input": args.input if args.model else None,
@@ -784,6 +809,39 @@ def cmd_bench(args):
     return EXIT_OK
 
 
+def _bench_shape(s, threads, torch, reps):
+    """Time one shape: "planned" is the operator the dispatch builds (plan or heuristic);
+    beside it every applicable algorithm forced, when there is a choice at all, and
+    PyTorch. The report's record of the shape."""
+    from engine import dispatch
+    from . import search, timing
+    prep = search.Prepared(s, threads)
+    choice = dispatch.choose(s.params, None, threads)
+    fns = {"planned": prep.runner(choice.algorithm, choice.params)}
+    if len(prep.names) > 1:
+        fns.update((n, prep.runner(n)) for n in prep.names)
+    if torch is not None:
+        fns["torch"] = search.torch_runner(torch, s, prep.x, prep.w, prep.b)
+    stats = timing.measure(fns, reps=reps, min_sample_s=0.01, warmup=1)
+    med = {n: st.median for n, st in stats.items()}
+    algos = [n for n in med if n not in ("planned", "torch")]
+    best = min(algos, key=med.get) if algos else "planned"
+    return {"layer": _shape_label(s), "shape": s.params.key(), "layers": s.names[:8],
+            "planned": choice.algorithm, "source": choice.source,
+            "times_ms": {n: med[n] * 1e3 for n in med}, "fastest": best if algos else None,
+            "planned_over_fastest": med["planned"] / med[best],
+            "torch_over_planned": med["torch"] / med["planned"] if "torch" in med else None}
+
+
+def _bench_row(layer, algo_names):
+    t = layer["times_ms"]
+    ms = [f"{t[n]:.3f}" if n in t else "-" for n in algo_names + ["torch"]]
+    r_torch = layer["torch_over_planned"]
+    return ([layer["layer"], f"{layer['planned']} ({layer['source']})", f"{t['planned']:.3f}"] + ms +
+            [layer["fastest"] or "-", f"{layer['planned_over_fastest']:.2f}",
+             f"{r_torch:.2f}" if r_torch else "-"])
+
+
 def bench_groups(layers):
     """``plot.plot_algorithms`` groups from a bench report's "layers": each algorithm's
     time (forced), the planned one marked, PyTorch's; a layer with one kernel (pooling)
@@ -795,10 +853,6 @@ def bench_groups(layers):
                        "times_ms": times or {r["planned"]: r["times_ms"]["planned"]},
                        "torch_ms": r["times_ms"].get("torch")})
     return groups
-
-
-def partial_call(layer, x):
-    return lambda: layer(x)
 
 
 # ----------------------------------------------------------------------- profile
@@ -820,7 +874,7 @@ def _profile_target(args):
     import numpy as np
 
     import engine
-    from engine import models
+    from .model_shapes import resolve_model
     from .profile import ConfigModel
 
     if bool(args.model) == bool(args.config):
@@ -838,7 +892,7 @@ def _profile_target(args):
     if shape is None:
         return None
     try:
-        model = models.resolve_model(args.model)
+        model = resolve_model(args.model)
     except (ValueError, TypeError) as e:
         _err(f"--model {args.model}: {e}")
         return None
@@ -856,6 +910,8 @@ def _profile_target(args):
 
 
 def cmd_profile(args):
+    """``convtune profile``: open the plan, build the model, time it whole and per layer
+    (against PyTorch), print the table and write --json / --trace / --plot."""
     import engine
     from engine import plan as P
     from . import profile as prof
@@ -864,16 +920,8 @@ def cmd_profile(args):
     if args.warmup < 0:
         _err(f"--warmup: expected an int >= 0, got {args.warmup}")
         return EXIT_USAGE
-    if args.plan:
-        if args.plan.lower() == "none":
-            engine.use_plan(None)
-        else:
-            path = os.path.abspath(args.plan)
-            pf = P.read_plan(path)
-            if pf.status == "missing":
-                _err(f"--plan {args.plan}: no such file (\"none\" profiles the heuristic)")
-                return EXIT_USAGE
-            engine.use_plan(path)
+    if not _use_profile_plan(args.plan):
+        return EXIT_USAGE
     threads = args.threads or engine.get_num_threads()
     engine.set_num_threads(threads)
     target = _profile_target(args)
@@ -884,16 +932,59 @@ def cmd_profile(args):
     if torch is not None:
         torch.set_num_threads(threads)
     plan = P.current()
-    if plan is None:
-        plan_text = f"none ({P.active_source()[1]}): the heuristic decides"
-    elif plan.trusted:
-        plan_text = f"{plan.path} ({len(plan.entries)} entries)"
-    else:
-        plan_text = f"{plan.path} ({plan.status}, ignored: the heuristic decides)"
     print(f"convtune profile {what}")
-    print(f"  threads {threads}; {args.repeat} timed runs after {args.warmup} warm-up; plan {plan_text}; "
-          f"PyTorch {torch.__version__ if torch else ('not timed' if args.no_torch else 'not installed')}")
+    print(f"  threads {threads}; {args.repeat} timed runs after {args.warmup} warm-up; plan "
+          f"{_plan_in_use_text(plan)}; PyTorch "
+          f"{torch.__version__ if torch else ('not timed' if args.no_torch else 'not installed')}")
     result = prof.profile_model(model, x, repeat=args.repeat, warmup=args.warmup, torch=torch)
+    _print_profile(result, args, threads)
+    settings = {"model": args.model, "config": args.config,
+                "input": args.input if args.model else None, "threads": threads,
+                "repeat": args.repeat, "warmup": args.warmup, "plan": result["plan"],
+                "plan_status": plan.status if plan else None, "fused": not args.no_fuse,
+                "torch": torch.__version__ if torch else None}
+    doc = make("profile", settings, latency_ms=result["latency_ms"], layers=result["layers"],
+               layers_total_ms=result["layers_total_ms"], plan=result["plan"])
+    if args.json_out:
+        if not _write_report_doc(args.json_out, doc):
+            return EXIT_USAGE
+        print(f"report written to {args.json_out}")
+    if args.trace and not _write_trace(args.trace, prof.trace_events(result["calls"])):
+        return EXIT_USAGE
+    if args.plot and not _write_plot(args.plot, lambda p: _plot_profile(doc, p)):
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _use_profile_plan(arg):
+    """``profile --plan``: "none" (the heuristic) or an existing file; False after an
+    error line."""
+    import engine
+    from engine import plan as P
+    if not arg:
+        return True
+    if arg.lower() == "none":
+        engine.use_plan(None)
+        return True
+    path = os.path.abspath(arg)
+    if P.read_plan(path).status == "missing":
+        _err(f"--plan {arg}: no such file (\"none\" profiles the heuristic)")
+        return False
+    engine.use_plan(path)
+    return True
+
+
+def _plan_in_use_text(plan):
+    from engine import plan as P
+    if plan is None:
+        return f"none ({P.active_source()[1]}): the heuristic decides"
+    if plan.trusted:
+        return f"{plan.path} ({len(plan.entries)} entries)"
+    return f"{plan.path} ({plan.status}, ignored: the heuristic decides)"
+
+
+def _print_profile(result, args, threads):
+    from . import profile as prof
     lat = result["latency_ms"]
     print(f"whole model: min {lat['min']:.3f} ms, median {lat['median']:.3f} ms, max {lat['max']:.3f} ms "
           f"({args.repeat} runs, no hooks)")
@@ -905,42 +996,29 @@ def cmd_profile(args):
         print(f"{len(missing)} layer(s) marked '! no plan entry': the plan has no entry for their shape "
               f"at {threads} thread(s), so the heuristic decided; tune them with "
               f"`convtune tune {hint} --threads {threads} --plan {result['plan']}`")
-    settings = {"model": args.model, "config": args.config,
-                "input": args.input if args.model else None, "threads": threads,
-                "repeat": args.repeat, "warmup": args.warmup, "plan": result["plan"],
-                "plan_status": plan.status if plan else None, "fused": not args.no_fuse,
-                "torch": torch.__version__ if torch else None}
-    doc = make("profile", settings, latency_ms=lat, layers=result["layers"],
-               layers_total_ms=result["layers_total_ms"], plan=result["plan"])
-    if args.json_out:
-        from . import report
-        try:
-            report.write(args.json_out, doc)
-        except OSError as e:
-            _err(f"--json {args.json_out}: cannot write the report: {e.strerror or e}")
-            return EXIT_USAGE
-        print(f"report written to {args.json_out}")
-    if args.trace:
-        try:
-            with open(args.trace, "w", encoding="utf-8") as f:
-                json.dump(prof.trace_events(result["calls"]), f)
-        except OSError as e:
-            _err(f"--trace {args.trace}: cannot write the trace: {e.strerror or e}")
-            return EXIT_USAGE
-        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)")
-    if args.plot:
-        from . import plot
-        if not _write_plot(args.plot, lambda p: plot.plot_profile(doc, p)):
-            return EXIT_USAGE
-    return EXIT_OK
+
+
+def _write_trace(path, events):
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(events, f)
+    except OSError as e:
+        _err(f"--trace {path}: cannot write the trace: {e.strerror or e}")
+        return False
+    print(f"trace written to {path} (open it in https://ui.perfetto.dev)")
+    return True
+
+
+def _plot_profile(doc, path):
+    from . import plot
+    plot.plot_profile(doc, path)
 
 
 # ------------------------------------------------------------------------- check
 def cmd_check(args):
-    import numpy as np
-
+    """``convtune check``: every algorithm on every shape against the float64 reference
+    and PyTorch, within its tolerance (``engine.registry.TOLERANCE``)."""
     import engine
-    from . import search
 
     dtypes = [None] if not args.dtype else (["float32", "float64"] if args.dtype == "both" else [args.dtype])
     all_shapes = []
@@ -954,54 +1032,61 @@ def cmd_check(args):
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
-    report = {"configs": args.configs, "threads": threads, "tolerance": args.tolerance,
-              "torch": torch.__version__ if torch else None, "results": [], "failures": 0}
-    rows = []
-    for s in all_shapes:
-        prep = search.Prepared(s, threads)
-        ref = prep.ref
-        t_out = t_err = None
-        if torch is not None:
-            t_out = search.torch_runner(torch, s, prep.x, prep.w, prep.b)().numpy()
-            t_err = search.rel_error(t_out, ref)
-        for name in prep.names:
-            out = prep.output(name)
-            err = search.rel_error(out, ref)
-            if args.tolerance is not None:
-                tol = args.tolerance
-            elif name == "pool":
-                tol = search._registry.DEFAULT_TOLERANCE[s.params.dtype] / 10
-            else:
-                tol = search._registry.tolerance(name, s.params.dtype)
-            vs_torch = None if t_out is None else search.rel_error(out, t_out.astype(np.float64))
-            ok_ref = err <= tol
-            ok_torch = vs_torch is None or vs_torch <= tol + (t_err or 0.0)
-            ok = ok_ref and ok_torch
-            report["failures"] += 0 if ok else 1
-            report["results"].append({
-                "shape": s.params.key(), "layers": s.names, "algorithm": name, "tolerance": tol,
-                "error_vs_float64": err if math.isfinite(err) else None,
-                "diff_vs_torch": vs_torch if vs_torch is None or math.isfinite(vs_torch) else None,
-                "torch_error_vs_float64": t_err, "ok": ok})
-            rows.append([_shape_label(s), name, _fmt_err(err), _fmt_err(vs_torch), f"{tol:.0e}",
-                         "ok" if ok else ("EXCESS vs float64" if not ok_ref else "EXCESS vs torch")])
-    print(_table(rows, ["shape", "algorithm", "err vs f64", "diff vs torch", "tolerance", "result"],
+    results = [r for s in all_shapes for r in _check_shape(s, threads, torch, args.tolerance)]
+    failures = sum(not r["ok"] for r in results)
+    print(_table([_check_row(r) for r in results],
+                 ["shape", "algorithm", "err vs f64", "diff vs torch", "tolerance", "result"],
                  ["<", "<", ">", ">", ">", "<"]))
-    n = len(rows)
     if args.json:
-        settings = {k: report[k] for k in ("configs", "threads", "tolerance", "torch")}
-        settings.update(model=args.model, input=args.input if args.model else None,
-                        batch=args.batch, dtype=args.dtype)
-        if not _write_report(args.json, "check", settings, results=report["results"],
-                             failures=report["failures"]):
+        settings = {"configs": args.configs, "threads": threads, "tolerance": args.tolerance,
+                    "torch": torch.__version__ if torch else None, "model": args.model,
+                    "input": args.input if args.model else None, "batch": args.batch,
+                    "dtype": args.dtype}
+        if not _write_report(args.json, "check", settings, results=results, failures=failures):
             return EXIT_USAGE
-    if report["failures"]:
-        print(f"FAILED: {report['failures']} of {n} algorithm/shape pair(s) exceed their tolerance",
+    if failures:
+        print(f"FAILED: {failures} of {len(results)} algorithm/shape pair(s) exceed their tolerance",
               file=sys.stderr)
         return EXIT_FAIL
-    print(f"all {n} algorithm/shape pair(s) within tolerance"
+    print(f"all {len(results)} algorithm/shape pair(s) within tolerance"
           + ("" if torch else " (PyTorch not installed: checked against float64 only)"))
     return EXIT_OK
+
+
+def _check_shape(s, threads, torch, tolerance=None):
+    """Each applicable algorithm's operator on ``s``: its error against the float64
+    reference and its difference from PyTorch (allowed PyTorch's own error on top),
+    each within ``tolerance`` (default: the algorithm's documented one)."""
+    import numpy as np
+    from engine import registry
+    from . import search
+    prep = search.Prepared(s, threads)
+    ref = prep.ref
+    t_out = t_err = None
+    if torch is not None:
+        t_out = search.torch_runner(torch, s, prep.x, prep.w, prep.b)().numpy().astype(np.float64)
+        t_err = search.rel_error(t_out, ref)
+    results = []
+    for name in prep.names:
+        out = prep.output(name)
+        err = search.rel_error(out, ref)
+        tol = tolerance if tolerance is not None else registry.tolerance(name, s.params.dtype)
+        vs_torch = None if t_out is None else search.rel_error(out, t_out)
+        ok_ref = err <= tol
+        ok_torch = vs_torch is None or vs_torch <= tol + (t_err or 0.0)
+        results.append({
+            "shape": s.params.key(), "layers": s.names, "algorithm": name, "tolerance": tol,
+            "error_vs_float64": err if math.isfinite(err) else None,
+            "diff_vs_torch": vs_torch if vs_torch is None or math.isfinite(vs_torch) else None,
+            "torch_error_vs_float64": t_err, "ok": ok_ref and ok_torch,
+            "result": "ok" if ok_ref and ok_torch else ("EXCESS vs float64" if not ok_ref else "EXCESS vs torch")})
+    return results
+
+
+def _check_row(r):
+    from engine.plan import describe_key
+    return [describe_key(r["shape"]), r["algorithm"], _fmt_err(r["error_vs_float64"]),
+            _fmt_err(r["diff_vs_torch"]), f"{r['tolerance']:.0e}", r["result"]]
 
 
 # ------------------------------------------------------------------------- merge
@@ -1013,7 +1098,7 @@ def cmd_merge(args):
     for path in args.inputs:
         pf = P.read_plan(path)
         if pf.status in ("missing", "unreadable", "corrupt", "incompatible"):
-            msg = f"it {P._WHAT[pf.status]} ({pf.reason})"
+            msg = f"it {P.status_text(pf)}"
             if args.force:
                 print(f"skipping {path}: {msg}", file=sys.stderr)
                 continue
@@ -1034,16 +1119,15 @@ def cmd_merge(args):
         for o in others:
             print(f"skipping {o}: other hardware than {plans[0].path}", file=sys.stderr)
         plans = same
-    existing = P.read_plan(out, hw)
-    if existing.status not in ("ok", "missing") and not args.force:
-        _err(f"refusing to write {out}: it {P._WHAT[existing.status]} ({existing.reason}). "
-             f"It was left untouched "
-             f"(--force moves it aside to {out}.bak-...)")
+    try:   # an unusable output is refused, or moved aside with --force, before merging
+        P.check_writable(out, args.force, hw,
+                         on_move=lambda m: print(f"moved the unusable {out} aside to {m}"))
+    except P.PlanError as e:
+        _err(str(e))
         return EXIT_USAGE
     entries = [e for pf in plans for e in pf.entries.values()]
     try:
-        total = P.write_entries(out, entries, force=args.force, hardware=hw, on_wait=_say_waiting,
-                                on_move=lambda m: print(f"moved the unusable {out} aside to {m}"))
+        total = P.write_entries(out, entries, force=args.force, hardware=hw, on_wait=_say_waiting)
     except P.PlanError as e:
         _err(str(e))
         return EXIT_USAGE
@@ -1056,7 +1140,7 @@ def cmd_merge(args):
 
 # ----------------------------------------------------------------------- convert
 def cmd_convert(args):
-    from engine import weights as W
+    from engine.nn import weights as W
 
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in (".npz", ".safetensors"):
@@ -1100,7 +1184,7 @@ def cmd_info(args):
         pf = P.read_plan(path)
         state = {"ok": f"in use, {len(pf.entries)} entries",
                  "missing": "does not exist yet (the heuristic decides; run `convtune tune`)"}.get(
-            pf.status, f"NOT TRUSTED: it {P._WHAT.get(pf.status)} ({pf.reason})")
+            pf.status, f"NOT TRUSTED: it {P.status_text(pf)}")
         if pf.skipped:
             state += f"; {len(pf.skipped)} invalid entr{'y' if len(pf.skipped) == 1 else 'ies'} skipped"
         print(f"plan:      {path}\n           {why}; {state}")

@@ -336,8 +336,8 @@ def load(path, batch=None, dtype=None):
 def from_model(spec, input_shape):
     """A Config of the distinct shapes a model runs: ``spec`` is "package.module:function"
     (e.g. "engine.models:resnet18"), ``input_shape`` "N,C,H,W" (or a tuple). The model is
-    built and run once on zeros (``engine.models.collect_shapes``)."""
-    from engine.models import collect_shapes
+    built and run once on zeros (``model_shapes.collect_shapes``)."""
+    from .model_shapes import collect_shapes
     where = f"--model {spec}"
     if isinstance(input_shape, str):
         try:

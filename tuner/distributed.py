@@ -84,7 +84,7 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
     "records" (one per finished job: label, threads, task key, worker pid, host,
     start/end times).
     Raises ``engine.plan.PlanError`` if a target plan is unusable and not ``force``."""
-    _, distributed = _D._require_dask()
+    _, distributed = _D.require_dask()
     client = _D.get_client(client)
     if level not in _plan.LEVEL_RANK:
         raise ValueError(f"tune: level must be one of {list(_plan.LEVELS)}, got {level!r}")
@@ -107,13 +107,7 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
     for fid, fp in sorted(kinds.items()):
         path = plan_path if len(kinds) == 1 else _D.plan_path_for(plan_path, fp)
         g = groups[fid] = _Group(fp, path)
-        existing = _plan.read_plan(path, fp)
-        if existing.status not in ("ok", "missing"):
-            if not force:
-                raise _plan.PlanError(
-                    f"refusing to write {path}: it {_plan._WHAT[existing.status]} ({existing.reason}). "
-                    f"It was left untouched; use --force to move it aside and start a new plan.")
-            existing = _plan.PlanFile(path, "missing")
+        existing = _plan.check_writable(path, force, fp)
         default = sorted({_D.threads_for(m["cores"], on_host[m["host"]]) for m in info.values()
                           if _D.fingerprint_id(m["fingerprint"]) == fid})
         jobs, skipped = search.pending_jobs(existing, shapes, threads or default, level, tolerance, force)
@@ -142,7 +136,7 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
             if deadline is not None and time.monotonic() > deadline:
                 break
             # The cluster as it is now: workers that left are gone, new ones are asked.
-            current = client.scheduler_info(**({"n_workers": -1} if _D._takes_n_workers(client) else {}))["workers"]
+            current = client.scheduler_info(**({"n_workers": -1} if _D.takes_n_workers(client) else {}))["workers"]
             for a in [a for a in info if a not in current]:
                 del info[a]
             new = [a for a in current if a not in info]

@@ -40,32 +40,22 @@ def _dims(shape):
     return "x".join(str(d) for d in shape)
 
 
-def _conv_params(layer, shape):
-    return layer._params(tuple(shape) if len(shape) == 4 else (1, *shape))
-
-
-def _pool_params(layer, shape, dtype):
-    s = tuple(shape) if len(shape) == 4 else (1, *shape)
-    op = "max_pool2d" if isinstance(layer, engine.MaxPool2d) else "avg_pool2d"
-    return _shapes.pool_params(op, s, layer.kernel_size, layer.stride, layer.padding,
-                               getattr(layer, "dilation", 1), layer.ceil_mode, str(dtype))
-
-
 def describe(layer, in_shape, out_shape, threads, dtype="float32"):
-    """(op-and-shape text, decision dict, flops per call or None) for one leaf layer."""
-    if isinstance(layer, engine.Conv2d):
-        p = _conv_params(layer, in_shape)
-        info = layer.explain((p.n, p.c_in, p.h, p.w))
+    """(op-and-shape text, decision dict, flops per call or None) for one leaf layer:
+    a convolution or pooling layer says what it computes (``op_params``) and which
+    algorithm runs it (``explain``)."""
+    if isinstance(layer, (engine.Conv2d, engine.MaxPool2d, engine.AvgPool2d)):
+        shape = tuple(in_shape) if len(in_shape) == 4 else (1, *in_shape)
+        p = layer.op_params(shape, dtype)
+        info = layer.explain(shape)
         return (_plan.describe_key(_plan.params_key(p, threads)),
                 {"algorithm": info["algorithm"], "source": info["source"],
                  "kernel_params": dict(info.get("kernel_params") or {}),
-                 "kernels": info.get("kernels")}, p.flops)
-    if isinstance(layer, (engine.MaxPool2d, engine.AvgPool2d)):
-        p = _pool_params(layer, in_shape, dtype)
-        return (_plan.describe_key(_plan.params_key(p, threads)),
-                {"algorithm": "pool", "source": None, "kernel_params": {}, "kernels": None}, None)
+                 "kernels": info.get("kernels"), "choices": len(info["applicable"])},
+                getattr(p, "flops", None))
     return (f"{type(layer).__name__.lower()} {_dims(in_shape)} -> {_dims(out_shape)}",
-            {"algorithm": None, "source": None, "kernel_params": {}, "kernels": None}, None)
+            {"algorithm": None, "source": None, "kernel_params": {}, "kernels": None, "choices": 0},
+            None)
 
 
 def torch_layer_fn(torch, layer, x):
@@ -200,7 +190,9 @@ def profile_model(model, x, repeat=10, warmup=2, torch=None, clock=time.perf_cou
             "calls": calls[i], "median_ms": ms,
             "gflops": (flops * calls[i] / (ms * 1e6)) if flops and ms > 0 else None,
             "torch_ms": t_ms,
-            "no_plan_entry": bool(planned and decision["source"] == "heuristic"),
+            # a plan could have chosen, and did not (pooling has nothing to choose)
+            "no_plan_entry": bool(planned and decision["source"] == "heuristic"
+                                  and decision["choices"] > 1),
         })
     total = sum(r["median_ms"] for r in rows)
     for r in rows:

@@ -1,14 +1,15 @@
 """Candidates per shape, the accuracy gate, and the choice.
 
 For one shape at one thread count (``tune_shape``):
-1. candidates: every algorithm that can compute the shape (``engine.registry.applicable``);
+1. candidates: every algorithm that can compute the shape (``engine.registry.candidates``),
+   pooling's one algorithm included;
 2. accuracy gate: each runs once on random data (fixed seed) and its relative error
    ``max|out - ref| / max(1, max|ref|)`` (the measure of ``engine.registry.TOLERANCE``)
    against a float64 reference is measured; candidates over the tolerance are dropped
    (kept in the entry's list with status "rejected: ...");
 3. the survivors are timed (``timing.compare``: interleaved, medians, finalists
-   re-measured) through the same call the layers make (``functional.run_conv`` with the
-   weights prepared once, as a layer caches them);
+   re-measured) through the same call the layers make: an ``engine.operator`` built once
+   per candidate (weights prepared once, as a layer keeps them), called on the input;
 4. the fastest survivor is the choice; the entry lists every candidate, ranked.
 
 Levels: ``estimate`` takes the heuristic's choice without running anything (the
@@ -31,7 +32,7 @@ import numpy as np
 
 import engine
 from engine import dispatch as _dispatch
-from engine import functional as _F
+from engine import operator as _operator
 from engine import plan as _plan
 from engine import registry as _registry
 from engine import shapes as _shapes
@@ -184,17 +185,16 @@ def candidate_label(c):
 
 
 class Prepared:
-    """A shape's data and the per-algorithm runners, set up once for gate and timing."""
+    """A shape's data and the per-candidate operators, set up once for gate and timing."""
 
     def __init__(self, shape, threads, seed=0):
         self.shape, self.p, self.threads = shape, shape.params, threads
         if isinstance(self.p, _shapes.ConvParams):
             self.x, self.w, self.b = make_conv_data(self.p, seed, shape.bias)
-            self.names = _registry.applicable(self.p)
         else:
             self.x = make_pool_data(self.p, seed)
             self.w = self.b = None
-            self.names = ["pool"]
+        self.names = _registry.applicable(self.p)
         self._ref = None
         self._prepared = {}
 
@@ -207,34 +207,30 @@ class Prepared:
                 self._ref = reference_pool(self.x, self.p, self.shape.count_include_pad)
         return self._ref
 
-    def runner(self, name, params=None):
-        """A zero-argument callable computing the shape with ``name`` and kernel
-        ``params`` (what a layer runs)."""
-        p, t = self.p, self.threads
-        if isinstance(p, _shapes.ConvParams):
-            x4 = _F.as_kernel_array(self.x, self.x.dtype)
+    def operator(self, name, params=None):
+        """The operator computing the shape with ``name`` and kernel ``params`` (what a
+        layer runs); the weights are prepared once per algorithm."""
+        choice = _dispatch.Choice(name, "forced", "tuner candidate", dict(params or {}))
+        if isinstance(self.p, _shapes.ConvParams):
             if name not in self._prepared:
-                self._prepared[name] = _registry.REGISTRY[name].prepare_weight(self.w, p)
-            return partial(_F.run_conv, x4, self._prepared[name], self.b, p, name, t,
-                           params=params or {})
-        if p.op == "max_pool2d":
-            return partial(_F.run_max_pool, self.x, p, False, t)
-        return partial(_F.run_avg_pool, self.x, p, self.shape.count_include_pad, 0, t)
+                self._prepared[name] = _registry.get(name).prepare_weight(self.w, self.p)
+            return _operator.ConvOperator(self.p, choice, self.w, self.b, num_threads=self.threads,
+                                          prepared=self._prepared[name])
+        return _operator.PoolOperator(self.p, choice, count_include_pad=self.shape.count_include_pad,
+                                      num_threads=self.threads)
+
+    def runner(self, name, params=None):
+        """A zero-argument callable computing the shape with ``name`` and ``params``."""
+        return partial(self.operator(name, params), self.x)
 
     def candidates(self, level):
         """[(label, algorithm, params)] to try: each applicable algorithm with automatic
         params, and at ``exhaustive`` every tunable parameter value too."""
-        out = []
-        for name in self.names:
-            algo = _registry.REGISTRY.get(name)
-            variants = algo.param_variants() if (algo is not None and level == "exhaustive") else [{}]
-            for params in variants:
-                out.append((candidate_label({"algorithm": name, "params": params}), name, params))
-        return out
+        return [(candidate_label({"algorithm": name, "params": params}), name, params)
+                for name, params in _registry.candidates(self.p, exhaustive=level == "exhaustive")]
 
     def output(self, name, params=None):
-        out = self.runner(name, params)()
-        return out[0] if isinstance(out, tuple) else out
+        return self.runner(name, params)()
 
     def error(self, name, params=None):
         return rel_error(self.output(name, params), self.ref)
@@ -244,11 +240,6 @@ def estimate_entry(shape, threads, tolerance):
     """The heuristic's decision as a plan entry (nothing is run)."""
     p = shape.params
     key = _plan.params_key(p, threads)
-    if not isinstance(p, _shapes.ConvParams):
-        return {"key": key, "algorithm": "pool", "params": {}, "level": "estimate",
-                "tolerance": tolerance, "time_s": None, "tuned_at": _now(),
-                "candidates": [{"algorithm": "pool", "params": {}, "median_s": None, "spread": None,
-                                "error": None, "status": "ok"}]}
     names = _registry.applicable(p)
     choice, reason = _dispatch.heuristic(p)
     cands = []

@@ -1,4 +1,4 @@
-"""A model zoo on engine layers, and ``collect_shapes`` for model-level tuning.
+"""A model zoo on engine layers.
 
 VGG and ResNet follow torchvision's architectures and state_dict key names exactly,
 so torchvision weights saved as ``.npz`` load directly::
@@ -27,19 +27,15 @@ torchvision gives them (``init_like_torchvision``): Kaiming for convolutions (Re
 zero conv biases, BatchNorm weight 1, bias 0 and identity running statistics, so random
 networks keep their activations near unit scale (no vanishing into denormals).
 """
-import json
-
 import numpy as np
 
-from . import shapes as _shapes
-from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear,
-                     MaxPool2d, ReLU, _rng)
+from .layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d,
+                     ReLU, _rng)
 from .fusion import fuse_conv
 from .module import Module, Sequential
 
 __all__ = ["VGG", "ResNet", "BasicBlock", "Bottleneck", "MobileNetV1", "vgg16", "vgg16_bn",
-           "resnet18", "resnet34", "resnet50", "mobilenet_v1", "collect_shapes",
-           "init_like_torchvision", "resolve_model"]
+           "resnet18", "resnet34", "resnet50", "mobilenet_v1", "init_like_torchvision"]
 
 
 def _conv_bn_relu(x, conv, bn, relu):
@@ -317,93 +313,3 @@ class MobileNetV1(Module):
 def mobilenet_v1(num_classes=1000, *, dtype=np.float32, seed=None):
     """MobileNet-V1 (width 1.0); key names in the ``engine.models`` docstring."""
     return MobileNetV1(num_classes, dtype=dtype, seed=seed)
-
-
-# ------------------------------------------------------------------ model-level tuning
-def resolve_model(spec):
-    """The model a "package.module:name" string names (``name`` is called with no
-    arguments when it is not already a Module), e.g. "engine.models:resnet18"."""
-    import importlib
-    if isinstance(spec, Module):
-        return spec
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"a model is named as 'package.module:function', got {spec!r}")
-    mod_name, attr = spec.split(":")
-    try:
-        obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot find model {spec!r}: {e}") from None
-    model = obj if isinstance(obj, Module) else obj()
-    if not isinstance(model, Module):
-        raise TypeError(f"{spec!r} gave a {type(model).__name__}, not an engine Module")
-    return model
-
-
-def collect_shapes(model, input_shape, dtype=np.float32, details=False):
-    """The distinct convolution and pooling shapes ``model`` runs on ``input_shape``.
-
-    ``model`` is an engine Module, a zero-argument callable building one (e.g.
-    ``engine.models.resnet18``) or a "package.module:function" string
-    (``resolve_model``). Runs it once on zeros of ``input_shape`` (N, C, H, W) and
-    ``dtype`` and records every Conv2d, MaxPool2d and AvgPool2d call (and
-    AdaptiveAvgPool2d calls that reduce to an average pool). Returns a list, in
-    first-call order and without duplicates, of dicts that are exactly
-    ``ConvParams.key()`` (op "conv2d") or ``PoolParams.key()`` (op "max_pool2d" /
-    "avg_pool2d") of ``engine.shapes``.
-
-    With ``details=True`` each item is instead a dict with "key" (that dict),
-    "params" (the ConvParams / PoolParams record), "names" (the dotted names of every
-    layer that ran this shape) and, for convolutions, "bias" and "relu" (whether the
-    layer has a bias and a fused ReLU), for average pools "count_include_pad".
-    """
-    if isinstance(model, str):
-        model = resolve_model(model)
-    elif not isinstance(model, Module) and callable(model):
-        model = model()
-    if not isinstance(model, Module):
-        raise TypeError(f"collect_shapes expects an engine Module (or a function building one), "
-                        f"got {type(model).__name__}")
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) not in (3, 4) or min(shape) <= 0:
-        raise ValueError(f"collect_shapes: input_shape must be (N, C, H, W) with positive sizes, "
-                         f"got {input_shape!r}")
-    found, order = {}, []
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def add(m, p, **extra):
-        key = p.key()
-        tag = json.dumps(key, sort_keys=True)
-        if tag not in found:
-            found[tag] = {"key": key, "params": p, "names": [], **extra}
-            order.append(tag)
-        if names[id(m)] not in found[tag]["names"]:
-            found[tag]["names"].append(names[id(m)])
-
-    def hook(m, args, out):
-        x = args[0]
-        s = x.shape if x.ndim == 4 else (1, *x.shape)
-        if isinstance(m, Conv2d):
-            add(m, m._params(s), bias=m.bias is not None, relu=m.fused_relu)
-        elif isinstance(m, MaxPool2d):
-            add(m, _shapes.pool_params("max_pool2d", s, m.kernel_size, m.stride, m.padding,
-                                       m.dilation, m.ceil_mode, str(x.dtype)))
-        elif isinstance(m, AvgPool2d):
-            add(m, _shapes.pool_params("avg_pool2d", s, m.kernel_size, m.stride, m.padding, 1,
-                                       m.ceil_mode, str(x.dtype)),
-                count_include_pad=m.count_include_pad)
-        elif isinstance(m, AdaptiveAvgPool2d):
-            oh = s[2] if m.output_size[0] is None else m.output_size[0]
-            ow = s[3] if m.output_size[1] is None else m.output_size[1]
-            if s[2] % oh == 0 and s[3] % ow == 0:
-                k = (s[2] // oh, s[3] // ow)
-                add(m, _shapes.pool_params("avg_pool2d", s, k, k, 0, 1, False, str(x.dtype)),
-                    count_include_pad=True)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d))]
-    try:
-        model(np.zeros(shape, dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    return [found[t] if details else found[t]["key"] for t in order]

@@ -4,10 +4,12 @@ AdaptiveAvgPool2d, Dropout, Identity. Every layer is an ``engine.Module``.
 
 A layer validates its hyper-parameters when built, and on each call only what depends
 on the input. ``Conv2d`` resolves its algorithm once per input shape (forced > plan >
-heuristic, see ``dispatch``) and caches the weights in the form each algorithm wants
-(e.g. Winograd-transformed); assigning ``weight`` or ``bias`` drops that cache. The
-stored weight and bias are read-only copies, so the cache can never go stale behind
-the layer's back: to change weights, assign a new array.
+heuristic, see ``dispatch``) and keeps the ``engine.operator.ConvOperator`` for it,
+with the weights in the form each algorithm wants (e.g. Winograd-transformed, shared by
+every shape); assigning ``weight``, ``bias`` or ``fused_relu`` drops those operators.
+The stored weight and bias are read-only copies, so a cache can never go stale behind
+the layer's back: to change weights, assign a new array. The pooling layers have no
+weights to prepare: each call builds its ``PoolOperator`` through ``functional``.
 
 ``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
@@ -19,17 +21,19 @@ import numbers
 
 import numpy as np
 
-from . import registry as _registry
-from . import dispatch as _dispatch
-from . import functional as F
-from . import plan as _plan
-from . import shapes as _shapes
+from .. import registry as _registry
+from .. import dispatch as _dispatch
+from .. import functional as F
+from .. import plan as _plan
+from .. import shapes as _shapes
+from ..explain import describe_choice
+from ..operator import ConvOperator
+from ..threads import blas_single_threaded, get_num_threads
 from .module import Module, read_only
-from .threads import blas_single_threaded, get_num_threads
 
 _log = logging.getLogger("convtune")
 _default_rng = np.random.default_rng()
-# Input shapes whose (params, choice) a Conv2d keeps; least recently used dropped.
+# Input shapes whose operator a layer keeps; the least recently used is dropped.
 RESOLVED_CACHE_SIZE = 256
 
 
@@ -87,8 +91,12 @@ class _WeightAndBias(Module):
     def bias(self, value):
         self._bias = None if value is None else _frozen(
             value, self.dtype, self._weight_shape[:1], "bias", type(self).__name__)
+        self._bias_changed()
 
     def _weight_changed(self):
+        pass
+
+    def _bias_changed(self):
         pass
 
     def _own_state(self):
@@ -110,6 +118,7 @@ class _WeightAndBias(Module):
             self._weight_changed()
         else:
             self._bias = value
+            self._bias_changed()
 
 
 class Conv2d(_WeightAndBias):
@@ -129,34 +138,14 @@ class Conv2d(_WeightAndBias):
                  groups=1, bias=True, padding_mode="zeros", *, dtype=np.float32, seed=None,
                  algorithm=None, init=True):
         super().__init__()
-        op = "Conv2d"
-        init = _check_init(init, op)
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{op}: {name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{op}: {name} must be positive, got {v}")
-        if in_channels % groups:
-            raise ValueError(f"{op}: in_channels ({in_channels}) must be divisible by groups ({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{op}: out_channels ({out_channels}) must be divisible by groups ({groups})")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{op}: dtype must be float32 or float64, got {self.dtype}")
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = _shapes.pair(kernel_size, "kernel_size", op)
-        if min(self.kernel_size) <= 0:
-            raise ValueError(f"{op}: kernel_size must be positive, got {self.kernel_size}")
-        self.stride = _shapes.pair(stride, "stride", op)
-        self.dilation = _shapes.pair(dilation, "dilation", op)
-        if min(self.stride) <= 0 or min(self.dilation) <= 0:
-            raise ValueError(f"{op}: stride and dilation must be positive, got stride={self.stride}, "
-                             f"dilation={self.dilation}")
-        _shapes.conv_padding(padding, self.kernel_size, self.stride, self.dilation, op)  # check
-        self.padding = padding if isinstance(padding, str) else _shapes.pair(padding, "padding", op)
-        self.padding_mode = _shapes.check_padding_mode(padding_mode, op)
+        init = _check_init(init, "Conv2d")
+        args = _shapes.conv_layer_args(in_channels, out_channels, kernel_size, stride, padding,
+                                       dilation, groups, padding_mode, dtype, "Conv2d")
+        self.in_channels, self.out_channels, self.groups = args.in_channels, args.out_channels, args.groups
+        self.kernel_size, self.stride, self.dilation = args.kernel_size, args.stride, args.dilation
+        self.padding, self.padding_mode, self.dtype = args.padding, args.padding_mode, args.dtype
         if algorithm is not None:
-            _registry.get(algorithm)
+            _registry.get(algorithm, "conv")
         self.algorithm = algorithm
         self.fused_relu = False
         self._resolved = None          # set by _resolve (its generation check)
@@ -175,7 +164,7 @@ class Conv2d(_WeightAndBias):
             self.bias = np.zeros(out_channels, self.dtype) if bias else None
 
     # Caches of derived state, rebuilt on demand (a deep copy or an unpickled layer
-    # starts them empty; an empty _plan_generation makes _resolve build a new resolver).
+    # starts them empty; an empty _plan_generation makes _resolve build a new cache).
     _CACHES = ("_prepared", "_resolved", "_plan_generation")
 
     @property
@@ -183,29 +172,36 @@ class Conv2d(_WeightAndBias):
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def _weight_changed(self):
-        self._prepared = {}     # every algorithm's prepared weights are stale now
+        self._prepared = {}            # every algorithm's prepared weights are stale now
+        self._plan_generation = None   # and so is every operator
 
-    def _params(self, input_shape):
-        """ConvParams for a 4-D ``input_shape`` (validated against this layer)."""
+    def _bias_changed(self):
+        self._plan_generation = None   # operators hold the bias
+
+    def op_params(self, input_shape, dtype=None):
+        """The ConvParams this layer computes on a 4-D ``input_shape`` (validated; the
+        dtype is the layer's own, ``dtype`` is accepted for the pooling layers' sake)."""
         return _shapes.conv_params(input_shape, self._weight.shape, self.stride, self.padding,
                                    self.dilation, self.groups, self.padding_mode, str(self.dtype))
 
     def _resolve(self, input_shape, threads):
-        """(ConvParams, Choice) for this input shape, resolved once and cached (the
+        """The ConvOperator for this input shape, built once and cached (the
         RESOLVED_CACHE_SIZE most recently used shapes: functools' C LRU, so a hit
-        costs what a dict look-up did)."""
+        costs what a dict look-up does). A new plan, new weights, bias or fused_relu
+        start a new cache."""
         generation = _plan.generation()
-        if generation != self._plan_generation:   # another plan: every choice is stale
-            self._resolved = functools.lru_cache(RESOLVED_CACHE_SIZE)(self._resolve_uncached)
+        if generation != self._plan_generation:
+            self._resolved = functools.lru_cache(RESOLVED_CACHE_SIZE)(self._operator)
             self._plan_generation = generation
-        return self._resolved(tuple(input_shape), threads, self.algorithm)
+        return self._resolved(tuple(input_shape), threads, self.algorithm, self.fused_relu)
 
-    def _resolve_uncached(self, input_shape, threads, algorithm):
-        p = self._params(input_shape)
+    def _operator(self, input_shape, threads, algorithm, relu):
+        p = self.op_params(input_shape)
         choice = _dispatch.choose(p, algorithm, threads)
         _log.debug("Conv2d %s at %d thread(s): %s (%s: %s)", _plan.describe_key(p.key()), threads,
                    choice.algorithm, choice.source, choice.reason)
-        return p, choice
+        return ConvOperator(p, choice, self._weight, self._bias, relu=relu, num_threads=threads,
+                            prepared=self.prepared_weight(choice.algorithm, p))
 
     def prepared_weight(self, algorithm, p):
         """The weights as ``algorithm`` consumes them, computed once per weights."""
@@ -221,11 +217,7 @@ class Conv2d(_WeightAndBias):
         if dtype != self.dtype:
             raise TypeError(f"Conv2d: input dtype ({dtype}) and weight dtype ({self.dtype}) "
                             f"should be the same")
-        threads = get_num_threads()
-        p, choice = self._resolve(x4.shape, threads)
-        w = self.prepared_weight(choice.algorithm, p)
-        out = F.run_conv(x4, w, self._bias, p, choice.algorithm, threads, relu=self.fused_relu,
-                         params=choice.params)
+        out = self._resolve(x4.shape, get_num_threads())(x4)
         return out[0] if unbatched else out
 
     def explain(self, input_shape):
@@ -233,10 +225,8 @@ class Conv2d(_WeightAndBias):
         shape = tuple(input_shape)
         if len(shape) == 3:
             shape = (1, *shape)
-        p, choice = self._resolve(shape, get_num_threads())
-        return {**choice.as_dict(), "params": p.key(),
-                "kernels": _registry.get(choice.algorithm).kernels(p),
-                "applicable": _registry.applicable(p)}
+        op = self._resolve(shape, get_num_threads())
+        return describe_choice(op.params, op.choice)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -267,6 +257,15 @@ class MaxPool2d(Module):
         self.return_indices = F.check_bool(return_indices, "return_indices", "MaxPool2d")
         self.ceil_mode = F.check_bool(ceil_mode, "ceil_mode", "MaxPool2d")
 
+    def op_params(self, input_shape, dtype="float32"):
+        """The PoolParams this layer computes on a 4-D ``input_shape`` (validated)."""
+        return _shapes.pool_params("max_pool2d", tuple(input_shape), self.kernel_size, self.stride,
+                                   self.padding, self.dilation, self.ceil_mode, str(np.dtype(dtype)))
+
+    def explain(self, input_shape):
+        """Which algorithm a call on ``input_shape`` uses (see engine.explain)."""
+        return _explain_pool(self, input_shape)
+
     def forward(self, x):
         """Max-pool ``x``; (output, indices) when return_indices."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -290,6 +289,15 @@ class AvgPool2d(Module):
         F.check_divisor_override(divisor_override, "AvgPool2d")
         self.divisor_override = divisor_override
 
+    def op_params(self, input_shape, dtype="float32"):
+        """The PoolParams this layer computes on a 4-D ``input_shape`` (validated)."""
+        return _shapes.pool_params("avg_pool2d", tuple(input_shape), self.kernel_size, self.stride,
+                                   self.padding, 1, self.ceil_mode, str(np.dtype(dtype)))
+
+    def explain(self, input_shape):
+        """Which algorithm a call on ``input_shape`` uses (see engine.explain)."""
+        return _explain_pool(self, input_shape)
+
     def forward(self, x):
         """Average-pool ``x``."""
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
@@ -299,6 +307,12 @@ class AvgPool2d(Module):
         return (f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad})")
+
+
+def _explain_pool(layer, input_shape):
+    shape = tuple(input_shape)
+    p = layer.op_params(shape if len(shape) == 4 else (1, *shape))
+    return describe_choice(p, _dispatch.choose(p, None, get_num_threads()))
 
 
 # ----------------------------------------------------------- what networks need around
@@ -558,6 +572,19 @@ class AdaptiveAvgPool2d(Module):
             if s is not None:
                 _positive_int(s, "output_size", "AdaptiveAvgPool2d")
         self.output_size = tuple(None if s is None else int(s) for s in size)
+
+    def op_params(self, input_shape, dtype="float32"):
+        """The PoolParams of the average pool this layer runs on a 4-D ``input_shape``
+        when the output size divides the input (then it is one), else None (the
+        uneven windows are averaged in numpy)."""
+        n, c, h, w = input_shape
+        oh = h if self.output_size[0] is None else self.output_size[0]
+        ow = w if self.output_size[1] is None else self.output_size[1]
+        if h % oh or w % ow:
+            return None
+        k = (h // oh, w // ow)
+        return _shapes.pool_params("avg_pool2d", tuple(input_shape), k, k, 0, 1, False,
+                                   str(np.dtype(dtype)))
 
     def forward(self, x):
         """Average-pool ``x`` (N, C, H, W) or (C, H, W) to output_size."""

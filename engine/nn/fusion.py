@@ -23,6 +23,7 @@ import copy
 import numpy as np
 
 from .layers import BatchNorm2d, Conv2d, Dropout, Identity, ReLU
+from .module import Module, Sequential
 
 
 def fold_batchnorm(conv, bn):
@@ -124,10 +125,12 @@ def fuse(model, inplace=False):
     See the module docstring for what is fused. The result computes the same outputs
     up to float rounding with fewer passes over memory. Fusing twice changes nothing.
     """
-    from .module import Module
     if not isinstance(model, Module):
         raise TypeError(f"fuse expects an engine Module, got {type(model).__name__}")
     m = model if inplace else copy.deepcopy(model)
     for sub in list(_post_order(m, {id(m)})):
-        sub._fuse()
+        if isinstance(sub, Sequential):     # its forward is the chain of its children
+            fuse_chain(sub, list(sub.__dict__["_modules"]))
+        else:
+            sub._fuse()
     return m.eval()

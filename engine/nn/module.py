@@ -28,6 +28,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .weights import detect_format, load_weights, remap_keys
+
 
 class _HookHandle:
     """What ``register_forward_hook`` returns: ``remove()`` unregisters the hook."""
@@ -291,7 +293,6 @@ class Module:
         with ``strict=False`` the matching keys load. Returns (missing_keys,
         unexpected_keys) as ``load_state_dict`` does.
         """
-        from .weights import detect_format, load_weights, remap_keys
         if key is None and detect_format(path) == "npz":
             # shapes and dtypes from the members' headers first: nothing is decompressed
             # for a file that cannot fit (a small .npz can hold a huge array)
@@ -346,11 +347,6 @@ class Module:
         """Fold what this module's own forward allows into its children (BatchNorm into
         the preceding Conv2d, ReLU into its output stage). Called by ``engine.fuse``
         children first; the default does nothing."""
-
-    def fuse(self):
-        """A fused inference copy of this model: see ``engine.fuse``."""
-        from .fusion import fuse
-        return fuse(self)
 
     # ------------------------------------------------------------------------- repr
     def extra_repr(self):
@@ -471,7 +467,3 @@ class Sequential(Module):
         """Add ``module`` at the end (named by its index); returns self."""
         self.add_module(str(len(self)), module)
         return self
-
-    def _fuse(self):
-        from .fusion import fuse_chain
-        fuse_chain(self, list(self.__dict__["_modules"]))

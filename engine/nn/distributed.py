@@ -58,15 +58,15 @@ import weakref
 
 import numpy as np
 
-from . import plan as _plan
+from .. import plan as _plan
 from .module import Module
-from .threads import get_num_threads, set_num_threads, usable_cores
+from ..threads import get_num_threads, set_num_threads, usable_cores
 
 SETUP_TIMEOUT = 120.0      # seconds to wait for the cluster while setting a predict up
 _INSTALL_HINT = "pip install convtune[dask]  (installs dask[distributed])"
 
 
-def _require_dask():
+def require_dask():
     """(dask.array, distributed), or ImportError saying how to install them."""
     try:
         import dask.array as da
@@ -78,7 +78,7 @@ def _require_dask():
 
 def get_client(client=None):
     """``client`` when given (a ``distributed.Client``), else the default client."""
-    _, distributed = _require_dask()
+    _, distributed = require_dask()
     if client is not None:
         if not isinstance(client, distributed.Client):
             raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
@@ -100,7 +100,7 @@ def _machine_info():
 def machines(client, workers=None):
     """{worker address: {"host", "nthreads", "fingerprint", "cores", "pid"}} for the
     cluster's workers (or the given ``workers`` addresses), asked of each worker."""
-    info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) \
+    info = client.scheduler_info(n_workers=-1)["workers"] if takes_n_workers(client) \
         else client.scheduler_info()["workers"]
     addrs = [a for a in info if workers is None or a in workers]
     if not addrs:
@@ -114,7 +114,9 @@ def machines(client, workers=None):
     return out
 
 
-def _takes_n_workers(client):
+def takes_n_workers(client):
+    """Whether ``client.scheduler_info`` takes ``n_workers`` (newer distributed lists
+    only a few workers unless it is -1)."""
     import inspect
     try:
         return "n_workers" in inspect.signature(client.scheduler_info).parameters
@@ -451,7 +453,7 @@ def as_batches(x, batch_size=None, default_chunks=1):
     """``x`` as a dask array [N, C, H, W] chunked along N only (``batch_size`` images a
     chunk when given). ``x`` is a dask array, a numpy array (cut into ``batch_size`` or
     ``default_chunks`` chunks) or an iterable of numpy batches (one chunk each)."""
-    da, _ = _require_dask()
+    da, _ = require_dask()
     if batch_size is not None:
         batch_size = _positive_int(batch_size, "batch_size")
     if isinstance(x, da.Array):
@@ -493,7 +495,7 @@ def predict(model, x, client=None, batch_size=None, *, plan="active", threads=No
     module docstring. The model is snapshotted now and sent to each worker once; the
     output's shape and dtype come from running it once on one zero image on a worker.
     Call ``.compute()`` (or ``client.compute``) on the result."""
-    da, _ = _require_dask()
+    da, _ = require_dask()
     if not isinstance(model, Module):
         raise TypeError(f"predict: model must be an engine Module, got {type(model).__name__}")
     if threads is not None:
