@@ -205,7 +205,7 @@ cdef void _direct_task(const floating* x, const floating* wt, const floating* bi
     """
     cdef Py_ssize_t oc0 = g * Cgo + ob * OCB
     cdef Py_ssize_t nb = Cgo - ob * OCB
-    cdef Py_ssize_t oh, ic, kh, kw, ih, b, lo, hi, off, i
+    cdef Py_ssize_t oh, ic, kh, ih, b, i
     cdef Py_ssize_t wld = Cgi * kH * kW          # weight stride between output channels
     cdef const floating* xrow
     cdef const floating* wp

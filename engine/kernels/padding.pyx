@@ -7,7 +7,7 @@ source row) + right border (mapped indices); only border indices go through the 
 index map, so the pass costs about one read and one write of the tensor.
 """
 from cython cimport floating
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 
 cdef enum PadMode:
