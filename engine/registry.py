@@ -252,13 +252,13 @@ def algorithms():
 def get(name, kind=None):
     """The Algorithm called ``name`` (of ``kind`` "conv" or "pool" when given);
     ValueError listing the known names otherwise."""
+    algo = REGISTRY.get(name) if isinstance(name, str) else None
+    if algo is not None and (kind is None or algo.kind == kind):
+        return algo
     known = [a.name for a in _ALGORITHMS if kind is None or a.kind == kind]
     if not isinstance(name, str):
         raise TypeError(f"algorithm must be a str naming one of {known}, got {name!r}")
-    algo = REGISTRY.get(name)
-    if algo is None or name not in known:
-        raise ValueError(f"unknown algorithm {name!r}; expected one of {known}")
-    return algo
+    raise ValueError(f"unknown algorithm {name!r}; expected one of {known}")
 
 
 def kind_of(p):

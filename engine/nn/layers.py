@@ -8,8 +8,8 @@ heuristic, see ``dispatch``) and keeps the ``engine.operator.ConvOperator`` for 
 with the weights in the form each algorithm wants (e.g. Winograd-transformed, shared by
 every shape); assigning ``weight``, ``bias`` or ``fused_relu`` drops those operators.
 The stored weight and bias are read-only copies, so a cache can never go stale behind
-the layer's back: to change weights, assign a new array. The pooling layers have no
-weights to prepare: each call builds its ``PoolOperator`` through ``functional``.
+the layer's back: to change weights, assign a new array. The pooling layers keep one
+``PoolOperator`` per input shape too.
 
 ``Conv2d.fused_relu`` (set by ``engine.fuse``) clamps the output at zero inside the
 kernel's output stage, as the bias is added there: a fused Conv-BN-ReLU is one pass.
@@ -28,6 +28,7 @@ from .. import plan as _plan
 from .. import shapes as _shapes
 from ..explain import describe_choice
 from ..operator import ConvOperator
+from .._lru import LRU
 from ..threads import blas_single_threaded, get_num_threads
 from .module import Module, read_only
 
@@ -246,8 +247,51 @@ class Conv2d(_WeightAndBias):
         return s
 
 
-class MaxPool2d(Module):
+class _PoolLayer(Module):
+    """What MaxPool2d and AvgPool2d share: one PoolOperator per input shape, in an LRU
+    keyed by everything the operator depends on (the input's shape and dtype, the
+    thread count and the layer's hyper-parameters, so assigning one is safe)."""
+    _OP = None                         # "max_pool2d" | "avg_pool2d"
+    _CACHES = ("_operators",)
+
+    def _hyper(self):
+        raise NotImplementedError
+
+    def _options(self):
+        """The PoolOperator's keyword arguments besides the params."""
+        return {}
+
+    def op_params(self, input_shape, dtype="float32"):
+        """The PoolParams this layer computes on a 4-D ``input_shape`` (validated)."""
+        kernel, stride, padding, dilation, ceil_mode = self._hyper()[:5]
+        return _shapes.pool_params(self._OP, tuple(input_shape), kernel, stride, padding, dilation,
+                                   ceil_mode, str(np.dtype(dtype)))
+
+    def explain(self, input_shape):
+        """Which algorithm a call on ``input_shape`` uses (see engine.explain)."""
+        return _explain_pool(self, input_shape)
+
+    def _operator(self, x4, threads):
+        key = (x4.shape, x4.dtype.char, threads, self._hyper())
+        op = self._operators.get(key)
+        if op is None:
+            op = F.pool_operator(self.op_params(x4.shape, x4.dtype), threads, **self._options())
+            self._operators[key] = op
+        return op
+
+    def forward(self, x):
+        """Pool ``x`` (N, C, H, W) or (C, H, W); (output, indices) for a max pool with
+        return_indices."""
+        x4, _, unbatched = F.input_4d(x, self._OP)
+        out = self._operator(x4, get_num_threads())(x4)
+        if not unbatched:
+            return out
+        return tuple(o[0] for o in out) if isinstance(out, tuple) else out[0]
+
+
+class MaxPool2d(_PoolLayer):
     """2-D max pooling layer, as ``torch.nn.MaxPool2d``."""
+    _OP = "max_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
                  ceil_mode=False):
@@ -256,28 +300,23 @@ class MaxPool2d(Module):
             "MaxPool2d", kernel_size, stride, padding, dilation)
         self.return_indices = F.check_bool(return_indices, "return_indices", "MaxPool2d")
         self.ceil_mode = F.check_bool(ceil_mode, "ceil_mode", "MaxPool2d")
+        self._operators = LRU(RESOLVED_CACHE_SIZE)
 
-    def op_params(self, input_shape, dtype="float32"):
-        """The PoolParams this layer computes on a 4-D ``input_shape`` (validated)."""
-        return _shapes.pool_params("max_pool2d", tuple(input_shape), self.kernel_size, self.stride,
-                                   self.padding, self.dilation, self.ceil_mode, str(np.dtype(dtype)))
+    def _hyper(self):
+        return (self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                self.return_indices)
 
-    def explain(self, input_shape):
-        """Which algorithm a call on ``input_shape`` uses (see engine.explain)."""
-        return _explain_pool(self, input_shape)
-
-    def forward(self, x):
-        """Max-pool ``x``; (output, indices) when return_indices."""
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode, self.return_indices)
+    def _options(self):
+        return {"return_indices": F.check_bool(self.return_indices, "return_indices", "MaxPool2d")}
 
     def __repr__(self):
         return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode})")
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_PoolLayer):
     """2-D average pooling layer, as ``torch.nn.AvgPool2d``."""
+    _OP = "avg_pool2d"
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
@@ -288,20 +327,15 @@ class AvgPool2d(Module):
         self.count_include_pad = F.check_bool(count_include_pad, "count_include_pad", "AvgPool2d")
         F.check_divisor_override(divisor_override, "AvgPool2d")
         self.divisor_override = divisor_override
+        self._operators = LRU(RESOLVED_CACHE_SIZE)
 
-    def op_params(self, input_shape, dtype="float32"):
-        """The PoolParams this layer computes on a 4-D ``input_shape`` (validated)."""
-        return _shapes.pool_params("avg_pool2d", tuple(input_shape), self.kernel_size, self.stride,
-                                   self.padding, 1, self.ceil_mode, str(np.dtype(dtype)))
+    def _hyper(self):
+        return (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode,
+                self.count_include_pad, self.divisor_override)
 
-    def explain(self, input_shape):
-        """Which algorithm a call on ``input_shape`` uses (see engine.explain)."""
-        return _explain_pool(self, input_shape)
-
-    def forward(self, x):
-        """Average-pool ``x``."""
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, self.divisor_override)
+    def _options(self):
+        return {"count_include_pad": F.check_bool(self.count_include_pad, "count_include_pad", "AvgPool2d"),
+                "divisor_override": F.check_divisor_override(self.divisor_override, "AvgPool2d")}
 
     def __repr__(self):
         return (f"AvgPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
