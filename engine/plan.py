@@ -676,7 +676,7 @@ def _warn_once(plan):
                f"algorithms are chosen by the heuristic. Point CONVTUNE_PLAN or "
                f"engine.use_plan() at a plan file.")
     else:
-        msg = (f"convtune plan {plan.path} {_WHAT[plan.status]} ({plan.reason}). It is ignored and left as "
+        msg = (f"convtune plan {plan.path} {status_text(plan)}. It is ignored and left as "
                f"it is on disk; algorithms are chosen by the heuristic. Re-tune this machine "
                f"with `convtune tune CONFIG --plan {plan.path} --force` (the old file is kept "
                f"as a .bak), or use another plan.")

@@ -372,14 +372,16 @@ def _executing(dask_worker):
 
 
 def test_worker_killed_mid_tune_keeps_finished_shapes(tmp_path):
-    # convolutions only: each job takes long enough (~0.3 s) to be killed in the middle
+    # convolutions only, 15 samples each: a job takes ~1 s, far longer than the few ms
+    # between seeing it run and the kill (at ~0.3 s a loaded machine let the job finish
+    # first, and the test failed)
     shapes = [s for b in (2, 4, 8) for s in configs.load_all([SEED_CNN], batch=b)[1] if s.op == "conv2d"]
     path = str(tmp_path / "plan.json")
     with _cluster() as lc, distributed.Client(lc, timeout=TIMEOUT) as client:
         pids = client.run(os.getpid)
         result, seen = {}, []
         t = threading.Thread(target=lambda: result.update(summary=TD.tune(
-            shapes, client, path, threads=[1], reps=5, timeout=TIMEOUT, on_result=seen.append)))
+            shapes, client, path, threads=[1], reps=15, timeout=TIMEOUT, on_result=seen.append)))
         t.start()
         deadline = time.monotonic() + TIMEOUT
         while not seen and time.monotonic() < deadline:
@@ -391,8 +393,8 @@ def test_worker_killed_mid_tune_keeps_finished_shapes(tmp_path):
             running = {a: k for a, k in client.run(_executing, workers=list(pids)).items() if k}
             if running:
                 victim, [key] = next(iter(running.items()))
+                os.kill(pids[victim], signal.SIGKILL)       # first: the job is still running
                 finished = {P.entry_key(e["key"]): e["tuned_at"] for e in P.read_plan(path).entries.values()}
-                os.kill(pids[victim], signal.SIGKILL)
         t.join(TIMEOUT)
         assert not t.is_alive(), "tuning hung after a worker was killed"
     assert victim is not None, "the run ended before a worker could be killed mid-job"
@@ -401,6 +403,10 @@ def test_worker_killed_mid_tune_keeps_finished_shapes(tmp_path):
     final = {P.entry_key(e["key"]): e["tuned_at"] for e in P.read_plan(path).entries.values()}
     assert len(final) == len(shapes)
     assert finished and all(final[k] == v for k, v in finished.items())   # none lost or redone
-    # the killed job was run again, by another process
+    # the killed job was run again, by another process: either Dask rescheduled the task
+    # itself (same key) or its future was lost and the driver re-sent the job (new key)
     redone = [r for r in summary["records"] if r["key"] == key]
-    assert len(redone) == 1 and redone[0]["pid"] != pids[victim], (key, summary["records"])
+    if redone:
+        assert len(redone) == 1 and redone[0]["pid"] != pids[victim], (key, summary["records"])
+    else:
+        assert summary["resubmitted"] >= 1, summary

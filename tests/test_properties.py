@@ -74,7 +74,7 @@ def test_avg_pool_random_matches_reference(cfg):
     x = pool_array(cfg)
     out = F.avg_pool2d(x, **cfg["kwargs"])
     assert out.dtype == np.dtype(cfg["dtype"])
-    tol = algos.tolerance("pool", cfg["dtype")]
+    tol = algos.tolerance("pool", cfg["dtype"])
     ref.assert_close(out, ref.avg_pool2d(x, **cfg["kwargs"]), tol)
 
 

@@ -135,7 +135,7 @@ def test_avg_pool2d_parity_random(cfg):
     expected = TF.avg_pool2d(t(x), k["kernel_size"], k["stride"], k["padding"], ceil_mode=k["ceil_mode"],
                              count_include_pad=k["count_include_pad"],
                              divisor_override=k["divisor_override"]).numpy()
-    ref.assert_close(out, expected.astype(np.float64), algos.tolerance("pool", cfg["dtype")])
+    ref.assert_close(out, expected.astype(np.float64), algos.tolerance("pool", cfg["dtype"]))
 
 
 def test_reference_agrees_with_torch_on_the_table():
