@@ -8,6 +8,8 @@ Architecture, in the order a call travels:
     models      whole networks (VGG, ResNet, MobileNet-V1) and collect_shapes
     fusion      fuse: BatchNorm folded into convolutions, ReLU into their kernels
     convert     from_torch: a PyTorch module tree as engine layers (imports torch lazily)
+    graph       Graph: a network as nodes on named values, specialised per input shape;
+                built by onnx_import (from_onnx) and fx_trace (from_torch's fallback)
     layers      Conv2d / MaxPool2d / AvgPool2d hold parameters and per-shape caches;
                 ReLU, BatchNorm2d, Linear, ... are what networks need around them
     functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
@@ -58,6 +60,8 @@ try:
     from .weights import load_weights
     from .fusion import fuse
     from .convert import from_torch
+    from .onnx_import import from_onnx
+    from .graph import Graph
     from . import models
     from .plan import use_plan
     from .threads import get_num_threads, set_num_threads
@@ -75,5 +79,5 @@ __all__ = [
     "Conv2d", "MaxPool2d", "AvgPool2d", "functional", "algorithms", "build_info", "explain",
     "get_num_threads", "set_num_threads", "use_plan", "manual_seed", "__version__",
     "Module", "Sequential", "ReLU", "Flatten", "Linear", "BatchNorm2d", "AdaptiveAvgPool2d",
-    "Dropout", "Identity", "fuse", "from_torch", "models", "load_weights",
+    "Dropout", "Identity", "fuse", "from_torch", "from_onnx", "Graph", "models", "load_weights",
 ]
