@@ -385,7 +385,10 @@ def _flatten(node, layer, x):
         if s > e:
             raise GraphError(f"{node.where()}: start_dim {s} is after end_dim {e}")
         return x.reshape(*x.shape[:s], -1, *x.shape[e + 1:]) if x.ndim else x.reshape(1)
-    axis = _axis(node.attrs.get("axis", 1), x.ndim + 1, node) if x.ndim else 0
+    axis = int(node.attrs.get("axis", 1))
+    if not -x.ndim <= axis <= x.ndim:
+        raise GraphError(f"{node.where()}: axis {axis} is out of range for a {x.ndim}-D input")
+    axis = axis + x.ndim if axis < 0 else axis
     return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
 
