@@ -473,7 +473,7 @@ def trace(module, dtype):
     try:
         graph = Tracer().trace(module)
     except Exception as e:
-        raise TypeError(f"from_torch: torch.fx cannot trace {type(module).__qualname__} "
+        raise TypeError(f"from_torch: torch.fx cannot trace {type(module).__name__} "
                         f"({type(e).__name__}: {e}){_ONNX_HINT}") from None
     finally:
         module.train(was_training)

@@ -1,0 +1,167 @@
+"""engine.from_torch through torch.fx tracing, and torch.onnx.export -> engine.from_onnx,
+on a small hand-built module of each CNN family (tests/cnn_families.py), against
+PyTorch itself; fused and unfused graphs agree; the errors for what cannot be traced."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the fx conversion tests need PyTorch")
+
+import engine  # noqa: E402
+from engine.graph import Graph  # noqa: E402
+
+from cnn_families import FAMILIES, build  # noqa: E402
+
+TOL = 1e-5      # relative to max|output|: float32 sums in another order
+
+
+def torch_out(m, x):
+    with torch.no_grad():
+        return m(torch.from_numpy(x)).numpy()
+
+
+def assert_close(out, ref, tol=TOL):
+    assert out.shape == ref.shape
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
+    assert err < tol, f"max error {err:.2e} relative to max|output| {np.abs(ref).max():.3g}"
+
+
+def inputs(size, batch):
+    return np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fx_conversion_matches_torch(name):
+    m, size = build(name)
+    g = engine.from_torch(m)
+    assert isinstance(g, Graph)
+    # The layers sit at PyTorch's module paths: the same state_dict keys.
+    assert list(g.state_dict()) == list(m.state_dict())
+    fused = engine.fuse(g)
+    for batch in (1, 2):
+        x = inputs(size, batch)
+        ref = torch_out(m, x)
+        assert_close(g(x), ref)
+        assert_close(fused(x), ref)
+
+
+def test_uneven_adaptive_pool():
+    """AlexNet's adaptive pool to 6x6 from a 4x4 feature map (overlapping windows)."""
+    m, _ = build("alexnet")
+    x = inputs(79, 2)
+    assert_close(engine.from_torch(m)(x), torch_out(m, x))
+
+
+def test_fusion_folds_batchnorm_and_relu():
+    m, size = build("mobilenet_v2")
+    g = engine.from_torch(m)
+    fused = engine.fuse(g)
+    ops = [n.op for n in fused.nodes]
+    assert "BatchNormalization" not in ops
+    convs = [l for l in fused.modules() if isinstance(l, engine.Conv2d)]
+    assert len(convs) == sum(isinstance(l, torch.nn.Conv2d) for l in m.modules())
+    # ReLU6 is a Clip(0, 6): it stays a node (the kernels clamp only at zero).
+    assert ops.count("Clip") == sum(isinstance(l, torch.nn.ReLU6) for l in m.modules())
+    g2 = engine.from_torch(build("squeezenet")[0])
+    f2 = engine.fuse(g2)
+    assert "Relu" not in [n.op for n in f2.nodes]
+    assert all(l.fused_relu for l in f2.modules() if isinstance(l, engine.Conv2d))
+    # the unfused graph is untouched by fusing a copy
+    assert "BatchNormalization" in [n.op for n in g.nodes]
+
+
+@pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_onnx_export_matches_torch(name, tmp_path):
+    pytest.importorskip("onnx", reason="needs the onnx package")
+    m, size = build(name)
+    path = tmp_path / f"{name}.onnx"
+    x1 = inputs(size, 1)
+    torch.onnx.export(m, (torch.from_numpy(x1),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    g = engine.from_onnx(str(path))
+    fused = engine.fuse(g)
+    for batch in (1, 2):
+        x = inputs(size, batch)
+        ref = torch_out(m, x)
+        assert_close(g(x), ref)
+        assert_close(fused(x), ref)
+
+
+def test_class_matched_path_is_kept():
+    """torchvision-style classes the engine knows by name are still rebuilt as them."""
+    from engine import models
+    import torch.nn as nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(4)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(4, 4, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(4)
+            self.downsample = None
+
+        def forward(self, x):
+            return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+
+    out = engine.from_torch(BasicBlock().eval())
+    assert isinstance(out, models.BasicBlock)
+
+
+def test_graph_works_with_collect_shapes_and_explain():
+    m, size = build("regnet")
+    g = engine.from_torch(m)
+    shapes = engine.models.collect_shapes(g, (1, 3, size, size))
+    convs = [s for s in shapes if s["op"] == "conv2d"]
+    assert {(s["C"], s["out_channels"], s["groups"]) for s in convs} == {
+        (l.in_channels, l.out_channels, l.groups) for l in m.modules() if isinstance(l, torch.nn.Conv2d)}
+    report = g.explain((1, 3, size, size))
+    assert len(report) == sum(isinstance(l, torch.nn.Conv2d) for l in m.modules())
+    assert all(r["algorithm"] in engine.algorithms() for r in report)
+    assert report[0]["layer"] == "stem.0"
+
+
+def test_untraceable_model_suggests_onnx():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:        # control flow on a value: fx cannot trace it
+                return x
+            return -x
+
+    with pytest.raises(TypeError, match="torch.fx cannot trace DataDependent.*torch.onnx.export"):
+        engine.from_torch(DataDependent())
+
+
+def test_unsupported_function_names_the_node():
+    class Fancy(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, 1)
+
+    with pytest.raises(TypeError, match=r"node 'cumsum' \(call_function cumsum\): this function is "
+                                        r"not supported.*engine.from_onnx"):
+        engine.from_torch(Fancy())
+
+
+def test_unsupported_module_names_the_node():
+    class WithIndices(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = torch.nn.MaxPool2d(2, return_indices=True)
+
+        def forward(self, x):
+            return self.pool(x)[0]
+
+    with pytest.raises(TypeError, match=r"node 'pool' \(call_module pool\): MaxPool2d\(return_indices=True\) is not supported"):
+        engine.from_torch(WithIndices())
+
+
+def test_float64_model():
+    m, size = build("shufflenet")
+    m = m.double()
+    g = engine.from_torch(m)
+    x = inputs(size, 2).astype(np.float64)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    assert_close(g(x), ref, 1e-12)
