@@ -633,3 +633,76 @@ def test_reshape_that_cannot_fit_names_the_node():
     g = engine.from_onnx(m)
     with pytest.raises(ValueError, match=r"node 'rs' \(Reshape\).*cannot reshape"):
         g(x)
+
+
+# ------------------------------------------------------------------- the CLI
+def cli(*args):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CONVTUNE_PLAN": "none"}
+    return subprocess.run([sys.executable, "-m", "tuner", *map(str, args)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def cnn_file(tmp_path, batch="n"):
+    """A small CNN (conv 3x3/2 + BN + relu, depthwise 3x3, max pool, global pool,
+    Gemm) saved as an ONNX file with a free batch dimension."""
+    x = randn(1, 3, 16, 16)
+    inits = {"W": randn(8, 3, 3, 3), "s": randn(8), "b": randn(8), "m": randn(8),
+             "v": RNG.uniform(0.5, 2, 8).astype(np.float32), "D": randn(8, 1, 3, 3),
+             "F": randn(10, 8), "FB": randn(10)}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Conv", ["r", "D"], ["d"], pads=[1, 1, 1, 1], group=8),
+             helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["gp"]),
+             helper.make_node("Flatten", ["gp"], ["f"]),
+             helper.make_node("Gemm", ["f", "F", "FB"], ["y0"], transB=1)]
+    m = model(nodes, {"x": x}, ["y0"], inits)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = batch
+    path = tmp_path / "cnn.onnx"
+    onnx.save(m, str(path))
+    return path
+
+
+def test_cli_tune_onnx_tunes_the_models_shapes(tmp_path):
+    import json
+    plan = tmp_path / "plan.json"
+    r = cli("tune", "--onnx", cnn_file(tmp_path), "--input", "2,3,16,16", "--level", "estimate",
+            "--plan", plan, "--threads", 1, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    keys = [e["key"] for e in json.loads(plan.read_text())["entries"]]
+    convs = sorted((k["C"], k["out_channels"], k["groups"], k["H"], k["N"]) for k in keys if k["op"] == "conv2d")
+    assert convs == [(3, 8, 1, 16, 2), (8, 8, 8, 8, 2)]
+    assert any(k["op"] == "max_pool2d" and k["H"] == 8 for k in keys)
+
+
+def test_cli_bench_onnx_against_onnx_runtime(tmp_path):
+    pytest.importorskip("onnxruntime", reason="bench --onnx compares with ONNX Runtime")
+    r = cli("bench", "--onnx", cnn_file(tmp_path), "--input", "1,3,16,16", "--reps", 3, "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime/convtune" in r.stdout
+    diff = float(r.stdout.split("outputs differ by ")[1].split()[0])
+    assert diff < 1e-5
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--input", "1,4,16,16"], "does not fit the model's input"),
+    (["--input", "1,x"], "expected integers"),
+])
+def test_cli_onnx_input_errors(tmp_path, args, needle):
+    r = cli("tune", "--onnx", cnn_file(tmp_path), *args, "--level", "estimate", "--plan", tmp_path / "p.json")
+    assert r.returncode == 2
+    assert needle in r.stderr
+
+
+def test_cli_damaged_onnx_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    for cmd in ("tune", "bench"):
+        r = cli(cmd, "--onnx", bad, "--plan", tmp_path / "p.json")
+        assert r.returncode == 2
+        assert "--onnx" in r.stderr and "Traceback" not in r.stderr
