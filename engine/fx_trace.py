@@ -176,7 +176,8 @@ class _Converter:
 
     def call_function(self, node):
         fn = node.target
-        handler = _FUNCTIONS.get(fn) or _FUNCTIONS.get(getattr(fn, "__name__", None))
+        handler = _FUNCTIONS.get(fn) or _FUNCTIONS.get(
+            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}")
         if handler is None:
             raise self.error(node, "this function is not supported")
         handler(self, node, *node.args, **node.kwargs)
@@ -317,6 +318,13 @@ def _dropout(c, node, x, p=0.5, training=False, inplace=False):
     c.add(node.name, "Identity", [c.value(node, x)], node.name)
 
 
+def _stochastic_depth(c, node, x, p, mode, training=True):
+    # torchvision's StochasticDepth (EfficientNet): the identity at inference.
+    if c.static(node, training, "training"):
+        raise c.error(node, "stochastic depth in training mode is not supported (call model.eval())")
+    c.add(node.name, "Identity", [c.value(node, x)], node.name)
+
+
 def _mean(c, node, x, dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         raise c.error(node, "mean(dtype=...) is not supported")
@@ -430,10 +438,9 @@ def _build_tables():
         torch.chunk: _chunk, torch.split: _split, torch.unsqueeze: _unsqueeze,
         torch.squeeze: _squeeze, F.layer_norm: _layer_norm, F.linear: _linear,
     }
-    # Some functional ops are wrapped (boolean-dispatch for max_pool2d's return_indices):
-    # match them by name too.
-    funcs.update({"max_pool2d": _max_pool, "_max_pool2d": _max_pool,
-                  "boolean_dispatch": _max_pool})
+    # Functions of other packages that torch.fx keeps as calls (torch.fx.wrap), matched
+    # by module and name so that torchvision need not be imported.
+    funcs.update({"torchvision.ops.stochastic_depth.stochastic_depth": _stochastic_depth})
     methods = {
         "size": _size, "view": _reshape, "reshape": _reshape, "flatten": _flatten,
         "mean": _mean, "transpose": _transpose, "permute": _permute,

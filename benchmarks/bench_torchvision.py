@@ -1,0 +1,157 @@
+"""Real torchvision architectures through the engine: accuracy and whole-model latency.
+
+Needs torch and torchvision installed together (``pip install torch==2.14.1
+torchvision==0.29.1``; torch 2.13 has no matching torchvision) and, for the ONNX
+path and column, onnx and onnxruntime. Random weights (no downloads), eval mode.
+
+    python benchmarks/bench_torchvision.py accuracy [--models a,b] [--size 224] [--via fx|onnx|both]
+    python benchmarks/bench_torchvision.py latency [--models a,b] [--threads 2] [--reps 7]
+
+``accuracy``: each model through ``engine.from_torch`` (the class-matched path where it
+applies, else torch.fx) and/or ``torch.onnx.export(dynamo=False)`` -> ``engine.from_onnx``,
+fused, at batch 1 and 2: the max |engine - torch| relative to max |torch output|.
+``latency``: batch 1, median ms of PyTorch eager, ONNX Runtime and the engine's fused
+graph in one process at the same thread count; for resnet18 also the engine's
+hand-written ResNet (the class-matched path), to show what the graph costs over it.
+"""
+import argparse
+import io
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import engine  # noqa: E402
+from engine import fx_trace  # noqa: E402
+
+MODELS = ["resnet18", "resnet50", "vgg16_bn", "resnext50_32x4d", "wide_resnet50_2",
+          "mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "densenet121",
+          "shufflenet_v2_x1_0", "efficientnet_b0", "regnet_y_400mf", "mnasnet0_5", "alexnet"]
+LATENCY = ["resnet18", "mobilenet_v2", "squeezenet1_1", "googlenet", "densenet121", "efficientnet_b0"]
+
+
+def build(name):
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    kwargs = {"init_weights": True} if name == "googlenet" else {}   # (silences a FutureWarning)
+    m = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    # Random BatchNorm statistics, so folding them is exercised (torchvision starts them
+    # at the identity).
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.8, 1.2)
+    return m
+
+
+def onnx_graph(m, size):
+    import torch
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(1, 3, size, size),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return buf.getvalue()
+
+
+def rel_err(out, ref):
+    return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+def accuracy(args):
+    import torch
+    print(f"{'model':<20} {'path':<6} {'batch':>5} {'max rel err':>12} {'convert s':>9}")
+    for name in args.models:
+        m = build(name)
+        paths = ["fx", "onnx"] if args.via == "both" else [args.via]
+        for path in paths:
+            t0 = time.perf_counter()
+            try:
+                if path == "fx":
+                    g = engine.from_torch(m)
+                    label = "fx" if isinstance(g, engine.Graph) else "class"
+                else:
+                    g = engine.from_onnx(onnx_graph(m, args.size))
+                    label = "onnx"
+                g = engine.fuse(g)
+            except Exception as e:          # report and go on with the next model
+                print(f"{name:<20} {path:<6} {'-':>5} FAILED: {type(e).__name__}: {e}")
+                continue
+            conv_s = time.perf_counter() - t0
+            for batch in (1, 2):
+                x = np.random.default_rng(batch).standard_normal((batch, 3, args.size, args.size)).astype(np.float32)
+                with torch.no_grad():
+                    ref = m(torch.from_numpy(x)).numpy()
+                print(f"{name:<20} {label:<6} {batch:>5} {rel_err(g(x), ref):>12.2e} {conv_s:>9.1f}",
+                      flush=True)
+
+
+def median_ms(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3
+
+
+def latency(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    engine.set_num_threads(args.threads)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    print(f"batch 1, 224x224, {args.threads} threads, median of {args.reps}; plan: "
+          f"{os.environ.get('CONVTUNE_PLAN', 'default')}")
+    print(f"{'model':<16} {'torch ms':>9} {'ORT ms':>8} {'convtune ms':>11} {'torch/ct':>8} {'ORT/ct':>7}")
+    for name in args.models:
+        m = build(name)
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            t_torch = median_ms(lambda: m(xt), args.reps)
+        g = engine.fuse(fx_trace.trace(m, np.float32))
+        t_ct = median_ms(lambda: g(x), args.reps)
+        t_ort = None
+        if ort is not None:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+            s = ort.InferenceSession(onnx_graph(m, 224), opts, providers=["CPUExecutionProvider"])
+            t_ort = median_ms(lambda: s.run(None, {"x": x}), args.reps)
+        ort_txt = f"{t_ort:>8.1f}" if t_ort else f"{'-':>8}"
+        ratio = f"{t_ort / t_ct:>7.2f}" if t_ort else f"{'-':>7}"
+        print(f"{name:<16} {t_torch:>9.1f} {ort_txt} {t_ct:>11.1f} {t_torch / t_ct:>8.2f} {ratio}", flush=True)
+        if name == "resnet18":      # the same layers under the hand-written forward
+            hand = engine.fuse(engine.from_torch(m))
+            t_hand = median_ms(lambda: hand(x), args.reps)
+            print(f"  resnet18 graph / hand-written engine.models.ResNet: {t_ct / t_hand:.3f} "
+                  f"({t_ct:.1f} vs {t_hand:.1f} ms)", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=("accuracy", "latency"))
+    ap.add_argument("--models", type=lambda s: s.split(","), default=None)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--via", choices=("fx", "onnx", "both"), default="both")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args(argv)
+    if args.models is None:
+        args.models = MODELS if args.what == "accuracy" else LATENCY
+    (accuracy if args.what == "accuracy" else latency)(args)
+
+
+if __name__ == "__main__":
+    main()
