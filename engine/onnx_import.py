@@ -455,6 +455,7 @@ def from_onnx(model, input_shape=None):
         if translate is None:
             raise _error(node, f"unsupported op type; supported: {', '.join(SUPPORTED_OPS)}")
         translate(ctx, node)
+        _fold(ctx, node)
     # Parameters now held by layers are theirs; the graph keeps the rest as its state.
     used = {n for node in ctx.nodes for n in node.inputs}
     constants = {k: v for k, v in ctx.constants.items() if k in used or k in
@@ -465,6 +466,28 @@ def from_onnx(model, input_shape=None):
                        ctx.layers, params, name=g.name or "onnx graph").eval()
     except G.GraphError as e:
         raise ValueError(f"from_onnx: {e}") from None
+
+
+def _fold(ctx, node):
+    """Evaluate the node just translated now if it reads only constants: exporters pass
+    weights through Identity (torch deduplicates equal initializers that way) or
+    Cast/Reshape, and layers need them as constants."""
+    last = ctx.nodes[-1] if ctx.nodes else None
+    if last is None or last.layer is not None or not all(
+            n in ctx.constants for n in last.inputs if n):
+        return
+    args = [ctx.constants[n] if n else None for n in last.inputs]
+    while args and args[-1] is None:
+        args.pop()
+    opdef = G.OPS[last.op]
+    try:
+        result = opdef.run(last, None, *args)
+    except (ValueError, TypeError, IndexError) as e:
+        raise _error(node, f"cannot be evaluated on its constant inputs: {e}") from None
+    outs = result if opdef.multi else (result,)
+    ctx.nodes.pop()
+    for name, value in zip(last.outputs, outs):
+        ctx.constants[name] = np.asarray(value)
 
 
 def _fix_shape(name, dims, shape):

@@ -706,3 +706,15 @@ def test_cli_damaged_onnx_file(tmp_path):
         r = cli(cmd, "--onnx", bad, "--plan", tmp_path / "p.json")
         assert r.returncode == 2
         assert "--onnx" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weights_passed_through_identity_fold_at_import():
+    """torch.onnx.export deduplicates equal initializers and hands the copies out through
+    Identity nodes: the Conv still gets constant weights."""
+    x = randn(1, 3, 5, 5)
+    w = randn(2, 3, 3, 3)
+    nodes = [helper.make_node("Identity", ["W"], ["w2"]),
+             helper.make_node("Cast", ["w2"], ["w3"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["x", "w3"], ["y0"])]
+    g = check(model(nodes, {"x": x}, ["y0"], {"W": w}), {"x": x})
+    assert [n.op for n in g.nodes] == ["Conv"]
