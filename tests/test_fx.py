@@ -165,3 +165,37 @@ def test_float64_model():
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()
     assert_close(g(x), ref, 1e-12)
+
+
+def _torchvision():
+    try:
+        import torchvision
+    except Exception as e:   # absent, or built for another torch (torch 2.13 has none)
+        pytest.skip(f"torchvision is not importable beside torch {torch.__version__} ({e}); "
+                    f"`pip install torch==2.14.1 torchvision==0.29.1` gives a matching pair")
+    return torchvision
+
+
+TORCHVISION = ["resnet18", "resnet50", "vgg16_bn", "resnext50_32x4d", "wide_resnet50_2",
+               "mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "densenet121",
+               "shufflenet_v2_x1_0", "efficientnet_b0", "regnet_y_400mf", "mnasnet0_5", "alexnet"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_architecture(name):
+    """The real torchvision model (random weights and BatchNorm statistics, eval mode)
+    through from_torch (class-matched or traced), fused, at batch 1 and 2; 96x96 keeps
+    the suite fast (benchmarks/bench_torchvision.py runs them at 224x224)."""
+    tv = _torchvision()
+    torch.manual_seed(0)
+    kwargs = {"init_weights": True} if name == "googlenet" else {}
+    m = getattr(tv.models, name)(weights=None, **kwargs).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.8, 1.2)
+    g = engine.fuse(engine.from_torch(m))
+    for batch in (1, 2):
+        x = inputs(96, batch)
+        assert_close(g(x), torch_out(m, x), 1e-4)
