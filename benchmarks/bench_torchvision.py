@@ -94,14 +94,18 @@ def accuracy(args):
                       flush=True)
 
 
-def median_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def interleaved_ms(fns, reps):
+    """{name: median ms} timing the callables in turn, rep after rep, so that a load
+    change on a shared machine hits them all alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
+    times = {n: [] for n in fns}
+    for _ in range(reps):
+        for n, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[n].append(time.perf_counter() - t)
+    return {n: float(np.median(v)) * 1e3 for n, v in times.items()}
 
 
 def latency(args):
@@ -112,31 +116,35 @@ def latency(args):
         import onnxruntime as ort
     except ImportError:
         ort = None
-    print(f"batch 1, 224x224, {args.threads} threads, median of {args.reps}; plan: "
-          f"{os.environ.get('CONVTUNE_PLAN', 'default')}")
+    print(f"batch 1, 224x224, {args.threads} threads, median of {args.reps} interleaved runs; "
+          f"plan: {os.environ.get('CONVTUNE_PLAN', 'default')}")
     print(f"{'model':<16} {'torch ms':>9} {'ORT ms':>8} {'convtune ms':>11} {'torch/ct':>8} {'ORT/ct':>7}")
     for name in args.models:
         m = build(name)
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         xt = torch.from_numpy(x)
-        with torch.no_grad():
-            t_torch = median_ms(lambda: m(xt), args.reps)
-        g = engine.fuse(fx_trace.trace(m, np.float32))
-        t_ct = median_ms(lambda: g(x), args.reps)
-        t_ort = None
+        graph = engine.fuse(fx_trace.trace(m, np.float32))
+
+        def run_torch():
+            with torch.no_grad():
+                m(xt)
+        fns = {"torch": run_torch, "convtune": lambda: graph(x)}
         if ort is not None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
             s = ort.InferenceSession(onnx_graph(m, 224), opts, providers=["CPUExecutionProvider"])
-            t_ort = median_ms(lambda: s.run(None, {"x": x}), args.reps)
-        ort_txt = f"{t_ort:>8.1f}" if t_ort else f"{'-':>8}"
-        ratio = f"{t_ort / t_ct:>7.2f}" if t_ort else f"{'-':>7}"
-        print(f"{name:<16} {t_torch:>9.1f} {ort_txt} {t_ct:>11.1f} {t_torch / t_ct:>8.2f} {ratio}", flush=True)
+            fns["ort"] = lambda: s.run(None, {"x": x})
         if name == "resnet18":      # the same layers under the hand-written forward
             hand = engine.fuse(engine.from_torch(m))
-            t_hand = median_ms(lambda: hand(x), args.reps)
-            print(f"  resnet18 graph / hand-written engine.models.ResNet: {t_ct / t_hand:.3f} "
-                  f"({t_ct:.1f} vs {t_hand:.1f} ms)", flush=True)
+            fns["hand"] = lambda: hand(x)
+        t = interleaved_ms(fns, args.reps)
+        ct = t["convtune"]
+        ort_txt = f"{t['ort']:>8.1f}" if "ort" in t else f"{'-':>8}"
+        ratio = f"{t['ort'] / ct:>7.2f}" if "ort" in t else f"{'-':>7}"
+        print(f"{name:<16} {t['torch']:>9.1f} {ort_txt} {ct:>11.1f} {t['torch'] / ct:>8.2f} {ratio}", flush=True)
+        if "hand" in t:
+            print(f"  resnet18 graph / hand-written engine.models.ResNet: {ct / t['hand']:.3f} "
+                  f"({ct:.1f} vs {t['hand']:.1f} ms)", flush=True)
 
 
 def main(argv=None):

@@ -2,6 +2,7 @@
 import numbers
 
 from . import shapes as _shapes
+from .graph import Graph
 from .layers import AvgPool2d, Conv2d, MaxPool2d
 
 _CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
@@ -11,7 +12,8 @@ _CONV_DEFAULTS = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="z
 def explain(layer_or_params, input_shape):
     """Say which algorithm computes a layer on ``input_shape`` and where that came from.
 
-    ``layer_or_params`` is a Conv2d/MaxPool2d/AvgPool2d layer, or a dict with
+    ``layer_or_params`` is a Conv2d/MaxPool2d/AvgPool2d layer, a ``Graph`` (a list of
+    such dicts, one per convolution node, see ``Graph.explain``), or a dict with
     Conv2d's arguments (in_channels, out_channels, kernel_size and optionally stride,
     padding, dilation, groups, padding_mode, dtype, algorithm). Returns a dict with
     "algorithm", "source" ("forced", "plan" or "heuristic"), "reason", "params" (the
@@ -26,6 +28,8 @@ def explain(layer_or_params, input_shape):
     if len(shape) == 3:
         shape = (1, *shape)
     if isinstance(layer_or_params, Conv2d):
+        return layer_or_params.explain(shape)
+    if isinstance(layer_or_params, Graph):     # one entry per convolution it runs
         return layer_or_params.explain(shape)
     if isinstance(layer_or_params, (MaxPool2d, AvgPool2d)):
         op = "max_pool2d" if isinstance(layer_or_params, MaxPool2d) else "avg_pool2d"

@@ -447,7 +447,8 @@ def from_onnx(model, input_shape=None):
     ctx = _Context(onnx, opset, dtype)
     for t in g.initializer:
         ctx.constants[t.name] = _tensor(onnx, t)
-        ctx.params.append(t.name)
+        if ctx.constants[t.name].dtype.kind == "f":    # weights, not shape constants
+            ctx.params.append(t.name)
     for node in g.node:
         if node.domain not in ("", "ai.onnx"):
             raise _error(node, f"domain {node.domain!r} is not supported (only the default ONNX domain)")

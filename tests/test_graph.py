@@ -183,6 +183,13 @@ def test_copy_and_pickle():
         np.testing.assert_allclose(other(x), want, atol=1e-6)
 
 
+def test_engine_explain_takes_a_graph():
+    g, layers = residual_graph()
+    report = engine.explain(g, (1, 4, 6, 6))
+    assert [r["layer"] for r in report] == ["block.conv1", "block.conv2"]
+    assert report[0]["algorithm"] == engine.explain(layers["block.conv1"], (1, 4, 6, 6))["algorithm"]
+
+
 def test_collect_shapes_sees_the_graph_layers():
     g, _ = residual_graph()
     shapes = engine.models.collect_shapes(g, (2, 4, 8, 8), details=True)
