@@ -68,7 +68,9 @@ class _Converter:
     def static(self, node, arg, what):
         """``arg`` as a static Python value: it may not be computed by the graph."""
         fx = self.torch.fx
-        flat = arg if isinstance(arg, (list, tuple)) else [arg]
+        flat = []
+        for a in (arg if isinstance(arg, (list, tuple)) else [arg]):
+            flat += [a.start, a.stop, a.step] if isinstance(a, slice) else [a]
         if any(isinstance(a, fx.Node) for a in flat):
             raise self.error(node, f"{what} must be a constant, not computed by the model")
         return tuple(arg) if isinstance(arg, list) else arg
@@ -405,6 +407,33 @@ def _layer_norm(c, node, x, normalized_shape, weight=None, bias=None, eps=1e-5):
     c.add(node.name, "LayerNormalization", inputs, node.name, axis=-len(shape), epsilon=eps)
 
 
+def _conv2d(c, node, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """F.conv2d with stored weights (a Conv2d subclass's forward calls it): an engine
+    Conv2d layer named after the weight's module path."""
+    fx = c.torch.fx
+    for name, v in (("weight", weight), ("bias", bias)):
+        if isinstance(v, fx.Node) and v.op != "get_attr":
+            raise c.error(node, f"conv2d's {name} must be a stored parameter, not computed")
+    w = c.constants[weight.name]
+    b = None if bias is None else c.constants[bias.name]
+    try:
+        layer = L.Conv2d(w.shape[1] * groups, w.shape[0], w.shape[2:],
+                         *(c.static(node, v, "conv2d parameters") for v in (stride, padding, dilation)),
+                         groups=c.static(node, groups, "groups"), bias=b is not None, dtype=c.dtype,
+                         init=False)
+        layer.weight = w
+        if b is not None:
+            layer.bias = b
+    except (TypeError, ValueError) as e:
+        raise c.error(node, str(e)) from None
+    # The parameters move into the layer (its state_dict keys are the same names).
+    for v in (weight, bias):
+        if v is not None and v.name in c.params:
+            c.params.remove(v.name)
+    path = weight.target[:-len(".weight")] if weight.target.endswith(".weight") else c.layer_path(node)
+    c.add(node.name, "Conv", [c.value(node, x)], node.name, layer, path)
+
+
 def _linear(c, node, x, weight, bias=None):
     # F.linear(x, W, b) = x @ W.T + b: MatMul with a transposed constant, then Add.
     t = f"{node.name}_wt"
@@ -437,6 +466,7 @@ def _build_tables():
         torch.transpose: _transpose, torch.permute: _permute, torch.reshape: _reshape,
         torch.chunk: _chunk, torch.split: _split, torch.unsqueeze: _unsqueeze,
         torch.squeeze: _squeeze, F.layer_norm: _layer_norm, F.linear: _linear,
+        F.conv2d: _conv2d,
     }
     # Functions of other packages that torch.fx keeps as calls (torch.fx.wrap), matched
     # by module and name so that torchvision need not be imported.

@@ -684,7 +684,7 @@ class Graph(Module):
     def __init__(self, inputs, outputs, nodes, constants=None, layers=None, params=(),
                  name="graph"):
         super().__init__()
-        object.__setattr__(self, "name", name)
+        self.name = name
         self.graph_inputs = [(str(n), None if s is None else tuple(s), np.dtype(d))
                              for n, s, d in inputs]
         self.graph_outputs = list(outputs)
@@ -699,6 +699,10 @@ class Graph(Module):
     # ---------------------------------------------------------------- structure
     def _add_layer(self, path, layer):
         parent, parts = self, path.split(".")
+        if parts[0] not in self.__dict__["_modules"] and hasattr(self, parts[0]):
+            # Children are attributes: one named like the graph's own would replace it.
+            raise GraphError(f"layer {path!r}: its first name collides with the Graph "
+                             f"attribute {parts[0]!r}")
         for part in parts[:-1]:
             child = parent.__dict__["_modules"].get(part)
             if child is None:

@@ -214,6 +214,12 @@ def test_malformed_graphs_are_refused(case):
         Graph([("x", (2,), np.float32)], ["y"], nodes)
 
 
+def test_a_layer_named_like_a_graph_attribute_is_refused():
+    with pytest.raises(GraphError, match="collides with the Graph attribute 'nodes'"):
+        Graph([("x", None, np.float32)], ["y"], [Node("c", "Conv", ["x"], ["y"], layer="nodes.0")],
+              layers={"nodes.0": conv_layer(3, 3)})
+
+
 def test_shape_errors_name_the_node():
     g, _ = residual_graph()
     with pytest.raises(ValueError, match=r"must have shape \(\?, 4, \?, \?\)"):
