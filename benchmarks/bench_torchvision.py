@@ -6,6 +6,7 @@ path and column, onnx and onnxruntime. Random weights (no downloads), eval mode.
 
     python benchmarks/bench_torchvision.py accuracy [--models a,b] [--size 224] [--via fx|onnx|both]
     python benchmarks/bench_torchvision.py latency [--models a,b] [--threads 2] [--reps 7]
+    python benchmarks/bench_torchvision.py per-op [--models a,b] [--threads 2]
 
 ``accuracy``: each model through ``engine.from_torch`` (the class-matched path where it
 applies, else torch.fx) and/or ``torch.onnx.export(dynamo=False)`` -> ``engine.from_onnx``,
@@ -147,9 +148,43 @@ def latency(args):
                   f"({ct:.1f} vs {t['hand']:.1f} ms)", flush=True)
 
 
+def per_op(args):
+    """Where a fused graph's time goes, by op type (each step timed alone, medians summed):
+    e.g. what the residual Adds cost, the most that fusing them into the convolutions'
+    output stage could save."""
+    import collections
+    engine.set_num_threads(args.threads)
+    for name in args.models:
+        graph = engine.fuse(fx_trace.trace(build(name), np.float32))
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        plan = graph.plan([x.shape])
+        env = dict(plan.constants, **{graph.graph_inputs[0][0]: x})
+        per = collections.defaultdict(float)
+        for step in plan.steps:       # run once to have every input, then time the step
+            args_ = [env[n] if n else None for n in step.inputs]
+            while args_ and args_[-1] is None:
+                args_.pop()
+            # Time a step on copies, so an in-place step does not change its inputs.
+            samples = []
+            for _ in range(args.reps):
+                fresh = [a.copy() if isinstance(a, np.ndarray) and step.donate is not None else a
+                         for a in args_]
+                t = time.perf_counter()
+                out = step.run(*fresh)
+                samples.append(time.perf_counter() - t)
+            per[step.node.op] += float(np.median(samples)) * 1e3
+            outs = out if engine.graph.OPS[step.node.op].multi else (out,)
+            for n, v in zip(step.node.outputs, outs):
+                env[n] = v
+        total = sum(per.values())
+        print(f"{name}: {total:.1f} ms over {len(plan.steps)} steps at {args.threads} thread(s)")
+        for op, ms in sorted(per.items(), key=lambda kv: -kv[1]):
+            print(f"  {op:<20} {ms:>8.2f} ms  {100 * ms / total:5.1f}%")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("accuracy", "latency"))
+    ap.add_argument("what", choices=("accuracy", "latency", "per-op"))
     ap.add_argument("--models", type=lambda s: s.split(","), default=None)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--via", choices=("fx", "onnx", "both"), default="both")
@@ -158,7 +193,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.models is None:
         args.models = MODELS if args.what == "accuracy" else LATENCY
-    (accuracy if args.what == "accuracy" else latency)(args)
+    {"accuracy": accuracy, "latency": latency, "per-op": per_op}[args.what](args)
 
 
 if __name__ == "__main__":

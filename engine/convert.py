@@ -104,10 +104,11 @@ def from_torch(module, dtype=None):
     rebuilt as the ``engine.models`` class. Any other model is traced with torch.fx
     into an ``engine.graph.Graph`` (``engine.fx_trace``: the same layers plus the
     functions and tensor methods CNNs call); what cannot be traced or uses something
-    unsupported is a TypeError naming the node and suggesting ONNX export. The result computes what ``module`` does
-    in eval mode (BatchNorm with running statistics, Dropout off) and has the same
-    state_dict keys. ``dtype`` (float32 or float64) defaults to that of the module's
-    first floating-point parameter, float64 staying float64 and the rest float32.
+    unsupported is a TypeError naming the node and suggesting ONNX export. The result
+    computes what ``module`` does in eval mode (BatchNorm with running statistics,
+    Dropout off) and has the same state_dict keys. ``dtype`` (float32 or float64)
+    defaults to that of the module's first floating-point parameter, float64 staying
+    float64 and the rest float32.
     """
     import torch
     nn = torch.nn

@@ -1,8 +1,8 @@
 """The ``convtune`` command (also ``python -m tuner``).
 
-    convtune tune [CONFIG...] [--model MODULE:FUNCTION | --onnx MODEL.onnx] [--input N,C,H,W] [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
-                            [--tolerance T] [--force] [--batch N] [--dtype D]
-                            [--dask SCHEDULER_ADDRESS]
+    convtune tune [CONFIG...] [--model MODULE:FUNCTION | --onnx MODEL.onnx] [--input N,C,H,W]
+                  [--plan PATH] [--threads N[,N...]] [--level L] [--budget S] [--tolerance T]
+                  [--force] [--batch N] [--dtype D] [--dask SCHEDULER_ADDRESS]
     convtune show [PLAN] [--plot FILE.png|.svg]
     convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N] [--json FILE] [--plot FILE]
     convtune bench --onnx MODEL.onnx [--input N,C,H,W] [--threads N]   # end to end vs ONNX Runtime
@@ -427,7 +427,7 @@ def cmd_tune(args):
     names = ", ".join(c.name for c in configs)
     print(f"convtune tune: {len(shapes)} distinct shape(s) in {names}; threads {threads_list}; "
           f"level {level}; plan {path}")
-    settings = {"configs": list(args.configs), "model": args.model,
+    settings = {"configs": list(args.configs), "model": args.model, "onnx": args.onnx,
                 "input": args.input if args.model else None, "threads": threads_list,
                 "level": level, "tolerance": args.tolerance, "budget_s": args.budget,
                 "force": args.force, "batch": args.batch, "dtype": args.dtype, "reps": args.reps}

@@ -61,7 +61,7 @@ def load(path, input_text):
                                   f"give its free dimensions with --input")
             shape.append(d if d is not None else g)
         shape = tuple(shape)
-    object.__setattr__(graph, "name", os.path.basename(path))
+    graph.name = os.path.basename(path)
     return engine.fuse(graph), shape
 
 
