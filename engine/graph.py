@@ -809,8 +809,9 @@ class Graph(Module):
                 else:   # run once on zeros (constants as they are): its result's shape
                     args = [None if not n else consts[n] if n in consts else
                             np.zeros(infos[n][0], infos[n][1]) for n in node.inputs]
-                    outs = [(np.shape(v), np.asarray(v).dtype) for v in
-                            self._outputs(node, opdef.run(node, layer, *_trim(args)))]
+                    with np.errstate(all="ignore"):     # zeros ** -1 is no one's concern
+                        outs = [(np.shape(v), np.asarray(v).dtype) for v in
+                                self._outputs(node, opdef.run(node, layer, *_trim(args)))]
             except GraphError:
                 raise
             except (ValueError, TypeError, IndexError, KeyError) as e:
