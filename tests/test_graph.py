@@ -3,6 +3,7 @@ plans (shape folding, freeing after the last user, in-place writes that never cl
 a live value), fusion, state, and the errors for malformed graphs. No torch or onnx."""
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -228,3 +229,20 @@ def test_shape_errors_name_the_node():
     g = Graph([("x", None, np.float32)], ["y"], nodes, {"w": randn(4, 2)})
     with pytest.raises(GraphError, match=r"node 'mm' \(MatMul\): shapes \(3, 5\) and \(4, 2\)"):
         g(randn(3, 5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_silu_at_the_extremes(dtype):
+    """1 / (1 + exp(-x)) overflows to inf for very negative x: the result is 0 (and
+    x * 0 for SiLU), without warnings; NaN stays NaN. Against float64 (long double)
+    formulas; below the smallest normal number the result may flush to 0."""
+    x = np.array([-1e4, -100, -20, -1, -1e-8, 0, 1e-8, 1, 20, 100, 1e4, np.nan], dtype)
+    nodes = [Node("s", "Sigmoid", ["x"], ["s"]), Node("u", "SiLU", ["x"], ["u"])]
+    g = Graph([("x", x.shape, dtype)], ["s", "u"], nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # numpy's default: warn on overflow, invalid
+        s, u = g(x)
+    xl = x.astype(np.longdouble)
+    want = 1 / (1 + np.exp(-np.clip(xl, -700, None)))
+    np.testing.assert_allclose(s, want.astype(dtype), rtol=4 * np.finfo(dtype).eps, atol=np.finfo(dtype).tiny)
+    np.testing.assert_allclose(u, (xl * want).astype(dtype), rtol=4 * np.finfo(dtype).eps, atol=np.finfo(dtype).tiny)
