@@ -232,7 +232,22 @@ def _linear_shape(node, layer, x):
 op("Linear", shape=_linear_shape)(_layer_call)
 
 
-@op("BatchNormalization")
+def _channels_kept(node, layer, x):
+    shape, dtype = x
+    if len(shape) < 2 or shape[1] != layer.num_features:
+        raise GraphError(f"{node.where()}: expected (N, {layer.num_features}, ...) input, "
+                         f"got shape {shape}")
+    return x
+
+
+def _global_shape(node, layer, x):
+    shape, dtype = x
+    if len(shape) < 3:
+        raise GraphError(f"{node.where()}: expected an (N, C, spatial...) input, got {shape}")
+    return (*shape[:2], *(1,) * (len(shape) - 2)), dtype
+
+
+@op("BatchNormalization", shape=_channels_kept)
 def _batch_norm(node, layer, x):
     if x.ndim == 4:
         return layer(x)
@@ -242,14 +257,14 @@ def _batch_norm(node, layer, x):
     return x * scale.astype(x.dtype).reshape(bshape) + shift.astype(x.dtype).reshape(bshape)
 
 
-@op("GlobalAveragePool")
+@op("GlobalAveragePool", shape=_global_shape)
 def _global_avg(node, layer, x):
     if x.ndim == 4:
         return layer(x)            # AdaptiveAvgPool2d(1): the compiled pooling kernel
     return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64).astype(x.dtype)
 
 
-@op("GlobalMaxPool")
+@op("GlobalMaxPool", shape=_global_shape)
 def _global_max(node, layer, x):
     return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
 
@@ -795,14 +810,16 @@ class Graph(Module):
 
     def _specialise(self, shapes):
         consts = dict(self.constants)
-        infos = {n: (np.shape(v), np.asarray(v).dtype) for n, v in consts.items()}
+        infos = {n: _info(v) for n, v in consts.items()}
         for (name, _, dtype), s in zip(self.graph_inputs, shapes):
             infos[name] = (s, dtype)
+        dry = {}        # non-array values the dry run made (chunk tuples), for their readers
         kept = []
         for node in self.nodes:
             opdef, layer = OPS[node.op], self._layer(node)
             present = [n for n in node.inputs if n]
-            foldable = layer is None and (all(n in consts for n in present) or node.op in ("Shape", "Size"))
+            foldable = layer is None and (all(n in consts for n in present)
+                                          or node.op in ("Shape", "Size"))
             try:
                 if foldable:
                     args = [None if not n else consts[n] if n in consts else
@@ -811,17 +828,19 @@ class Graph(Module):
                     outs = self._outputs(node, opdef.run(node, layer, *_trim(args)))
                     for n, v in zip(node.outputs, outs):
                         consts[n] = v
-                        infos[n] = (np.shape(v), np.asarray(v).dtype)
+                        infos[n] = _info(v)
                     continue
                 if opdef.shape is not None:
                     outs = [opdef.shape(node, layer, *_trim(
                         [None if not n else infos[n] for n in node.inputs]))]
-                else:   # run once on zeros (constants as they are): its result's shape
-                    args = [None if not n else consts[n] if n in consts else
-                            np.zeros(infos[n][0], infos[n][1]) for n in node.inputs]
+                else:   # run once on stand-ins (zeros, the constants): its result's shape
+                    args = [None if not n else consts[n] if n in consts else dry[n] if n in dry
+                            else np.zeros(infos[n][0], infos[n][1]) for n in node.inputs]
                     with np.errstate(all="ignore"):     # zeros ** -1 is no one's concern
-                        outs = [(np.shape(v), np.asarray(v).dtype) for v in
-                                self._outputs(node, opdef.run(node, layer, *_trim(args)))]
+                        values = self._outputs(node, opdef.run(node, layer, *_trim(args)))
+                    outs = [_info(v) for v in values]
+                    dry.update((n, v) for n, v in zip(node.outputs, values)
+                               if not isinstance(v, np.ndarray))
             except GraphError:
                 raise
             except (ValueError, TypeError, IndexError, KeyError) as e:
@@ -935,6 +954,13 @@ class Graph(Module):
     # ------------------------------------------------------------------- fusion
     def _fuse(self):
         fuse_graph(self)
+
+
+def _info(value):
+    """(shape, dtype) of a value; a tuple (torch's chunk, size()) is ((len,), object)."""
+    if isinstance(value, (tuple, list)):
+        return (len(value),), np.dtype(object)
+    return np.shape(value), np.asarray(value).dtype
 
 
 def _trim(args):

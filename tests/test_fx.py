@@ -199,3 +199,16 @@ def test_torchvision_architecture(name):
     for batch in (1, 2):
         x = inputs(96, batch)
         assert_close(g(x), torch_out(m, x), 1e-4)
+
+
+def test_uneven_split_and_chunk():
+    """torch.split into unequal parts and a chunk whose last piece is smaller."""
+    class Parts(torch.nn.Module):
+        def forward(self, x):
+            a, b = torch.split(x, [1, 4], 1)
+            c, d, e = x.chunk(3, dim=1)          # 5 channels: 2, 2, 1
+            return torch.cat([b, a, e * 2, d, c], 1)
+
+    m = Parts()
+    x = inputs(4, 2)[:, :1].repeat(5, axis=1) * np.arange(1, 6, dtype=np.float32)[None, :, None, None]
+    assert_close(engine.from_torch(m)(x), torch_out(m, x))
