@@ -26,9 +26,9 @@ _ONNX_HINT = ("; export the model with torch.onnx.export(model, x, 'model.onnx',
 class _Converter:
     """One traced model's translation: nodes, constants, layers."""
 
-    def __init__(self, torch, root, dtype):
-        self.torch, self.nn, self.F = torch, torch.nn, torch.nn.functional
-        self.root, self.dtype = root, dtype
+    def __init__(self, torch, dtype):
+        self.torch, self.nn = torch, torch.nn
+        self.dtype = dtype
         self.nodes, self.constants, self.params, self.layers = [], {}, [], {}
         self.inputs, self.counter = [], 0
 
@@ -38,10 +38,11 @@ class _Converter:
                          f"{what}{_ONNX_HINT}")
 
     def value(self, node, arg):
-        """A graph value name for ``arg``: a traced node's, or a new constant."""
+        """A graph value name for ``arg``: a traced node's (a stored tensor is named by its
+        module path, as in state_dict), or a new constant."""
         fx = self.torch.fx
         if isinstance(arg, fx.Node):
-            return arg.name
+            return arg.target if arg.op == "get_attr" else arg.name
         if isinstance(arg, (bool, int, float)) or arg is None:
             self.counter += 1
             name = f"_const{self.counter}"
@@ -97,10 +98,10 @@ class _Converter:
             elif node.op == "get_attr":
                 value = _fetch(gm, node.target)
                 if isinstance(value, self.torch.Tensor):
-                    self.constants[node.name] = _numpy(self.torch, value, self.dtype)
-                    self.params.append(node.name)
+                    self.constants[node.target] = _numpy(self.torch, value, self.dtype)
+                    self.params.append(node.target)
                 else:
-                    self.constants[node.name] = value
+                    self.constants[node.target] = value
             elif node.op == "call_module":
                 self.call_module(node, gm.get_submodule(node.target))
             elif node.op == "call_function":
@@ -314,7 +315,8 @@ def _avg_pool(c, node, x, kernel_size, stride=None, padding=0, ceil_mode=False,
     c.add(node.name, "AveragePool", [c.value(node, x)], node.name, layer, c.layer_path(node))
 
 
-def _dropout(c, node, x, p=0.5, training=False, inplace=False):
+def _dropout(c, node, x, p=0.5, training=True, inplace=False):
+    # F.dropout's own default is training=True: only an explicit False is the identity.
     if c.static(node, training, "training"):
         raise c.error(node, "dropout in training mode is not supported (call model.eval())")
     c.add(node.name, "Identity", [c.value(node, x)], node.name)
@@ -414,8 +416,8 @@ def _conv2d(c, node, x, weight, bias=None, stride=1, padding=0, dilation=1, grou
     for name, v in (("weight", weight), ("bias", bias)):
         if isinstance(v, fx.Node) and v.op != "get_attr":
             raise c.error(node, f"conv2d's {name} must be a stored parameter, not computed")
-    w = c.constants[weight.name]
-    b = None if bias is None else c.constants[bias.name]
+    w = c.constants[c.value(node, weight)]
+    b = None if bias is None else c.constants[c.value(node, bias)]
     try:
         layer = L.Conv2d(w.shape[1] * groups, w.shape[0], w.shape[2:],
                          *(c.static(node, v, "conv2d parameters") for v in (stride, padding, dilation)),
@@ -428,8 +430,8 @@ def _conv2d(c, node, x, weight, bias=None, stride=1, padding=0, dilation=1, grou
         raise c.error(node, str(e)) from None
     # The parameters move into the layer (its state_dict keys are the same names).
     for v in (weight, bias):
-        if v is not None and v.name in c.params:
-            c.params.remove(v.name)
+        if v is not None and v.target in c.params:
+            c.params.remove(v.target)
     path = weight.target[:-len(".weight")] if weight.target.endswith(".weight") else c.layer_path(node)
     c.add(node.name, "Conv", [c.value(node, x)], node.name, layer, path)
 
@@ -515,7 +517,7 @@ def trace(module, dtype):
     finally:
         module.train(was_training)
     gm = fx.GraphModule(module, graph)
-    c = _Converter(torch, module, dtype)
+    c = _Converter(torch, dtype)
     outputs = c.convert(gm)
     try:
         return G.Graph(c.inputs, outputs, c.nodes, c.constants, c.layers, c.params,

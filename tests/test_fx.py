@@ -212,3 +212,38 @@ def test_uneven_split_and_chunk():
     m = Parts()
     x = inputs(4, 2)[:, :1].repeat(5, axis=1) * np.arange(1, 6, dtype=np.float32)[None, :, None, None]
     assert_close(engine.from_torch(m)(x), torch_out(m, x))
+
+
+def test_stored_tensors_keep_their_state_dict_names():
+    """Parameters a forward uses directly (not through a layer) are the graph's state
+    under PyTorch's names: a LayerNorm traced through F.layer_norm, a learned scale."""
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.gamma = torch.nn.Parameter(torch.linspace(0.5, 2, 4).reshape(1, 4, 1, 1))
+
+        def forward(self, x):
+            y = self.conv(x) * self.gamma
+            return torch.nn.functional.layer_norm(y, (4, 4, 4))
+
+    m = Scaled().eval()
+    g = engine.from_torch(m)
+    assert set(g.state_dict()) == {"conv.weight", "conv.bias", "gamma"}
+    x = inputs(4, 2)
+    assert_close(g(x), torch_out(m, x))
+    sd = {k: np.array(v) for k, v in g.state_dict().items()}
+    sd["gamma"] = sd["gamma"] * 3
+    g.load_state_dict(sd)
+    with torch.no_grad():
+        m.gamma.mul_(3)
+    assert_close(g(x), torch_out(m, x))
+
+
+def test_functional_dropout_without_training_false_is_refused():
+    class Drops(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.dropout(x, 0.5)     # training=True by default
+
+    with pytest.raises(TypeError, match="dropout in training mode"):
+        engine.from_torch(Drops())
