@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from . import shapes as _shapes
-from .layers import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Linear, MaxPool2d
+from .layers import BatchNorm2d, Conv2d, MaxPool2d
 from .module import Module
 
 # Input shapes whose specialised plans a graph keeps (least recently used dropped).
