@@ -247,3 +247,17 @@ def test_sigmoid_and_silu_at_the_extremes(dtype):
     tol = dict(rtol=4 * np.finfo(dtype).eps, atol=np.finfo(dtype).tiny)
     np.testing.assert_allclose(s, want.astype(dtype), **tol)
     np.testing.assert_allclose(u, (xl * want).astype(dtype), **tol)
+
+
+def residual_model():
+    """A Graph built by a zero-argument function, as ``convtune tune --model`` names one."""
+    return residual_graph()[0]
+
+
+def test_tune_model_takes_a_graph():
+    """``convtune tune --model test_graph:residual_model``'s shape collection (the
+    function tune calls) on a Graph: one conv shape used by both layers."""
+    from tuner.configs import from_model
+    cfg = from_model(f"{__name__}:residual_model", "2,4,8,8")
+    assert [(s.params.c_in, s.params.c_out, s.params.n) for s in cfg.shapes] == [(4, 4, 2)]
+    assert cfg.shapes[0].names == ["block.conv1", "block.conv2"]
