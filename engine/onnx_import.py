@@ -290,14 +290,11 @@ def _gemm(ctx, node):
         ctx.add(node, "Gemm", node.input, attrs=a)
 
 
-def _simple(op, allowed=(), n_outputs=1, rename=None):
-    """An op that maps 1:1, with these attributes (renamed by ``rename``)."""
+def _simple(op, allowed=(), n_outputs=1):
+    """An op that maps 1:1 onto the graph op ``op``, with these attributes."""
     def translate(ctx, node):
         a = _attrs(ctx.onnx, node, set(allowed))
         _only_outputs(node, n_outputs)
-        for k, v in (rename or {}).items():
-            if k in a:
-                a[v] = a.pop(k)
         ctx.add(node, op, node.input, node.output[:n_outputs], attrs=a)
     return translate
 
