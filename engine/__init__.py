@@ -3,7 +3,8 @@
 A call travels down this path (each step only calls the next):
 
     nn/         the network layer: Module, layers, fusion, models, from_torch,
-                load_weights, distributed.predict (engine.nn; re-exported here)
+                from_onnx and the Graph they build, load_weights,
+                distributed.predict (engine.nn; re-exported here)
     functional  conv2d / max_pool2d / avg_pool2d: validate once (with ``shapes``)
     dispatch    pick the algorithm: forced > plan entry (``plan``) > heuristic
     operator    ConvOperator / PoolOperator: one call's prepared weights, bias,
@@ -62,6 +63,8 @@ try:
     from .nn.weights import load_weights
     from .nn.fusion import fuse
     from .nn.convert import from_torch
+    from .nn.graph import Graph
+    from .nn.onnx_import import from_onnx
     from .nn import distributed, models, weights
     # ``import engine.models`` (and .distributed, .weights: public module names) finds
     # the module that lives in engine.nn.
@@ -81,5 +84,5 @@ __all__ = [
     "Conv2d", "MaxPool2d", "AvgPool2d", "functional", "algorithms", "build_info", "explain",
     "get_num_threads", "set_num_threads", "use_plan", "manual_seed", "__version__",
     "Module", "Sequential", "ReLU", "Flatten", "Linear", "BatchNorm2d", "AdaptiveAvgPool2d",
-    "Dropout", "Identity", "fuse", "from_torch", "models", "load_weights",
+    "Dropout", "Identity", "fuse", "from_torch", "from_onnx", "Graph", "models", "load_weights",
 ]

@@ -26,6 +26,8 @@ def test_readme_example_runs(index, tmp_path):
     code = python_blocks()[index]
     if "import torch" in code:
         pytest.importorskip("torch")
+    if "import onnx" in code:
+        pytest.importorskip("onnx")
     if "distributed" in code:
         pytest.importorskip("distributed")
     os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")   # paths as in the repo

@@ -1,10 +1,11 @@
 """The ``convtune`` command (also ``python -m tuner``).
 
-    convtune tune CONFIG... [--plan PATH] [--threads N[,N...]] [--level L] [--budget S]
-                            [--tolerance T] [--force] [--batch N] [--dtype D]
-                            [--dask SCHEDULER_ADDRESS]
+    convtune tune [CONFIG...] [--model MODULE:FUNCTION | --onnx MODEL.onnx] [--input N,C,H,W]
+                  [--plan PATH] [--threads N[,N...]] [--level L] [--budget S] [--tolerance T]
+                  [--force] [--batch N] [--dtype D] [--dask SCHEDULER_ADDRESS]
     convtune show [PLAN] [--plot FILE.png|.svg]
     convtune bench CONFIG [--plan PATH] [--threads N] [--reps R] [--batch N] [--json FILE] [--plot FILE]
+    convtune bench --onnx MODEL.onnx [--input N,C,H,W] [--threads N]   # end to end vs ONNX Runtime
     convtune profile (--model MODULE:FUNCTION | CONFIG) [--input N,C,H,W] [--threads N] [--repeat R]
                      [--plan PATH|none] [--json FILE] [--trace FILE] [--plot FILE] [--no-torch]
     convtune check CONFIG... [--tolerance T] [--json PATH] [--threads N] [--dtype D]
@@ -28,6 +29,8 @@ import math
 import os
 import sys
 import time
+
+from . import onnx_cli
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 NOISY_SPREAD = 0.25      # relative IQR above which a measurement is reported as noisy
@@ -115,6 +118,7 @@ def build_parser():
                        "higher level (with the same tolerance) are skipped unless --force.")
     t.add_argument("configs", nargs="*", metavar="CONFIG")
     _add_model_args(t)
+    onnx_cli.add_arguments(t)
     t.add_argument("--plan", help="plan file (default: CONVTUNE_PLAN, else the user cache directory)")
     t.add_argument("--threads", type=_threads_list, default=None,
                    help="thread count(s) to tune for, e.g. 2 or 1,2 (default: engine.get_num_threads())")
@@ -149,6 +153,7 @@ def build_parser():
     b = sub.add_parser("bench", help="planned choice vs every algorithm vs PyTorch, per layer")
     b.add_argument("config", nargs="?", metavar="CONFIG")
     _add_model_args(b)
+    onnx_cli.add_arguments(b)
     b.add_argument("--plan", help="plan file (default: the active plan)")
     b.add_argument("--threads", type=_thread_count, default=None)
     b.add_argument("--reps", type=_positive_int, default=7, help="samples per candidate (default 7)")
@@ -268,11 +273,13 @@ def _add_model_args(parser):
 def _load_configs(paths, batch=None, dtype=None, args=None):
     from .configs import ConfigError, load_all
     model = getattr(args, "model", None)
-    if not paths and not model:
-        _err("give at least one CONFIG file or --model MODULE:FUNCTION")
+    if not paths and not model and not getattr(args, "onnx", None):
+        _err("give at least one CONFIG file, --model MODULE:FUNCTION or --onnx MODEL.onnx")
         return None
     try:
-        return load_all(paths, batch, dtype, models=[(model, args.input)] if model else ())
+        onnx_model = onnx_cli.model_entry(args)
+        return load_all(paths, batch, dtype, models=([(model, args.input)] if model else []) +
+                        ([onnx_model] if onnx_model else []))
     except ConfigError as e:
         _err(str(e))
         return None
@@ -439,7 +446,7 @@ def _open_plan_for_writing(path, force):
 
 def _tune_settings(args, threads_list):
     """The ``--json`` report's record of what was asked."""
-    return {"configs": list(args.configs), "model": args.model,
+    return {"configs": list(args.configs), "model": args.model, "onnx": args.onnx,
             "input": args.input if args.model else None, "threads": threads_list,
             "level": args.level, "tolerance": args.tolerance, "budget_s": args.budget,
             "force": args.force, "batch": args.batch, "dtype": args.dtype, "reps": args.reps}
@@ -760,6 +767,8 @@ def _torch():
 def cmd_bench(args):
     """``convtune bench``: per shape, the planned operator, every algorithm forced and
     PyTorch, timed side by side; a table, geometric means, --json and --plot."""
+    if args.onnx:       # the whole model end to end, against ONNX Runtime
+        return onnx_cli.bench(args)
     import engine
     from engine import plan as P
     from . import timing

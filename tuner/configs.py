@@ -336,9 +336,11 @@ def load(path, batch=None, dtype=None):
 def from_model(spec, input_shape):
     """A Config of the distinct shapes a model runs: ``spec`` is "package.module:function"
     (e.g. "engine.models:resnet18"), ``input_shape`` "N,C,H,W" (or a tuple). The model is
-    built and run once on zeros (``model_shapes.collect_shapes``)."""
+    built and run once on zeros (``model_shapes.collect_shapes``). ``spec`` may also be
+    an engine Module (``--onnx``'s graph), named by its ``name`` attribute."""
     from .model_shapes import collect_shapes
-    where = f"--model {spec}"
+    label = spec if isinstance(spec, str) else getattr(spec, "name", type(spec).__name__)
+    where = f"--model {label}" if isinstance(spec, str) else label
     if isinstance(input_shape, str):
         try:
             input_shape = tuple(int(v) for v in input_shape.split(","))
@@ -366,7 +368,7 @@ def from_model(spec, input_shape):
         shapes.append(Shape(p, list(d["names"]), category,
                             count_include_pad=d.get("count_include_pad", True), bias=d.get("bias", True)))
     dtype = shapes[0].params.dtype if shapes else "float32"
-    return Config(path=spec, name=spec.split(":")[-1], batch=input_shape[0], dtype=dtype, shapes=shapes)
+    return Config(path=label, name=label.split(":")[-1], batch=input_shape[0], dtype=dtype, shapes=shapes)
 
 
 def load_all(paths, batch=None, dtype=None, models=()):

@@ -101,11 +101,14 @@ def from_torch(module, dtype=None):
     AdaptiveAvgPool2d, Flatten, Dropout, Identity; Sequential (nested, with its child
     names); and modules whose class is named BasicBlock, Bottleneck, ResNet, VGG or
     MobileNetV1 with the children of torchvision's (or ``engine.models``') structure,
-    rebuilt as the ``engine.models`` class. Anything else is a TypeError naming the
-    module's path in the tree and its class. The result computes what ``module`` does
-    in eval mode (BatchNorm with running statistics, Dropout off) and has the same
-    state_dict keys. ``dtype`` (float32 or float64) defaults to that of the module's
-    first floating-point parameter, float64 staying float64 and the rest float32.
+    rebuilt as the ``engine.models`` class. Any other model is traced with torch.fx
+    into an ``engine.nn.graph.Graph`` (``engine.nn.fx_trace``: the same layers plus the
+    functions and tensor methods CNNs call); what cannot be traced or uses something
+    unsupported is a TypeError naming the node and suggesting ONNX export. The result
+    computes what ``module`` does in eval mode (BatchNorm with running statistics,
+    Dropout off) and has the same state_dict keys. ``dtype`` (float32 or float64)
+    defaults to that of the module's first floating-point parameter, float64 staying
+    float64 and the rest float32.
     """
     import torch
     nn = torch.nn
@@ -120,7 +123,12 @@ def from_torch(module, dtype=None):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"from_torch: dtype must be float32 or float64, got {dtype}")
-    out = _convert(nn, module, "", dtype)
+    try:
+        out = _convert(nn, module, "", dtype)
+    except TypeError:
+        # Classes the engine does not rebuild by name: trace the model into a Graph.
+        from .fx_trace import trace
+        return trace(module, dtype)
     with torch.no_grad():
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     # numpy has no bfloat16: such tensors go through float32 (layers cast to dtype).
