@@ -35,6 +35,8 @@ static inline __attribute__((always_inline)) void tile_6x16(
            c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
     for (int p = 0; p < k; p++) {
+        /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
+        if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
         const float* bp = B + (ptrdiff_t)p * ldb;
         const __m256 b0 = masked && NV == 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp);
         const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8);

@@ -42,6 +42,8 @@ static inline __attribute__((always_inline)) void tile_8x48(
            c60 = z, c61 = z, c62 = z, c70 = z, c71 = z, c72 = z;
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5) ROW_INIT(6) ROW_INIT(7)
     for (int p = 0; p < k; p++) {
+        /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
+        if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
         const float* bp = B + (ptrdiff_t)p * ldb;
         const __m512 b0 = _mm512_maskz_loadu_ps(MK(0), bp);
         const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(MK(1), bp + 16) : z;
