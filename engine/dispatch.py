@@ -36,15 +36,14 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 
 
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
-# input and output channels per group go to igemm instead of im2col (+ OpenBLAS). Below
-# it the B-panel gather outweighs the few register tiles it feeds: the 3-channel 7x7
-# stem (igemm 4.3 ms, im2col 3.8 ms at one thread, batch 1) and ResNeXt's 8 channels
-# per group (1.14 vs 1.12 ms). Measured on the Sapphire Rapids, 1 thread (the other
-# core was busy), batch 1 and 8: igemm 0.97-1.35x faster than im2col on ResNet-50's
-# 1x1 layers, ResNet-18's strided 3x3 and the dilated 3x3. On baseline the scalar tile
-# is no match for OpenBLAS: im2col keeps every float32 layer.
-IGEMM_RULE = {"avx512": {"min_cin": 8, "min_cout": 16}, "avx2": {"min_cin": 8, "min_cout": 16},
-              "baseline": None}
+# output channels per group go to igemm instead of im2col (+ OpenBLAS). Below it the
+# B-panel gather outweighs the few register tiles it feeds: ResNeXt's 8 channels per
+# group (igemm 1.18 ms, im2col 1.14 ms at one thread, batch 1). Measured on the
+# Sapphire Rapids, 1 thread (the other core was busy), batch 1: igemm 1.0-1.3x faster
+# than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and 7x7 stem and the
+# dilated 3x3. On baseline the scalar tile is no match for OpenBLAS: im2col keeps every
+# float32 layer there.
+IGEMM_RULE = {"avx512": {"min_cout": 16}, "avx2": {"min_cout": 16}, "baseline": None}
 
 
 def heuristic(p):
@@ -61,16 +60,17 @@ def heuristic(p):
       transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
       seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
-    - float32 on a vector ISA with at least 8 input and 16 output channels per group
+    - float32 on a vector ISA with at least 16 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
-      (1x1, strided, dilated, grouped, and 3x3 layers Winograd does not take);
+      (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
+      take);
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 
     Known misses (default over best forced, bench_layers at batch 1): the 3-channel
     seed.conv1 at 32x32 (im2col 0.05 ms, F(4x4) 0.03 ms: fewer than 8 input channels
-    go to im2col, which wins them on large images, e.g. 3->64 at 224x224 by 2x) and
-    VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
+    go to im2col or igemm, which win them on large images, e.g. 3->64 at 224x224 by
+    2x) and VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     """
@@ -94,7 +94,7 @@ def heuristic(p):
     igemm = _registry.REGISTRY.get("igemm")
     irule = IGEMM_RULE[_isa.active()]
     if (p.dtype == "float32" and igemm is not None and irule is not None
-            and cin_g >= irule["min_cin"] and cout_g >= irule["min_cout"]
+            and cout_g >= irule["min_cout"]
             and igemm.why_not(p) is None):
         return "igemm", "float32 layer with enough channels per group: packed-weight implicit GEMM"
     too_big = _registry.REGISTRY["im2col"].why_not(p)

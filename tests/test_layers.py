@@ -313,7 +313,7 @@ def test_thread_count_api():
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
     ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1, groups=32), "im2col"),
     ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "igemm"),
-    ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "im2col"),
+    ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "igemm"),
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=128, kernel_size=3, stride=2, padding=1, groups=4), "igemm"),
     ((1, 8, 28, 28), dict(in_channels=8, out_channels=8, kernel_size=1), "im2col"),
     ((8, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),

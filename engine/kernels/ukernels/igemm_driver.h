@@ -28,8 +28,8 @@
  * (src = x[n][c][h][w], dst = NR-kc: one panel, rows of NR consecutive columns).
  * Loop order of one work item (group g, output channels m0 .. m0+mb, columns c0 ..
  * c0+nc): NR-column panel > K block of KC rows (gathered once, its 24 KiB / 16 KiB stay
- * in L1) > MR-row blocks of A (streaming from L2: the caller bounds mb so that mb x K
- * fits there) -> C tile in the per-thread buffer Cb[mb][NR], accumulated over the K
+ * in L1) > MR-row panels of A (streaming from L2 or L3, prefetched by the tile; the
+ * caller bounds mb x K, igemm.pyx A_BLOCK_BYTES) -> C tile in the per-thread buffer Cb[mb][NR], accumulated over the K
  * blocks; after the last K block each tile gets the epilogue
  *
  *     out[n][g*Mg + m][p] = relu?(Cb[m][j] + bias[g*Mg + m])     (relu: v < 0 ? 0 : v,
@@ -47,8 +47,11 @@
 #define IG_PACK IG_CAT(igemm_pack__, IG_SUFFIX)
 #define IG_RUN IG_CAT(igemm__, IG_SUFFIX)
 
-/* floor(a / b), b > 0 (C division truncates toward zero). */
+/* floor(a / b), b > 0 (C division truncates toward zero). Strides 1 and 2, nearly
+   every layer's, skip the division (it is recomputed for every tap of every panel). */
 static inline ptrdiff_t ig_floor_div(ptrdiff_t a, ptrdiff_t b) {
+    if (b == 1) return a;
+    if (b == 2) return a >= 0 ? a / 2 : -((1 - a) / 2);
     ptrdiff_t q = a / b;
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
@@ -88,6 +91,8 @@ static inline void ig_zero(float* d, int len) {
     for (; len > 0; len--) *d++ = 0.0f;
 }
 
+typedef float ig_v16 __attribute__((vector_size(64)));
+
 static inline void ig_copy(float* restrict d, const float* restrict s, int len, int st) {
     if (st == 1) {
         for (; len >= 16; len -= 16, d += 16, s += 16) memcpy(d, s, 64);
@@ -95,9 +100,19 @@ static inline void ig_copy(float* restrict d, const float* restrict s, int len, 
         if (len >= 4) { memcpy(d, s, 16); d += 4; s += 4; len -= 4; }
         for (; len > 0; len--) *d++ = *s++;
     } else if (st == 2) {
-        for (int t = 0; t < len; t++) d[t] = s[2 * t];    /* constant stride: vectorised */
+        /* 16 outputs from two 16-float loads and one even-lane shuffle; the loads reach
+           s[31], inside the run only while more than 16 outputs remain */
+        for (; len > 16; len -= 16, d += 16, s += 32) {
+            ig_v16 a, b;
+            memcpy(&a, s, 64);
+            memcpy(&b, s + 16, 64);
+            const ig_v16 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                     20, 22, 24, 26, 28, 30);
+            memcpy(d, &e, 64);
+        }
+        for (; len > 0; len--, s += 2) *d++ = *s;
     } else {
-        for (int t = 0; t < len; t++) d[t] = s[(ptrdiff_t)t * st];
+        for (; len > 0; len--, s += st) *d++ = *s;
     }
 }
 
@@ -142,10 +157,11 @@ static void ig_pack_segs(const uk_conv_t* cv, int g, int k0, int kc, int nc,
                          const ig_seg_t* seg, int ns, float* Bp) {
     ig_run_t cp[IG_NR + 1], zr[2 * IG_NR + 2];
     int ncp = 0, nz = 0;
+    if (kc <= 0) return;                  /* (also: no input channels, Cg = 0) */
     const ptrdiff_t HW = (ptrdiff_t)cv->H * cv->W;
     const float* xg = cv->x + (ptrdiff_t)g * cv->Cg * HW;
     int t = k0 / cv->Cg, ic = k0 - t * cv->Cg;
-    if (kc > 0) nz = ig_tap_runs(cv, t / cv->kw, t % cv->kw, seg, ns, cp, &ncp, zr);
+    nz = ig_tap_runs(cv, t / cv->kw, t % cv->kw, seg, ns, cp, &ncp, zr);
     for (int kk = 0; kk < kc; kk++) {
         float* dst = Bp + (ptrdiff_t)kk * IG_NR;
         const float* plane = xg + (ptrdiff_t)ic * HW;
@@ -203,7 +219,8 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
         /* 1x1 stride 1 (one flat row per image): col IS x, read in place when the panel
            lies in one image and the caller found x's row stride safe for L1 */
         const int inplace = cv->b_inplace && ns == 1;
-        const float* xb = cv->x + ((ptrdiff_t)seg[0].n * cv->C + (ptrdiff_t)g * cv->Cg) * P + seg[0].ow0;
+        const float* xb = inplace ? cv->x + ((ptrdiff_t)seg[0].n * cv->C + (ptrdiff_t)g * cv->Cg) * P
+                                        + seg[0].ow0 : 0;
         int k0 = 0;
         do {
             const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
