@@ -38,12 +38,15 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
 # output channels per group go to igemm instead of im2col (+ OpenBLAS). Below it the
 # B-panel gather outweighs the few register tiles it feeds: ResNeXt's 8 channels per
-# group (igemm 1.18 ms, im2col 1.14 ms at one thread, batch 1). Measured on the
-# Sapphire Rapids, 1 thread (the other core was busy), batch 1: igemm 1.0-1.3x faster
-# than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and 7x7 stem and the
-# dilated 3x3. On baseline the scalar tile is no match for OpenBLAS: im2col keeps every
-# float32 layer there.
-IGEMM_RULE = {"avx512": {"min_cout": 16}, "avx2": {"min_cout": 16}, "baseline": None}
+# group (igemm 1.22 ms, im2col 1.21 ms at one thread, batch 1). Measured on the
+# Sapphire Rapids, 1 thread (the other core was busy), batch 1: on AVX-512 igemm is
+# 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and
+# 7x7 stem and the dilated 3x3. Capped to AVX2 (CONVTUNE_ISA=avx2, OpenBLAS held to its
+# Haswell kernels with OPENBLAS_CORETYPE=Haswell) it is not yet: 0.75-0.9x on the 1x1
+# layers, the stem and the dilated 3x3 (1.1x on the strided 3x3), so AVX2 machines keep
+# im2col unless a tuned plan says otherwise; on baseline the scalar tile is no match for
+# OpenBLAS either.
+IGEMM_RULE = {"avx512": {"min_cout": 16}, "avx2": None, "baseline": None}
 
 
 def heuristic(p):
@@ -60,7 +63,7 @@ def heuristic(p):
       transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
       seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
-    - float32 on a vector ISA with at least 16 output channels per group
+    - float32 on AVX-512 with at least 16 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
       take);

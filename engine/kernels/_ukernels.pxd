@@ -28,7 +28,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         float* out
         int N, C, H, W, M, OH, OW
         int kh, kw, sh, sw, pt, pl, dh, dw
-        int G, Cg, Mg, K, relu, b_inplace
+        int G, Cg, Mg, K, relu
     ctypedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, Py_ssize_t c0,
                                       int nc, float* Bp) noexcept nogil
     ctypedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, Py_ssize_t c0,

@@ -164,29 +164,12 @@ cdef int _fill(uk_conv_t* cv, const float[:, :, :, ::1] x, const float[:, :, :, 
     cv.N, cv.C, cv.H, cv.W, cv.M, cv.OH, cv.OW = N, C, H, W, M, OH, OW
     cv.kh, cv.kw, cv.sh, cv.sw, cv.pt, cv.pl, cv.dh, cv.dw = kh, kw, sh, sw, pt, pl, dh, dw
     cv.G, cv.Cg, cv.Mg, cv.K, cv.relu = groups, C // groups, M // groups, K, relu
-    cv.b_inplace = 0
     if (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
             and OH == H and OW == W):
         # 1x1 stride 1 unpadded: the plane is one row, so a panel is one run of x
         cv.W = cv.OW = H * W
         cv.H = cv.OH = 1
-        cv.b_inplace = _rows_spread(H * W)
     return 0
-
-
-cdef int _rows_spread(Py_ssize_t HW) noexcept:
-    """Whether KC rows of x, H*W floats apart, can be a B panel in place: they must
-    spread over the L1's 64 sets (at least 16 distinct line offsets; a plane of 32x32
-    floats puts every row in the same set), and be long enough to be worth it."""
-    cdef Py_ssize_t lines = HW * 4 // 64, g = 64, a
-    if HW < 48:
-        return 0
-    if (HW * 4) % 64:
-        return 1                      # rows start at every offset within the lines
-    a = lines % 64
-    while a:                          # gcd(lines mod 64, 64)
-        g, a = a, g % a
-    return 64 // g >= 16
 
 
 def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,

@@ -36,8 +36,10 @@
  *                                                                 NaN passes)
  *
  * while it is still in L1, stored as runs of columns that lie in one image.
- * A 1x1 stride-1 unpadded layer (the caller views each plane as one row) with
- * cv->b_inplace set skips the gather: the tile reads x's rows in place (ldb = H*W).
+ * A 1x1 stride-1 unpadded layer is gathered too (the caller views each plane as one
+ * row, so a panel row is one copy): reading x's rows in place (ldb = H*W) measured
+ * slower, the tile stalling on rows more than 2 KiB apart that no prefetcher follows
+ * (AVX2, ResNet-50 512->128 at 28x28: 35% of the cycles on the first B load).
  * Workspace (the caller's, per thread): Bb[IG_KC * IG_NR] and Cb[mb * IG_NR] floats.
  */
 #include <string.h>
@@ -212,26 +214,19 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
     const int K = cv->K;
     const ptrdiff_t nblk = (cv->Mg + IG_MR - 1) / IG_MR, blk = (ptrdiff_t)K * IG_MR;
     const float* Ag = cv->w + ((ptrdiff_t)g * nblk + m0 / IG_MR) * blk;   /* Ap[g][m0/MR] */
-    const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
     for (ptrdiff_t c = c0; c < c0 + nc; c += IG_NR) {
         const int nr = c0 + nc - c < IG_NR ? (int)(c0 + nc - c) : IG_NR;
         const int ns = ig_segments(cv, c, nr, seg);
-        /* 1x1 stride 1 (one flat row per image): col IS x, read in place when the panel
-           lies in one image and the caller found x's row stride safe for L1 */
-        const int inplace = cv->b_inplace && ns == 1;
-        const float* xb = inplace ? cv->x + ((ptrdiff_t)seg[0].n * cv->C + (ptrdiff_t)g * cv->Cg) * P
-                                        + seg[0].ow0 : 0;
         int k0 = 0;
         do {
             const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
             const int last = k0 + kc >= K;
-            const float* B = inplace ? xb + (ptrdiff_t)k0 * P : Bb;
-            if (!inplace) ig_pack_segs(cv, g, k0, kc, nr, seg, ns, Bb);
+            ig_pack_segs(cv, g, k0, kc, nr, seg, ns, Bb);
             for (int i = 0; i < mb; i += IG_MR) {
                 const int mr = mb - i < IG_MR ? mb - i : IG_MR;
                 float* C = Cb + (ptrdiff_t)i * IG_NR;
-                IG_TILE(mr, nr, kc, Ag + (i / IG_MR) * blk + (ptrdiff_t)k0 * IG_MR, B,
-                        inplace ? (int)P : IG_NR, C, IG_NR, k0 > 0);
+                IG_TILE(mr, nr, kc, Ag + (i / IG_MR) * blk + (ptrdiff_t)k0 * IG_MR, Bb, IG_NR,
+                        C, IG_NR, k0 > 0);
                 if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns);
             }
             k0 += IG_KC;

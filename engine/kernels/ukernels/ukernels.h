@@ -65,8 +65,7 @@ typedef void (*uk_wg_output_fn)(const float* M, ptrdiff_t plane, float bias, int
      w: the packed weights Ap[G][ceil(Mg/MR)][K][MR] of the ISA's register tile (MR rows),
      K = Cg*kh*kw in tap-major order:
          Ap[g][b][(i*kw + j)*Cg + ic][r] = weight[g*Mg + b*MR + r][ic][i][j]
-     (0 for rows past Mg). bias may be NULL. b_inplace (only for a 1x1 stride-1 unpadded
-     layer given as H = OH = 1, W = OW = H*W): read x's rows as the B panel in place. */
+     (0 for rows past Mg). bias may be NULL. */
 typedef struct {
     const float* x;
     const float* w;
@@ -74,7 +73,7 @@ typedef struct {
     float* out;
     int N, C, H, W, M, OH, OW;
     int kh, kw, sh, sw, pt, pl, dh, dw;
-    int G, Cg, Mg, K, relu, b_inplace;
+    int G, Cg, Mg, K, relu;
 } uk_conv_t;
 /* Gather one packed B panel: Bp[kk][j] (row stride NR of the ISA) = im2col row k0+kk of
    group g at batch-wide column c0+j (c = n*OH*OW + oh*OW + ow), 0 outside the image,
