@@ -36,17 +36,17 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 
 
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
-# output channels per group go to igemm instead of im2col (+ OpenBLAS). Below it the
-# B-panel gather outweighs the few register tiles it feeds: ResNeXt's 8 channels per
-# group (igemm 1.22 ms, im2col 1.21 ms at one thread, batch 1). Measured on the
-# Sapphire Rapids, 1 thread (the other core was busy), batch 1: on AVX-512 igemm is
+# output channels per group go to igemm instead of im2col (+ OpenBLAS). Measured on the
+# Sapphire Rapids at one thread (the other core was busy), batch 1, on AVX-512: igemm
 # 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and
-# 7x7 stem and the dilated 3x3. Capped to AVX2 (CONVTUNE_ISA=avx2, OpenBLAS held to its
-# Haswell kernels with OPENBLAS_CORETYPE=Haswell) it is not yet: 0.75-0.9x on the 1x1
-# layers, the stem and the dilated 3x3 (1.1x on the strided 3x3), so AVX2 machines keep
-# im2col unless a tuned plan says otherwise; on baseline the scalar tile is no match for
-# OpenBLAS either.
-IGEMM_RULE = {"avx512": {"min_cout": 16}, "avx2": None, "baseline": None}
+# 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8 output channels
+# (ResNeXt's 8 per group 1.32 vs 1.38 ms, 4->8 3x3 at 56x56 0.096 vs 0.111 ms, 8->8 1x1
+# at 28x28 0.023 vs 0.047 ms); fewer than 8 were not measured. Capped to AVX2
+# (CONVTUNE_ISA=avx2, OpenBLAS held to its Haswell kernels, OPENBLAS_CORETYPE=Haswell)
+# it is not ahead yet: 0.75-1.05x on the 1x1 layers, the stem and the dilated 3x3
+# (1.1-1.2x on the strided 3x3), so AVX2 machines keep im2col unless a tuned plan says
+# otherwise; on baseline the scalar tile is no match for OpenBLAS either.
+IGEMM_RULE = {"avx512": {"min_cout": 8}, "avx2": None, "baseline": None}
 
 
 def heuristic(p):
@@ -63,7 +63,7 @@ def heuristic(p):
       transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
       seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
-    - float32 on AVX-512 with at least 16 output channels per group
+    - float32 on AVX-512 with at least 8 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
       take);
@@ -71,9 +71,10 @@ def heuristic(p):
       too large for BLAS's 32-bit sizes (then ``direct``).
 
     Known misses (default over best forced, bench_layers at batch 1): the 3-channel
-    seed.conv1 at 32x32 (im2col 0.05 ms, F(4x4) 0.03 ms: fewer than 8 input channels
-    go to im2col or igemm, which win them on large images, e.g. 3->64 at 224x224 by
-    2x) and VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
+    seed.conv1 at 32x32 (igemm 0.030 ms, F(4x4) 0.024 ms: fewer than 8 input channels
+    go to igemm or im2col, which win them on large images, e.g. 3->64 at 224x224 by
+    2x), VGG conv1_2 (F(4x4) 7-15% behind F(6x6)) and, on AVX2, ResNet-18's strided 3x3
+    (im2col 1.2x behind igemm).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     """
