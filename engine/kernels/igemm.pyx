@@ -24,15 +24,17 @@ col is never materialised: the micro-kernel layer's igemm driver (ukernels/
 igemm_driver.h, one instance per ISA) gathers KC x NR slices of it straight into the
 packed B panel its register tile (sgemm_8x48_pa__avx512f, sgemm_6x16_pa__avx2_fma,
 sgemm_4x16_pa__scalar: the sgemm tiles reading A as packed panels) reads, multiplies
-them by Ap's panels, and stores each C tile with bias and relu. A 1x1 stride-1 unpadded layer is the same product with each image's
-plane viewed as one row (the gather is then a row copy): no im2col, no BLAS.
+them by Ap's panels, and stores each C tile with bias and relu. A 1x1 stride-1
+unpadded layer is the same product with each image's plane viewed as one row (the
+gather is then one row copy per panel row): no im2col, no BLAS.
 
 Work split: items (group, block of mb output channels, NR-column panel) dealt to one
 OpenMP team with a static schedule, so a thread walks consecutive panels of one
-channel block (its mb x K rows of A stay in L2: mb comes from A_BLOCK_BYTES). When
+channel block (its mb x K panels of A, re-read for every panel, stay in L2 where they
+fit: mb comes from A_BLOCK_BYTES). When
 groups x channel blocks x panels would leave threads idle (batch 1 on a 7x7 image),
 channel blocks shrink down to one register tile's MR rows. Per-thread workspace:
-KC x NR + mb x NR floats (at most 72 KiB), whatever the layer.
+KC x NR + mb x NR floats (at most about 74 KiB), whatever the layer.
 
 float64 has no micro-kernels: the registry runs it through im2col's BLAS path.
 """
@@ -142,9 +144,6 @@ cdef int _fill(uk_conv_t* cv, const float[:, :, :, ::1] x, const float[:, :, :, 
                          f"expected {expected} (pack_weight for a tile of {mr} rows)")
     if min(kh, kw, sh, sw, dh, dw) < 1 or pt < 0 or pl < 0:
         raise ValueError("igemm: kernel, stride and dilation must be >= 1, padding >= 0")
-    if OH > 0 and OW > 0 and ((OH - 1) * sh - pt + (kh - 1) * dh >= H + 2 ** 30
-                              or (OW - 1) * sw - pl + (kw - 1) * dw >= W + 2 ** 30):
-        raise ValueError("igemm: output size inconsistent with the input")
     for what, v in (("H*W", H * W), ("OH*OW", OH * OW), ("K", K), ("K*MR", K * mr),
                     ("N", N), ("C_out", M), ("C_in", C),
                     ("input rows", (OH + kh) * sh + pt + kh * dh + H),
@@ -219,7 +218,7 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
             Cb = NULL
         for it in prange(n_items, schedule="static"):
             if Bb == NULL or Cb == NULL:
-                failed = 1
+                failed += 1            # (a reduction: every thread's failures count)
             else:
                 g = it // (nmb * panels)
                 rem = it - g * nmb * panels

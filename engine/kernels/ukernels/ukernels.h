@@ -82,7 +82,7 @@ typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptr
                                  int nc, float* Bp);
 /* One work item: out rows g*Mg + m0 .. + mb, batch-wide columns c0 .. c0+nc, every
    element written (+ bias, relu); m0 a multiple of MR. Workspace Bb[igemm_kc * NR] and
-   Cb[ceil(mb/MR)*MR * NR] floats. */
+   Cb[mb * NR] floats. */
 typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
                             ptrdiff_t nc, float* Bb, float* Cb);
 
