@@ -28,9 +28,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["padding", "direct", "im2col", "pool", "winograd", "_buildinfo", "_ukernels"]
+KERNELS = ["padding", "direct", "im2col", "igemm", "pool", "winograd", "_buildinfo", "_ukernels"]
 # Kernel modules that run micro-kernels: the per-ISA objects are linked into them.
-UKERNEL_USERS = {"winograd", "_ukernels"}
+UKERNEL_USERS = {"winograd", "igemm", "_ukernels"}
 UKERNEL_DIR = os.path.join("engine", "kernels", "ukernels")
 # (source, ISA flags on top of the portable ones, macros): one object per ISA, so each
 # function is compiled for exactly its instruction set and the baseline object runs on

@@ -39,6 +39,20 @@ _RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
 
 
+# The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
+# output channels per group go to igemm instead of im2col (+ OpenBLAS). Measured on the
+# Sapphire Rapids at one thread (the other core was busy), batch 1, on AVX-512: igemm
+# 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and
+# 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8 output channels
+# (ResNeXt's 8 per group 1.32 vs 1.38 ms, 4->8 3x3 at 56x56 0.096 vs 0.111 ms, 8->8 1x1
+# at 28x28 0.023 vs 0.047 ms); fewer than 8 were not measured. Capped to AVX2
+# (CONVTUNE_ISA=avx2, OpenBLAS held to its Haswell kernels, OPENBLAS_CORETYPE=Haswell)
+# it is not ahead yet: 0.75-1.05x on the 1x1 layers, the stem and the dilated 3x3
+# (1.1-1.2x on the strided 3x3), so AVX2 machines keep im2col unless a tuned plan says
+# otherwise; on baseline the scalar tile is no match for OpenBLAS either.
+IGEMM_RULE = {"avx512": {"min_cout": 8}, "avx2": None, "baseline": None}
+
+
 def heuristic(p):
     """The documented default when neither the caller nor a plan decides.
 
@@ -53,13 +67,18 @@ def heuristic(p):
       transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
       seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
+    - float32 on AVX-512 with at least 8 output channels per group
+      (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
+      (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
+      take);
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 
     Known misses (default over best forced, bench_layers at batch 1): the 3-channel
-    seed.conv1 at 32x32 (im2col 0.05 ms, F(4x4) 0.03 ms: fewer than 8 input channels
-    go to im2col, which wins them on large images, e.g. 3->64 at 224x224 by 2x) and
-    VGG conv1_2 (F(4x4) 7-15% behind F(6x6)).
+    seed.conv1 at 32x32 (igemm 0.030 ms, F(4x4) 0.024 ms: fewer than 8 input channels
+    go to igemm or im2col, which win them on large images, e.g. 3->64 at 224x224 by
+    2x), VGG conv1_2 (F(4x4) 7-15% behind F(6x6)) and, on AVX2, ResNet-18's strided 3x3
+    (im2col 1.2x behind igemm).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     Pooling (PoolParams): ``pool``, its only algorithm.
@@ -83,6 +102,12 @@ def heuristic(p):
             return name, "3x3 stride-1 layer with enough channels and pixels: Winograd"
     if p.groups > 1 and cin_g < 4:
         return "direct", f"grouped convolution with {cin_g} channel(s) per group"
+    igemm = _registry.REGISTRY.get("igemm")
+    irule = IGEMM_RULE[_isa.active()]
+    if (p.dtype == "float32" and igemm is not None and irule is not None
+            and cout_g >= irule["min_cout"]
+            and igemm.why_not(p) is None):
+        return "igemm", "float32 layer with enough channels per group: packed-weight implicit GEMM"
     too_big = _registry.REGISTRY["im2col"].why_not(p)
     if too_big is not None:
         return "direct", too_big

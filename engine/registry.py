@@ -20,6 +20,10 @@ from . import isa as _isa
 from .shapes import INT_LIMIT, ConvParams, PoolParams
 from .threads import blas_single_threaded
 
+try:  # the implicit GEMM is its own module; the engine works without it.
+    from .kernels import igemm as _igemm
+except ImportError:  # pragma: no cover - only when the module was not built
+    _igemm = None
 try:  # Winograd is its own module; the engine works without it.
     from .kernels import winograd as _winograd
 except ImportError:  # pragma: no cover - only when the module was not built
@@ -32,6 +36,7 @@ except ImportError:  # pragma: no cover - only when the module was not built
 TOLERANCE = {
     ("direct", "float32"): 1e-5, ("direct", "float64"): 1e-12,
     ("im2col", "float32"): 1e-5, ("im2col", "float64"): 1e-12,
+    ("igemm", "float32"): 1e-5, ("igemm", "float64"): 1e-12,
     ("winograd_f2x3", "float32"): 5e-6, ("winograd_f2x3", "float64"): 1e-12,
     ("winograd_f4x3", "float32"): 2e-5, ("winograd_f4x3", "float64"): 1e-11,
     ("winograd_f6x3", "float32"): 1e-4, ("winograd_f6x3", "float64"): 1e-10,
@@ -159,6 +164,56 @@ class Im2col(Algorithm):
                               **params)
 
 
+class Igemm(Algorithm):
+    """Implicit GEMM on the micro-kernels (kernels/igemm.pyx): weights packed once per
+    layer, input patches gathered straight into the register tile's B panels, bias and
+    relu in the tile's epilogue; any kernel, stride, dilation, padding and groups, 1x1
+    included. float32 on the active ISA (engine.isa); float64 has no micro-kernels and
+    runs im2col's BLAS path (needs_blas)."""
+    name = "igemm"
+    # Output channels per block (automatic: as many as keep the block's weights in L2,
+    # fewer when the threads would otherwise idle).
+    tunables = {"m_block": [16, 48, 96, 256]}
+
+    def why_not(self, p):
+        # the kernel's sizes and plane offsets are 32-bit ints (as im2col's BLAS calls)
+        h = p.h + p.pads[0] + p.pads[1] if p.padding_mode != "zeros" else p.h
+        w = p.w + p.pads[2] + p.pads[3] if p.padding_mode != "zeros" else p.w
+        dims = {"K = C_in/groups * kH * kW": p.c_in // p.groups * p.kernel[0] * p.kernel[1],
+                "input plane H * W": h * w, "output plane OH * OW": p.out_h * p.out_w,
+                "batch N": p.n, "C_in": p.c_in, "C_out": p.c_out,
+                "input rows": (p.out_h + p.kernel[0]) * p.stride[0] + p.kernel[0] * p.dilation[0] + 2 * h,
+                "input columns": (p.out_w + p.kernel[1]) * p.stride[1] + p.kernel[1] * p.dilation[1] + 2 * w}
+        for what, value in dims.items():
+            if value > INT_LIMIT:
+                return f"igemm's sizes are 32-bit: {what} = {value} is too large"
+        return None
+
+    def prepare_weight(self, weight, p):
+        if p.dtype != "float32":
+            return weight
+        return _igemm.PackedWeights(weight, p.groups, _isa.level())
+
+    def needs_blas(self, p):
+        return p.dtype != "float32"
+
+    def kernels(self, p):
+        if p.dtype != "float32":
+            return {"kernel": "conv2d_im2col", "gemm": "BLAS dgemm"}
+        uk = _isa.kernels()
+        return {"kernel": "conv2d_igemm", "isa": uk["isa"], "gemm": uk["igemm"]}
+
+    def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
+        top, left = _kernel_pads(p)
+        if p.dtype != "float32":
+            _im2col.conv2d_im2col(x, w, bias, out, p.stride[0], p.stride[1], top, left,
+                                  p.dilation[0], p.dilation[1], p.groups, num_threads, relu)
+            return
+        _igemm.conv2d_igemm(x, w, bias, out, p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
+                            top, left, p.dilation[0], p.dilation[1], p.groups, num_threads,
+                            relu, isa=_isa.level(), **(params or {}))
+
+
 class Winograd(Algorithm):
     """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block; float32
     on the active ISA's micro-kernels (engine.isa), float64 through BLAS (needs_blas)."""
@@ -238,6 +293,8 @@ class Pool(Algorithm):
 
 
 _ALGORITHMS = [Direct(), Im2col()]
+if _igemm is not None:
+    _ALGORITHMS.append(Igemm())
 if _winograd is not None:
     _ALGORITHMS += [Winograd(2), Winograd(4), Winograd(6)]
 _ALGORITHMS.append(Pool())

@@ -47,7 +47,7 @@ def check_against_reference(out, expected, case, name, dtype):
 def test_algorithm_list():
     names = engine.algorithms()
     assert names[:2] == ["direct", "im2col"]
-    assert set(names) <= {"direct", "im2col", "winograd_f2x3", "winograd_f4x3", "winograd_f6x3"}
+    assert set(names) <= {"direct", "im2col", "igemm", "winograd_f2x3", "winograd_f4x3", "winograd_f6x3"}
     assert names == [n for n, a in algos.REGISTRY.items() if a.kind == "conv"]   # + pooling's
     for name in names:
         for dtype in DTYPES:

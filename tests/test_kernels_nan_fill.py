@@ -10,7 +10,7 @@ import pytest
 import engine.isa
 import engine.threads
 from engine import registry as algos
-from engine.kernels import direct, im2col, pool
+from engine.kernels import direct, igemm, im2col, pool
 
 import reference as ref
 from conftest import ISAS
@@ -120,6 +120,25 @@ def test_conv2d_winograd_writes_every_element(case, dtype, isa, m):
             winograd.conv2d_winograd(x, u, b, out, m, top, left, case.groups, threads, relu, tile_block,
                                      isa=level)
             check(out, expected, tol, relu)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", FINITE_CONV, ids=lambda c: c.id)
+def test_conv2d_igemm_writes_every_element(case, isa):
+    """float32 on each micro-kernel ISA (float64 runs im2col's kernel, tested above)."""
+    x, w, b, top, left, expected = kernel_inputs(case, "float32")
+    sh, sw = ref.pair(case.stride)
+    dh, dw = ref.pair(case.dilation)
+    level = engine.isa.NAMES.index(isa)
+    packed = igemm.PackedWeights(w, case.groups, level)
+    mr = engine.isa.kernels(isa)["sgemm_tile"][0]
+    # automatic blocking, one-tile channel blocks, and odd ones
+    for threads, relu, m_block in [(1, False, 0), (2, False, 0), (2, True, 0), (3, False, mr),
+                                   (2, False, 2 * mr + 1)]:
+        out = nan_out(expected, "float32")
+        igemm.conv2d_igemm(x, packed, b, out, w.shape[2], w.shape[3], sh, sw, top, left, dh, dw,
+                           case.groups, threads, relu, m_block, isa=level)
+        check(out, expected, algos.TOLERANCE[("igemm", "float32")], relu)
 
 
 def test_padding_pre_pass_writes_every_element():

@@ -304,21 +304,28 @@ def test_thread_count_api():
     ((1, 256, 14, 14), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f2x3"),
     ((8, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f4x3"),
-    ((1, 512, 5, 5), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "im2col"),
+    ((1, 512, 5, 5), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "igemm"),
     ((1, 8, 56, 56), dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), "winograd_f4x3"),
-    ((1, 4, 56, 56), dict(in_channels=4, out_channels=8, kernel_size=3, padding=1), "im2col"),
+    ((1, 4, 56, 56), dict(in_channels=4, out_channels=8, kernel_size=3, padding=1), "igemm"),
     ((1, 16, 56, 56), dict(in_channels=16, out_channels=4, kernel_size=3, padding=1), "im2col"),
-    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, stride=2), "im2col"),
-    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "im2col"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, stride=2), "igemm"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "igemm"),
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
-    ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1, groups=32), "im2col"),
-    ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "im2col"),
-    ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "im2col"),
+    ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1, groups=32), "igemm"),
+    ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "igemm"),
+    ((1, 3, 224, 224), dict(in_channels=3, out_channels=64, kernel_size=7, stride=2, padding=3), "igemm"),
+    ((1, 64, 28, 28), dict(in_channels=64, out_channels=128, kernel_size=3, stride=2, padding=1, groups=4), "igemm"),
+    ((1, 8, 28, 28), dict(in_channels=8, out_channels=4, kernel_size=1), "im2col"),
+    ((8, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
 ])
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
-    """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE)."""
+    """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE), except
+    that igemm is the default on AVX-512 only (IGEMM_RULE: on AVX2 OpenBLAS's GEMM
+    still wins those layers, im2col)."""
     use_isa(isa)
+    if expected == "igemm" and isa == "avx2":
+        expected = "im2col"
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
 
@@ -331,6 +338,18 @@ def test_heuristic_needs_winograds_vector_kernels(use_isa):
     info = engine.explain(kwargs, (1, 64, 56, 56))
     assert info["algorithm"] == "im2col", info["reason"]
     assert engine.explain(dict(kwargs, dtype="float64"), (1, 64, 56, 56))["algorithm"] == "winograd_f4x3"
+
+
+def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
+    """igemm is the default only for float32 on AVX-512: on baseline (scalar tile), AVX2
+    (measured behind OpenBLAS there) and for float64 (no micro-kernels) a 1x1 layer stays
+    on im2col's BLAS."""
+    kwargs = dict(in_channels=256, out_channels=64, kernel_size=1)
+    for name in engine.isa.available()[:2]:   # baseline, avx2 (if the CPU has it)
+        use_isa(name)
+        assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "im2col"
+    use_isa(None)
+    assert engine.explain(dict(kwargs, dtype="float64"), (1, 256, 56, 56))["algorithm"] == "im2col"
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -11,7 +11,7 @@ from engine import shapes
 
 import reference as ref
 from cases import AVG_CASES, CONV_CASES, MAX_CASES, conv_inputs, pool_input
-from conftest import DTYPES
+from conftest import DTYPES, ISAS
 from strategies import conv_arrays, conv_configs, pool_array, pool_configs
 
 torch = pytest.importorskip("torch")
@@ -63,6 +63,18 @@ def check_conv_parity(x, w, b, kwargs, dtype, finite=True):
 def test_conv2d_parity_cases(case, dtype):
     x, w, b = conv_inputs(case, dtype)
     check_conv_parity(x, w, b, case.kwargs, dtype, finite=case.finite)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)
+def test_igemm_parity_on_every_isa(case, isa, use_isa):
+    """The micro-kernel GEMM convolution against torch on each ISA the CPU has."""
+    use_isa(isa)
+    x, w, b = conv_inputs(case, "float32")
+    expected = torch_conv2d(x, w, b, **case.kwargs)
+    out = F.conv2d(x, w, b, **case.kwargs, algorithm="igemm")
+    ref.assert_close(out, expected.astype(np.float64),
+                     algos.TOLERANCE[("igemm", "float32")] + TORCH_TOL["float32"], what=f"igemm/{isa} vs torch")
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])

@@ -11,6 +11,8 @@ cdef extern from "ukernels/ukernels.h" nogil:
         UK_WG_LANES
     ctypedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
                                       const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
+    ctypedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,
+                                         int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_sgemm_fn)(int M, int N, int K, const float* A, int lda,
                                  const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_wg_input_fn)(const float* x, Py_ssize_t img_stride, const int* tn,
@@ -19,6 +21,18 @@ cdef extern from "ukernels/ukernels.h" nogil:
     ctypedef void (*uk_wg_output_fn)(const float* M, Py_ssize_t plane, float bias, int relu, float* out, Py_ssize_t img_stride,
                                      const int* tn, const int* oy, const int* ox, int nl,
                                      int OH, int OW) noexcept nogil
+    ctypedef struct uk_conv_t:
+        const float* x
+        const float* w
+        const float* bias
+        float* out
+        int N, C, H, W, M, OH, OW
+        int kh, kw, sh, sw, pt, pl, dh, dw
+        int G, Cg, Mg, K, relu
+    ctypedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, Py_ssize_t c0,
+                                      int nc, float* Bp) noexcept nogil
+    ctypedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, Py_ssize_t c0,
+                                 Py_ssize_t nc, float* Bb, float* Cb) noexcept nogil
     ctypedef struct uk_kernels_t:
         const char* isa
         int sgemm_mr
@@ -26,9 +40,14 @@ cdef extern from "ukernels/ukernels.h" nogil:
         const char* sgemm_name
         uk_sgemm_tile_fn sgemm_tile
         uk_sgemm_fn sgemm
+        uk_sgemm_tile_pa_fn sgemm_tile_pa
         const char* wg_name
         uk_wg_input_fn wg_input[3]
         uk_wg_output_fn wg_output[3]
+        const char* igemm_name
+        int igemm_kc
+        uk_igemm_pack_fn igemm_pack
+        uk_igemm_fn igemm
 
     int uk_cpu_isa() noexcept
     const uk_kernels_t* uk_kernels(int isa) noexcept

@@ -28,7 +28,8 @@ def kernel_info(int isa):
     """Names and register tile of ISA ``isa``'s kernels (a dict)."""
     cdef const uk_kernels_t* t = _table(isa)
     return {"isa": t.isa.decode(), "sgemm": t.sgemm_name.decode(),
-            "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "winograd": t.wg_name.decode()}
+            "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "winograd": t.wg_name.decode(),
+            "igemm": t.igemm_name.decode(), "igemm_kc": t.igemm_kc}
 
 
 cdef const uk_kernels_t* _table(int isa) except NULL:
@@ -71,6 +72,32 @@ def sgemm(int isa, A, B, C, bint accumulate=False, bint tile=False):
             t.sgemm_tile(M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc, accumulate)
         else:
             t.sgemm(M, N, K, pa, lda, pb, ldb, &c[0, 0], ldc, accumulate)
+    return C
+
+
+def sgemm_tile_pa(int isa, Ap, B, C, bint accumulate=False):
+    """C = A @ B (+ C when ``accumulate``) on ISA ``isa``'s packed-A register tile
+    (sgemm_<MR>x<NR>_pa__<isa>), in place: Ap[K][MR] holds A column by column
+    (A[i][p] = Ap[p][i]; rows i >= M are ignored), B[K][N], C[M][N] with 1 <= M <= MR,
+    1 <= N <= NR (rows contiguous, any row stride for B and C)."""
+    cdef const uk_kernels_t* t = _table(isa)
+    cdef const float[:, :] b = _rows(B, "B")
+    cdef float[:, :] c = _rows(C, "C", writeable=True)
+    if not isinstance(Ap, np.ndarray) or Ap.dtype != np.float32 or Ap.ndim != 2 \
+            or not Ap.flags.c_contiguous:
+        raise TypeError("sgemm_tile_pa: Ap must be a C-contiguous 2-D float32 ndarray")
+    cdef const float[:, ::1] a = Ap
+    cdef int M = c.shape[0], N = c.shape[1], K = a.shape[0]
+    if a.shape[1] != t.sgemm_mr or b.shape[0] != K or b.shape[1] != N:
+        raise ValueError(f"sgemm_tile_pa: shapes Ap{tuple(Ap.shape)} B{tuple(B.shape)} C{tuple(C.shape)} "
+                         f"do not form C[M][N] = Ap[K][{t.sgemm_mr}]^T @ B[K][N]")
+    if not (1 <= M <= t.sgemm_mr and 1 <= N <= t.sgemm_nr):
+        raise ValueError(f"sgemm_tile_pa takes 1..{t.sgemm_mr} rows and 1..{t.sgemm_nr} columns, got {M}x{N}")
+    cdef const float* pa = &a[0, 0] if K > 0 else NULL
+    cdef const float* pb = &b[0, 0] if K > 0 else NULL
+    cdef int ldb = b.strides[0] // 4 if K > 0 else N
+    with nogil:
+        t.sgemm_tile_pa(M, N, K, pa, pb, ldb, &c[0, 0], c.strides[0] // 4, accumulate)
     return C
 
 

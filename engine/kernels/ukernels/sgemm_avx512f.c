@@ -8,6 +8,8 @@
  * 4 cycles of latency three times over. Per k: 3 loads of B, 8 broadcasts, 24 FMAs.
  * Columns past nr are masked (loads read 0, stores skip), so any nr in 1..48 works.
  * The driver blocks K by 128: the 128 x 48 B slice (24 KiB) stays in L1.
+ * sgemm_8x48_pa__avx512f is the same tile with A packed as a panel Ap[k][8] (rows past
+ * mr ignored): what the igemm driver's packed weights hold.
  */
 #include <immintrin.h>
 #include "ukernels.h"
@@ -22,7 +24,7 @@
     c##r##0 = _mm512_maskz_loadu_ps(MK(0), C + (ptrdiff_t)(r) * ldc);                            \
     if (NV > 1) c##r##1 = _mm512_maskz_loadu_ps(MK(1), C + (ptrdiff_t)(r) * ldc + 16);           \
     if (NV > 2) c##r##2 = _mm512_maskz_loadu_ps(MK(2), C + (ptrdiff_t)(r) * ldc + 32); }
-#define ROW_FMA(r) if (R > r) { const __m512 a_ = _mm512_set1_ps(A[(ptrdiff_t)(r) * lda + p]);   \
+#define ROW_FMA(r) if (R > r) { const __m512 a_ = _mm512_set1_ps(A[(ptrdiff_t)(r) * lda + (ptrdiff_t)p * AK]); \
     c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                  \
     if (NV > 1) c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);                                      \
     if (NV > 2) c##r##2 = _mm512_fmadd_ps(a_, b2, c##r##2); }
@@ -32,7 +34,7 @@
     if (NV > 2) _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc + 32, MK(2), c##r##2); }
 
 static inline __attribute__((always_inline)) void tile_8x48(
-        int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+        int k, const float* A, int lda, const int AK, const float* B, int ldb, float* C, int ldc,
         int acc_in, const int R, const int NV, __mmask16 last) {
     const __m512 z = _mm512_setzero_ps();
     __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z,
@@ -40,6 +42,8 @@ static inline __attribute__((always_inline)) void tile_8x48(
            c60 = z, c61 = z, c62 = z, c70 = z, c71 = z, c72 = z;
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5) ROW_INIT(6) ROW_INIT(7)
     for (int p = 0; p < k; p++) {
+        /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
+        if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
         const float* bp = B + (ptrdiff_t)p * ldb;
         const __m512 b0 = _mm512_maskz_loadu_ps(MK(0), bp);
         const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(MK(1), bp + 16) : z;
@@ -49,28 +53,45 @@ static inline __attribute__((always_inline)) void tile_8x48(
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5) ROW_STORE(6) ROW_STORE(7)
 }
 
-#define TILE_NV(R)                                                                          \
+/* A(r, p) = A[r*LDA + p*AK]: row-major A (LDA = lda, AK = 1) or an MR-packed panel
+   (LDA = 1, AK = 8: A[p][8], one contiguous stream of 32 bytes per k). */
+#define TILE_NV(R, LDA, AK)                                                                 \
     switch (nv) {                                                                           \
-        case 1: tile_8x48(k, A, lda, B, ldb, C, ldc, acc, R, 1, last); break;               \
-        case 2: tile_8x48(k, A, lda, B, ldb, C, ldc, acc, R, 2, last); break;               \
-        default: tile_8x48(k, A, lda, B, ldb, C, ldc, acc, R, 3, last); break;              \
+        case 1: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 1, last); break;           \
+        case 2: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 2, last); break;           \
+        default: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 3, last); break;          \
+    }
+#define TILE_MR(LDA, AK)                                                                    \
+    const int nv = (nr + 15) / 16;                                                          \
+    const int tail = nr - 16 * (nv - 1);                                                    \
+    const __mmask16 last = (__mmask16)(tail >= 16 ? 0xFFFFu : (1u << tail) - 1u);           \
+    switch (mr) {                                                                           \
+        case 1: TILE_NV(1, LDA, AK) break;                                                  \
+        case 2: TILE_NV(2, LDA, AK) break;                                                  \
+        case 3: TILE_NV(3, LDA, AK) break;                                                  \
+        case 4: TILE_NV(4, LDA, AK) break;                                                  \
+        case 5: TILE_NV(5, LDA, AK) break;                                                  \
+        case 6: TILE_NV(6, LDA, AK) break;                                                  \
+        case 7: TILE_NV(7, LDA, AK) break;                                                  \
+        default: TILE_NV(8, LDA, AK) break;                                                 \
     }
 
 UK_API void sgemm_8x48__avx512f(int mr, int nr, int k, const float* A, int lda,
                                 const float* B, int ldb, float* C, int ldc, int acc) {
-    const int nv = (nr + 15) / 16;
-    const int tail = nr - 16 * (nv - 1);
-    const __mmask16 last = (__mmask16)(tail >= 16 ? 0xFFFFu : (1u << tail) - 1u);
-    switch (mr) {
-        case 1: TILE_NV(1) break;
-        case 2: TILE_NV(2) break;
-        case 3: TILE_NV(3) break;
-        case 4: TILE_NV(4) break;
-        case 5: TILE_NV(5) break;
-        case 6: TILE_NV(6) break;
-        case 7: TILE_NV(7) break;
-        default: TILE_NV(8) break;
-    }
+    TILE_MR(lda, 1)
 }
 
-UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, 128)
+UK_API void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
+                                   const float* B, int ldb, float* C, int ldc, int acc) {
+    TILE_MR(1, 8)
+}
+
+UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
+
+/* the implicit-GEMM convolution on this tile (igemm_driver.h) */
+#define IG_SUFFIX avx512f
+#define IG_TILE sgemm_8x48_pa__avx512f
+#define IG_MR 8
+#define IG_NR 48
+#define IG_KC UK_KC_avx512f
+#include "igemm_driver.h"

@@ -30,6 +30,10 @@ enum { UK_ISA_BASELINE = 0, UK_ISA_AVX2 = 1, UK_ISA_AVX512 = 2, UK_ISA_COUNT = 3
    1 <= mr <= MR, 1 <= nr <= NR, k >= 0 (k == 0 and !acc writes zeros). */
 typedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
                                   const float* B, int ldb, float* C, int ldc, int acc);
+/* The same tile with A packed as a panel: A(r, p) = Ap[p*MR + r] (Ap[k][MR], rows past
+   mr ignored), so the tile reads A as one contiguous stream. */
+typedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,
+                                     int ldb, float* C, int ldc, int acc);
 /* Whole GEMM: C[M][N] = A[M][K] @ B[K][N] (+ C if acc), any M, N, K >= 0, tiled with
    the ISA's register tile and cache blocks (sgemm_driver.h). B is read in place: for
    Winograd it is already the packed [K][tiles] panel. */
@@ -54,15 +58,48 @@ typedef void (*uk_wg_output_fn)(const float* M, ptrdiff_t plane, float bias, int
                                 const int* tn, const int* oy, const int* ox, int nl,
                                 int OH, int OW);
 
+/* A float32 convolution for the implicit-GEMM kernels (igemm_driver.h), zero padding:
+     x[N][C][H][W] -> out[N][M][OH][OW] (+ bias[M], then relu), G groups of Cg = C/G
+     input and Mg = M/G output channels, kernel kh x kw, strides, top/left padding and
+     dilations as PyTorch's; OH, OW given (they fix the bottom/right padding).
+     w: the packed weights Ap[G][ceil(Mg/MR)][K][MR] of the ISA's register tile (MR rows),
+     K = Cg*kh*kw in tap-major order:
+         Ap[g][b][(i*kw + j)*Cg + ic][r] = weight[g*Mg + b*MR + r][ic][i][j]
+     (0 for rows past Mg). bias may be NULL. */
+typedef struct {
+    const float* x;
+    const float* w;
+    const float* bias;
+    float* out;
+    int N, C, H, W, M, OH, OW;
+    int kh, kw, sh, sw, pt, pl, dh, dw;
+    int G, Cg, Mg, K, relu;
+} uk_conv_t;
+/* Gather one packed B panel: Bp[kk][j] (row stride NR of the ISA) = im2col row k0+kk of
+   group g at batch-wide column c0+j (c = n*OH*OW + oh*OW + ow), 0 outside the image,
+   for kk < kc, j < nc <= NR; columns nc .. NR-1 are zero. */
+typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptrdiff_t c0,
+                                 int nc, float* Bp);
+/* One work item: out rows g*Mg + m0 .. + mb, batch-wide columns c0 .. c0+nc, every
+   element written (+ bias, relu); m0 a multiple of MR. Workspace Bb[igemm_kc * NR] and
+   Cb[mb * NR] floats. */
+typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
+                            ptrdiff_t nc, float* Bb, float* Cb);
+
 typedef struct {
     const char* isa;              /* "baseline", "avx2", "avx512" */
     int sgemm_mr, sgemm_nr;       /* the register tile of sgemm_tile */
     const char* sgemm_name;       /* e.g. "sgemm_6x16__avx2_fma" */
     uk_sgemm_tile_fn sgemm_tile;
     uk_sgemm_fn sgemm;
+    uk_sgemm_tile_pa_fn sgemm_tile_pa;   /* sgemm_<MR>x<NR>_pa__<isa> */
     const char* wg_name;          /* e.g. "winograd_f4x3_input__avx2" without the m */
     uk_wg_input_fn wg_input[3];   /* index m/2 - 1: F(2x2), F(4x4), F(6x6) */
     uk_wg_output_fn wg_output[3];
+    const char* igemm_name;       /* e.g. "igemm_6x16__avx2_fma" */
+    int igemm_kc;                 /* K block of the igemm driver (rows of its B panel) */
+    uk_igemm_pack_fn igemm_pack;
+    uk_igemm_fn igemm;
 } uk_kernels_t;
 
 /* Highest ISA this CPU (and its OS, for the AVX register state) supports. */
@@ -71,12 +108,20 @@ UK_API int uk_cpu_isa(void);
    not compile that ISA (a non-x86 machine: only baseline). */
 UK_API const uk_kernels_t* uk_kernels(int isa);
 
+/* K block of each ISA's GEMM drivers (sgemm and igemm): a KC x NR slice of B stays in L1
+   (AVX-512: 128 x 48 floats = 24 KiB; AVX2 and baseline: 256 x 16 = 16 KiB). */
+#define UK_KC_avx512f 128
+#define UK_KC_avx2_fma 256
+#define UK_KC_scalar 256
+
 /* Per-ISA definitions (each in its own object). */
 #define UK_DECLARE(SUFFIX, MR, NR)                                                          \
     UK_API void sgemm_##MR##x##NR##__##SUFFIX(int, int, int, const float*, int, const float*, \
                                               int, float*, int, int);                       \
     UK_API void sgemm__##SUFFIX(int, int, int, const float*, int, const float*, int, float*, \
                                 int, int);                                                  \
+    UK_API void sgemm_##MR##x##NR##_pa__##SUFFIX(int, int, int, const float*, const float*, \
+                                                 int, float*, int, int);                    \
     UK_API void winograd_f2x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
         const int*, int, int, int, float*, ptrdiff_t);                       \
     UK_API void winograd_f4x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
@@ -88,7 +133,9 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
     UK_API void winograd_f4x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
     UK_API void winograd_f6x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
-        int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);
+        int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
+    UK_API void igemm_pack__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, int, float*); \
+    UK_API void igemm__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, ptrdiff_t, float*, float*);
 
 UK_DECLARE(scalar, 4, 16)
 #if defined(__x86_64__) || defined(__i386__)

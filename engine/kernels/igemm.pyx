@@ -1,0 +1,259 @@
+# cython: language_level=3
+"""Packed-weight implicit-GEMM convolution on the micro-kernels (float32, every ISA).
+
+Layouts (C-contiguous float32):
+
+    x[N][C_in][H][W]    weight[C_out][C_in/g][kH][kW]    out[N][C_out][OH][OW]
+    Ap[G][ceil(Mg/MR)][K][MR]   the packed weights (``pack_weight``, once per layer
+                        and register tile): MR output channels side by side per k, K =
+                        Cg*kH*kW in tap-major order,
+                        Ap[gi][b][(kh*kW + kw)*Cg + ic][r] = weight[gi*Mg + b*MR + r][ic][kh][kw]
+                        (src = kw-kh-inch-outch, dst = MR-inch-kw-kh/MR-outch/MR), rows past
+                        Mg zero. MR is the ISA's tile height (8 AVX-512, 6 AVX2, 4 baseline);
+                        ``PackedWeights`` keeps one packing per MR, made on first use.
+
+With g groups (Cg input, Mg output channels each) and P = OH*OW, group gi of the
+whole batch is one matrix product over batch-wide columns c = n*P + oh*OW + ow:
+
+    out_gi[Mg][N*P] = W_gi[Mg][K] @ col_gi[K][N*P]  (+ bias, relu),   W_gi = Ap[gi] unpacked
+    col_gi[(kh*kW + kw)*Cg + ic][c] = x[n][gi*Cg + ic][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw]
+                                      (0 outside x)
+    OH = (H + pt + pb - dh*(kH-1) - 1) // sh + 1   (likewise OW; out's shape fixes pb, pr)
+
+col is never materialised: the micro-kernel layer's igemm driver (ukernels/
+igemm_driver.h, one instance per ISA) gathers KC x NR slices of it straight into the
+packed B panel its register tile (sgemm_8x48_pa__avx512f, sgemm_6x16_pa__avx2_fma,
+sgemm_4x16_pa__scalar: the sgemm tiles reading A as packed panels) reads, multiplies
+them by Ap's panels, and stores each C tile with bias and relu. A 1x1 stride-1
+unpadded layer is the same product with each image's plane viewed as one row (the
+gather is then one row copy per panel row): no im2col, no BLAS.
+
+Work split: items (group, block of mb output channels, NR-column panel) dealt to one
+OpenMP team with a static schedule, so a thread walks consecutive panels of one
+channel block (its mb x K panels of A, re-read for every panel, stay in L2 where they
+fit: mb comes from A_BLOCK_BYTES). When
+groups x channel blocks x panels would leave threads idle (batch 1 on a 7x7 image),
+channel blocks shrink down to one register tile's MR rows. Per-thread workspace:
+KC x NR + mb x NR floats (at most about 74 KiB), whatever the layer.
+
+float64 has no micro-kernels: the registry runs it through im2col's BLAS path.
+"""
+import numpy as np
+
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free
+
+from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT
+
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+# Bytes of A (mb rows x K) one channel block may hold: a thread re-reads its block for
+# every panel, from L2 when it fits (512 KiB per core on a Zen 3, 2 MiB on a Sapphire
+# Rapids); larger blocks amortise the gather of each panel over more rows, and the
+# packed panels stream well enough from L3 (measured: 1 MiB beats 256 KiB on 3x3 layers
+# with K = 2304 by 1.7x on the Sapphire Rapids).
+A_BLOCK_BYTES = 1024 * 1024
+# Most output channels per block (bounds the per-thread C buffer, MAX_MB x NR floats).
+MAX_MB = 256
+
+
+def pack_weight(weight, int groups, int mr):
+    """Ap[G][ceil(Mg/mr)][K][mr] from weight[C_out][C_in/g][kH][kW] (float32): the panels
+    the register tile of height ``mr`` reads (module docstring). Done once per layer."""
+    w = np.asarray(weight)
+    if w.dtype != np.float32 or w.ndim != 4:
+        raise TypeError(f"igemm.pack_weight expects a 4-D float32 weight, got {w.dtype} {w.shape}")
+    if groups < 1 or w.shape[0] % groups or mr < 1:
+        raise ValueError(f"igemm.pack_weight: groups={groups} must divide C_out={w.shape[0]}, mr={mr} >= 1")
+    M, K = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+    Mg = M // groups
+    nb = -(-Mg // mr)
+    t = np.zeros((groups, nb * mr, K), np.float32)
+    t[:, :Mg] = w.transpose(0, 2, 3, 1).reshape(groups, Mg, K)      # tap-major rows
+    return np.ascontiguousarray(t.reshape(groups, nb, mr, K).transpose(0, 1, 3, 2))
+
+
+class PackedWeights:
+    """A layer's weights for conv2d_igemm: a snapshot of the weight and its packing for
+    each register-tile height used so far (the ISA can change at run time,
+    engine.isa.set_cap), the active ISA's made at once."""
+    __slots__ = ("weight", "groups", "_panels")
+
+    def __init__(self, weight, groups, isa=None):
+        self.weight = np.array(weight, dtype=np.float32, copy=True)
+        self.groups = groups
+        self._panels = {}
+        self.panels(_table(isa).sgemm_mr)
+
+    def panels(self, int mr):
+        ap = self._panels.get(mr)
+        if ap is None:
+            ap = self._panels[mr] = pack_weight(self.weight, self.groups, mr)
+        return ap
+
+
+cdef const uk_kernels_t* _table(isa) except NULL:
+    if isa is None:
+        from .. import isa as _isa
+        isa = _isa.level()
+    if not isinstance(isa, int) or not 0 <= isa < UK_ISA_COUNT or uk_kernels(isa) == NULL \
+            or isa > uk_cpu_isa():
+        raise ValueError(f"igemm: no micro-kernels for ISA index {isa!r} on this CPU")
+    return uk_kernels(isa)
+
+
+cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for a >= 0, b > 0."""
+    return (a + b - 1) // b
+
+
+def blocking(Py_ssize_t Mg, Py_ssize_t K, Py_ssize_t groups, Py_ssize_t columns, int mr, int nr,
+             int num_threads, Py_ssize_t m_block=0):
+    """(mb, n_mblocks, n_panels): output channels per block (a multiple of mr unless it
+    is all of Mg), blocks per group, NR-column panels of the batch. ``m_block`` > 0
+    forces the block size (rounded up to mr)."""
+    cdef Py_ssize_t nt = max(1, num_threads), panels = _cdiv(columns, nr), mb, nmb
+    if m_block > 0:
+        mb = _cdiv(m_block, mr) * mr
+    else:
+        mb = (A_BLOCK_BYTES // (4 * max(K, 1))) // mr * mr
+        mb = max(mr, min(mb, MAX_MB // mr * mr))
+        # every thread gets work: shrink the channel blocks (not below one tile)
+        while mb > mr and groups * _cdiv(Mg, mb) * panels < nt:
+            mb = max(mr, (mb // 2) // mr * mr)
+    mb = min(mb, _cdiv(Mg, mr) * mr, MAX_MB)
+    nmb = _cdiv(Mg, mb)
+    mb = min(_cdiv(_cdiv(Mg, nmb), mr) * mr, Mg)     # even blocks of whole tiles
+    return mb, _cdiv(Mg, mb), panels
+
+
+cdef int _fill(uk_conv_t* cv, const float[:, :, :, ::1] x, const float[:, :, :, ::1] A, int mr, bias,
+               Py_ssize_t M, Py_ssize_t OH, Py_ssize_t OW, int kh, int kw, int sh, int sw,
+               int pt, int pl, int dh, int dw, int groups, bint relu) except -1:
+    """The kernel's description of the convolution (out pointer left NULL), checked:
+    bad sizes are a ValueError here, never a crash in the kernel."""
+    cdef const float[::1] bv
+    N, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    if groups < 1 or C % groups or M % groups:
+        raise ValueError(f"igemm: groups={groups} must divide C_in={C} and C_out={M}")
+    K = C // groups * kh * kw
+    expected = (groups, _cdiv(M // groups, mr), K, mr)
+    if (A.shape[0], A.shape[1], A.shape[2], A.shape[3]) != expected:
+        raise ValueError(f"igemm: packed weight has shape {(A.shape[0], A.shape[1], A.shape[2], A.shape[3])}, "
+                         f"expected {expected} (pack_weight for a tile of {mr} rows)")
+    if min(kh, kw, sh, sw, dh, dw) < 1 or pt < 0 or pl < 0:
+        raise ValueError("igemm: kernel, stride and dilation must be >= 1, padding >= 0")
+    for what, v in (("H*W", H * W), ("OH*OW", OH * OW), ("K", K), ("K*MR", K * mr),
+                    ("N", N), ("C_out", M), ("C_in", C),
+                    ("input rows", (OH + kh) * sh + pt + kh * dh + H),
+                    ("input columns", (OW + kw) * sw + pl + kw * dw + W)):
+        if v >= 2 ** 31:
+            raise ValueError(f"igemm: {what} = {v} exceeds the kernel's 32-bit sizes")
+    if bias is not None:
+        bv = bias
+        if bv.shape[0] != M:
+            raise ValueError(f"igemm: bias has {bv.shape[0]} elements, expected {M}")
+        cv.bias = &bv[0] if M > 0 else NULL
+    else:
+        cv.bias = NULL
+    cv.x = &x[0, 0, 0, 0] if x.size else NULL
+    cv.w = &A[0, 0, 0, 0] if A.size else NULL
+    cv.out = NULL
+    cv.N, cv.C, cv.H, cv.W, cv.M, cv.OH, cv.OW = N, C, H, W, M, OH, OW
+    cv.kh, cv.kw, cv.sh, cv.sw, cv.pt, cv.pl, cv.dh, cv.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    cv.G, cv.Cg, cv.Mg, cv.K, cv.relu = groups, C // groups, M // groups, K, relu
+    if (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+            and OH == H and OW == W):
+        # 1x1 stride 1 unpadded: the plane is one row, so a panel is one run of x
+        cv.W = cv.OW = H * W
+        cv.H = cv.OH = 1
+    return 0
+
+
+def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
+                 float[:, :, :, ::1] out, int kh, int kw, int stride_h, int stride_w,
+                 int pad_top, int pad_left, int dilation_h, int dilation_w, int groups,
+                 int num_threads, bint relu=False, Py_ssize_t m_block=0, isa=None):
+    """out = conv2d(x, weight, bias) (zero padding, PyTorch semantics), float32.
+
+    IN:  x[N][C_in][H][W]; weights: PackedWeights(weight[C_out][C_in/g][kH][kW], groups)
+         or the ISA's pack_weight(weight, groups, MR) array; bias None or
+         bias[C_out]; strides, top/left zero padding, dilations, groups; the OpenMP team
+         size; ``m_block`` output channels per block (0: automatic, ``blocking``);
+         ``isa`` the micro-kernel ISA index (engine.isa.NAMES), default engine.isa.level().
+    OUT: out[N][C_out][OH][OW], every element written; its shape fixes the
+         bottom/right padding. relu: max(., 0) with NaN passing, as torch.relu.
+    Workspace per thread: igemm_kc x NR + mb x NR floats, independent of the layer.
+    """
+    cdef const uk_kernels_t* uk = _table(isa)
+    cdef uk_conv_t cv
+    cdef const float[:, :, :, ::1] A = (weights.panels(uk.sgemm_mr) if isinstance(weights, PackedWeights)
+                                        else weights)
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"igemm: out batch {out.shape[0]} vs x batch {x.shape[0]}")
+    _fill(&cv, x, A, uk.sgemm_mr, bias, out.shape[1], out.shape[2], out.shape[3], kh, kw, stride_h,
+          stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, relu)
+    cv.out = &out[0, 0, 0, 0] if out.size else NULL
+    cdef Py_ssize_t columns = <Py_ssize_t>cv.N * cv.OH * cv.OW
+    if columns == 0 or cv.M == 0:
+        return
+    cdef int MR = uk.sgemm_mr, NR = uk.sgemm_nr
+    cdef int nt = num_threads if num_threads > 0 else 1
+    mb_, nmb_, panels_ = blocking(cv.Mg, cv.K, groups, columns, MR, NR, nt, m_block)
+    cdef Py_ssize_t mb = mb_, nmb = nmb_, panels = panels_
+    cdef Py_ssize_t n_items = groups * nmb * panels, it, g, rem, m0, c0
+    if nt > n_items:
+        nt = <int>n_items
+    cdef Py_ssize_t bsize = <Py_ssize_t>uk.igemm_kc * NR, csize = mb * NR
+    cdef int failed = 0
+    cdef float* Bb = NULL          # thread-private inside the team
+    cdef float* Cb = NULL
+    with nogil, parallel(num_threads=nt):
+        Bb = NULL
+        Cb = NULL
+        if posix_memalign(<void**>&Bb, 64, bsize * sizeof(float)) != 0:
+            Bb = NULL
+        if posix_memalign(<void**>&Cb, 64, csize * sizeof(float)) != 0:
+            Cb = NULL
+        for it in prange(n_items, schedule="static"):
+            if Bb == NULL or Cb == NULL:
+                failed += 1            # (a reduction: every thread's failures count)
+            else:
+                g = it // (nmb * panels)
+                rem = it - g * nmb * panels
+                m0 = (rem // panels) * mb
+                c0 = (rem % panels) * NR
+                uk.igemm(&cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
+                         c0, columns - c0 if columns - c0 < NR else NR, Bb, Cb)
+        free(Bb)
+        free(Cb)
+    if failed:
+        raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
+
+
+def pack_panel(const float[:, :, :, ::1] x, tuple out_shape, int kh, int kw, int stride_h,
+               int stride_w, int pad_top, int pad_left, int dilation_h, int dilation_w,
+               int groups, int group, int k0, int kc, Py_ssize_t c0, int nc, isa=None):
+    """The packed B panel the igemm driver gathers (for tests): Bp[kc][NR] with
+    Bp[kk][j] = col_group[k0 + kk][c0 + j] for j < nc and 0 for nc <= j < NR, where
+    out_shape = (N, C_out, OH, OW) fixes the geometry (module docstring)."""
+    cdef const uk_kernels_t* uk = _table(isa)
+    cdef uk_conv_t cv
+    N, M, OH, OW = out_shape
+    if N != x.shape[0]:
+        raise ValueError(f"pack_panel: out batch {N} vs x batch {x.shape[0]}")
+    mr = uk.sgemm_mr
+    A = np.zeros((groups, -(-(M // max(groups, 1)) // mr), kh * kw * (x.shape[1] // max(groups, 1)), mr),
+                 np.float32)
+    _fill(&cv, x, A, mr, None, M, OH, OW, kh, kw, stride_h, stride_w, pad_top, pad_left,
+          dilation_h, dilation_w, groups, False)
+    if not (0 <= group < groups and 0 <= k0 and 0 <= kc and k0 + kc <= cv.K
+            and 1 <= nc <= uk.sgemm_nr and 0 <= c0 and c0 + nc <= <Py_ssize_t>cv.N * cv.OH * cv.OW):
+        raise ValueError(f"pack_panel: group {group}, rows {k0}+{kc} of K={cv.K}, columns "
+                         f"{c0}+{nc} (1..{uk.sgemm_nr}) of {cv.N * cv.OH * cv.OW} out of range")
+    Bp = np.full((max(kc, 0), uk.sgemm_nr), np.nan, np.float32)
+    cdef float[:, ::1] b = Bp
+    if kc > 0:
+        uk.igemm_pack(&cv, group, k0, kc, c0, nc, &b[0, 0])
+    return Bp

@@ -1,0 +1,238 @@
+/* Implicit-GEMM convolution around a register tile, one definition for every ISA.
+ *
+ * Included by each sgemm_<isa>.c after its tile function, with
+ *     IG_SUFFIX  the ISA suffix (avx512f, avx2_fma, scalar)
+ *     IG_TILE    that file's packed-A sgemm tile (uk_sgemm_tile_pa_fn, ukernels.h)
+ *     IG_MR, IG_NR, IG_KC   its register tile and K block (the sgemm driver's)
+ * and defines igemm_pack__<suffix> and igemm__<suffix> (uk_igemm_pack_fn, uk_igemm_fn).
+ * Compiled with the ISA's own flags, so the gathers and the epilogue vectorise for it.
+ *
+ * The convolution (uk_conv_t, ukernels.h: x[N][C][H][W], out[N][M][OH][OW], G groups of
+ * Cg input and Mg output channels, K = Cg*kh*kw) is, per group g, one product
+ *
+ *     out_g[Mg][N*P] = A_g[Mg][K] @ col_g[K][N*P]  (+ bias, then relu)     P = OH*OW
+ *
+ *     col_g[(i*kw + j)*Cg + ic][c] = x[n][g*Cg + ic][oh*sh - pt + i*dh][ow*sw - pl + j*dw]
+ *                                    (0 outside the image),   c = n*P + oh*OW + ow
+ *
+ * with the columns c running over the whole batch, so small images (7x7 at batch 8)
+ * still fill whole register tiles. A_g is the packed weight, MR rows at a time as the
+ * panels Ap[g][b][K][MR] the tile reads (one 32-byte stream per k on AVX-512, where
+ * MR row-major rows would be 8 streams whose lines can fall in one L1 set; ukernels.h,
+ * uk_conv_t). col is never built: each
+ * thread gathers one KC x NR slice of it at a time straight into the packed B panel
+ * the tile reads,
+ *
+ *     Bp[kk][j] = col_g[k0 + kk][c0 + j]     kk < kc, j < NR  (ldb = NR; j >= nc: 0)
+ *
+ * (src = x[n][c][h][w], dst = NR-kc: one panel, rows of NR consecutive columns).
+ * Loop order of one work item (group g, output channels m0 .. m0+mb, columns c0 ..
+ * c0+nc): NR-column panel > K block of KC rows (gathered once, its 24 KiB / 16 KiB stay
+ * in L1) > MR-row panels of A (streaming from L2 or L3, prefetched by the tile; the
+ * caller bounds mb x K, igemm.pyx A_BLOCK_BYTES) -> C tile in the per-thread buffer Cb[mb][NR], accumulated over the K
+ * blocks; after the last K block each tile gets the epilogue
+ *
+ *     out[n][g*Mg + m][p] = relu?(Cb[m][j] + bias[g*Mg + m])     (relu: v < 0 ? 0 : v,
+ *                                                                 NaN passes)
+ *
+ * while it is still in L1, stored as runs of columns that lie in one image.
+ * A 1x1 stride-1 unpadded layer is gathered too (the caller views each plane as one
+ * row, so a panel row is one copy): reading x's rows in place (ldb = H*W) measured
+ * slower, the tile stalling on rows more than 2 KiB apart that no prefetcher follows
+ * (AVX2, ResNet-50 512->128 at 28x28: 35% of the cycles on the first B load).
+ * Workspace (the caller's, per thread): Bb[IG_KC * IG_NR] and Cb[mb * IG_NR] floats.
+ */
+#include <string.h>
+
+#define IG_CAT_(a, b) a##b
+#define IG_CAT(a, b) IG_CAT_(a, b)
+#define IG_PACK IG_CAT(igemm_pack__, IG_SUFFIX)
+#define IG_RUN IG_CAT(igemm__, IG_SUFFIX)
+
+/* floor(a / b), b > 0 (C division truncates toward zero). Strides 1 and 2, nearly
+   every layer's, skip the division (it is recomputed for every tap of every panel). */
+static inline ptrdiff_t ig_floor_div(ptrdiff_t a, ptrdiff_t b) {
+    if (b == 1) return a;
+    if (b == 2) return a >= 0 ? a / 2 : -((1 - a) / 2);
+    ptrdiff_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* One run of panel columns that lies in a single output row: columns j0 .. j0+len of
+   the panel are (image n, row oh, ow0 .. ow0+len). */
+typedef struct { int n, oh, ow0, len, j0; } ig_seg_t;
+
+/* The runs of columns c0 .. c0+nc (nc <= NR), one per output row crossed. */
+static inline int ig_segments(const uk_conv_t* cv, ptrdiff_t c0, int nc, ig_seg_t* seg) {
+    const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
+    ptrdiff_t n = c0 / P, p = c0 - n * P;
+    int oh = (int)(p / cv->OW), ow = (int)(p - (ptrdiff_t)oh * cv->OW);
+    int ns = 0;
+    for (int j = 0; j < nc;) {
+        int len = cv->OW - ow;
+        if (len > nc - j) len = nc - j;
+        seg[ns].n = (int)n; seg[ns].oh = oh; seg[ns].ow0 = ow; seg[ns].len = len; seg[ns].j0 = j;
+        ns++;
+        j += len;
+        ow += len;
+        if (ow == cv->OW) {
+            ow = 0;
+            if (++oh == cv->OH) { oh = 0; n++; }
+        }
+    }
+    return ns;
+}
+
+/* Short copies and zero fills of a panel row (runs of at most NR floats): fixed-size
+   chunks, which the compiler turns into vector moves of the ISA, instead of a call to
+   the C library per run. */
+static inline void ig_zero(float* d, int len) {
+    for (; len >= 16; len -= 16, d += 16) memset(d, 0, 64);
+    if (len >= 8) { memset(d, 0, 32); d += 8; len -= 8; }
+    if (len >= 4) { memset(d, 0, 16); d += 4; len -= 4; }
+    for (; len > 0; len--) *d++ = 0.0f;
+}
+
+typedef float ig_v16 __attribute__((vector_size(64)));
+
+static inline void ig_copy(float* restrict d, const float* restrict s, int len, int st) {
+    if (st == 1) {
+        for (; len >= 16; len -= 16, d += 16, s += 16) memcpy(d, s, 64);
+        if (len >= 8) { memcpy(d, s, 32); d += 8; s += 8; len -= 8; }
+        if (len >= 4) { memcpy(d, s, 16); d += 4; s += 4; len -= 4; }
+        for (; len > 0; len--) *d++ = *s++;
+    } else if (st == 2) {
+        /* 16 outputs from two 16-float loads and one even-lane shuffle; the loads reach
+           s[31], inside the run only while more than 16 outputs remain */
+        for (; len > 16; len -= 16, d += 16, s += 32) {
+            ig_v16 a, b;
+            memcpy(&a, s, 64);
+            memcpy(&b, s + 16, 64);
+            const ig_v16 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                     20, 22, 24, 26, 28, 30);
+            memcpy(d, &e, 64);
+        }
+        for (; len > 0; len--, s += 2) *d++ = *s;
+    } else {
+        for (; len > 0; len--, s += st) *d++ = *s;
+    }
+}
+
+/* How one kernel tap (i, j) fills a panel row: zero runs and copy runs, the copies'
+   sources relative to the input channel's plane. The same for every input channel, so
+   it is worked out once per tap and replayed for each channel. */
+typedef struct { int j, len; ptrdiff_t off; } ig_run_t;
+
+static int ig_tap_runs(const uk_conv_t* cv, int i, int j, const ig_seg_t* seg, int ns,
+                       ig_run_t* cp, int* ncp, ig_run_t* zr) {
+    const int off = j * cv->dw - cv->pl;                  /* iw = ow*sw + off */
+    /* ow with 0 <= ow*sw + off < W: [lo, hi) */
+    const ptrdiff_t lo = -ig_floor_div(off, cv->sw), hi = ig_floor_div(cv->W - 1 - off, cv->sw) + 1;
+    int nz = 0, nc = 0;
+    for (int s = 0; s < ns; s++) {
+        const int ih = seg[s].oh * cv->sh - cv->pt + i * cv->dh;
+        const int a0 = seg[s].ow0, b0 = seg[s].ow0 + seg[s].len;
+        const int a = lo > a0 ? (lo < b0 ? (int)lo : b0) : a0;      /* max(a0, lo) */
+        const int b = hi < b0 ? (hi > a0 ? (int)hi : a0) : b0;      /* min(b0, hi) */
+        if (ih < 0 || ih >= cv->H || a >= b) {
+            zr[nz].j = seg[s].j0; zr[nz++].len = seg[s].len;
+            continue;
+        }
+        if (a > a0) { zr[nz].j = seg[s].j0; zr[nz++].len = a - a0; }
+        cp[nc].j = seg[s].j0 + (a - a0);
+        cp[nc].len = b - a;
+        cp[nc++].off = (ptrdiff_t)seg[s].n * cv->C * cv->H * cv->W + (ptrdiff_t)ih * cv->W
+                       + (ptrdiff_t)a * cv->sw + off;
+        if (b < b0) { zr[nz].j = seg[s].j0 + (b - a0); zr[nz++].len = b0 - b; }
+    }
+    *ncp = nc;
+    return nz;
+}
+
+/* Bp[kk][j] = col_g[k0 + kk][c0 + j] for kk < kc, j < nc; columns nc .. NR-1 zero.
+   Row k of col is (tap t = k / Cg, input channel k % Cg) (the packed weights' order,
+   pack_weight): consecutive rows share their tap, so each tap's runs are computed once
+   and each row is a few short copies (no per-element bounds tests). */
+/* (GCC would turn the chunked copies back into a memmove call per run) */
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+static void ig_pack_segs(const uk_conv_t* cv, int g, int k0, int kc, int nc,
+                         const ig_seg_t* seg, int ns, float* Bp) {
+    ig_run_t cp[IG_NR + 1], zr[2 * IG_NR + 2];
+    int ncp = 0, nz = 0;
+    if (kc <= 0) return;                  /* (also: no input channels, Cg = 0) */
+    const ptrdiff_t HW = (ptrdiff_t)cv->H * cv->W;
+    const float* xg = cv->x + (ptrdiff_t)g * cv->Cg * HW;
+    int t = k0 / cv->Cg, ic = k0 - t * cv->Cg;
+    nz = ig_tap_runs(cv, t / cv->kw, t % cv->kw, seg, ns, cp, &ncp, zr);
+    for (int kk = 0; kk < kc; kk++) {
+        float* dst = Bp + (ptrdiff_t)kk * IG_NR;
+        const float* plane = xg + (ptrdiff_t)ic * HW;
+        for (int r = 0; r < nz; r++) ig_zero(dst + zr[r].j, zr[r].len);
+        for (int r = 0; r < ncp; r++) ig_copy(dst + cp[r].j, plane + cp[r].off, cp[r].len, cv->sw);
+        if (nc < IG_NR) ig_zero(dst + nc, IG_NR - nc);
+        if (++ic == cv->Cg && kk + 1 < kc) {
+            ic = 0;
+            t++;
+            nz = ig_tap_runs(cv, t / cv->kw, t % cv->kw, seg, ns, cp, &ncp, zr);
+        }
+    }
+}
+
+UK_API void IG_PACK(const uk_conv_t* cv, int g, int k0, int kc, ptrdiff_t c0, int nc, float* Bp) {
+    ig_seg_t seg[IG_NR];
+    ig_pack_segs(cv, g, k0, kc, nc, seg, ig_segments(cv, c0, nc, seg), Bp);
+}
+
+/* out rows m0+i .. m0+i+mr of group g, columns of the runs, from the tile C[mr][NR]. */
+static inline void ig_epilogue(const uk_conv_t* cv, int g, int m, int mr, const float* C,
+                               const ig_seg_t* seg, int ns) {
+    const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
+    for (int r = 0; r < mr; r++) {
+        const int oc = g * cv->Mg + m + r;
+        const float b = cv->bias ? cv->bias[oc] : 0.0f;
+        const float* c = C + (ptrdiff_t)r * IG_NR;
+        for (int s = 0; s < ns;) {
+            /* runs of one image are contiguous in out: merge them */
+            int t = s + 1, len = seg[s].len;
+            while (t < ns && seg[t].n == seg[s].n) len += seg[t++].len;
+            float* restrict o = cv->out + ((ptrdiff_t)seg[s].n * cv->M + oc) * P
+                                + (ptrdiff_t)seg[s].oh * cv->OW + seg[s].ow0;
+            const float* restrict ci = c + seg[s].j0;
+            if (cv->relu) {
+                for (int q = 0; q < len; q++) { const float v = ci[q] + b; o[q] = v < 0.0f ? 0.0f : v; }
+            } else {
+                for (int q = 0; q < len; q++) o[q] = ci[q] + b;
+            }
+            s = t;
+        }
+    }
+}
+
+UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptrdiff_t nc,
+                   float* Bb, float* Cb) {
+    ig_seg_t seg[IG_NR];
+    const int K = cv->K;
+    const ptrdiff_t nblk = (cv->Mg + IG_MR - 1) / IG_MR, blk = (ptrdiff_t)K * IG_MR;
+    const float* Ag = cv->w + ((ptrdiff_t)g * nblk + m0 / IG_MR) * blk;   /* Ap[g][m0/MR] */
+    for (ptrdiff_t c = c0; c < c0 + nc; c += IG_NR) {
+        const int nr = c0 + nc - c < IG_NR ? (int)(c0 + nc - c) : IG_NR;
+        const int ns = ig_segments(cv, c, nr, seg);
+        int k0 = 0;
+        do {
+            const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
+            const int last = k0 + kc >= K;
+            ig_pack_segs(cv, g, k0, kc, nr, seg, ns, Bb);
+            for (int i = 0; i < mb; i += IG_MR) {
+                const int mr = mb - i < IG_MR ? mb - i : IG_MR;
+                float* C = Cb + (ptrdiff_t)i * IG_NR;
+                IG_TILE(mr, nr, kc, Ag + (i / IG_MR) * blk + (ptrdiff_t)k0 * IG_MR, Bb, IG_NR,
+                        C, IG_NR, k0 > 0);
+                if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns);
+            }
+            k0 += IG_KC;
+        } while (k0 < K);
+    }
+}
+
+#undef IG_PACK
+#undef IG_RUN

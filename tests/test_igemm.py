@@ -1,0 +1,322 @@
+"""The implicit-GEMM convolution (engine/kernels/igemm.pyx, ukernels/igemm_driver.h) on
+every micro-kernel ISA, tested like the GEMM micro-kernels (test_ukernels.py): each
+piece over its edges against a plain float64 loop written from the layouts in the
+docstrings, never from the kernel's code:
+
+- the packed-A register tile (sgemm_<MR>x<NR>_pa__<isa>): every mr, n around the
+  vector width, k 0 .. past a cache line;
+- the weight packing Ap[G][ceil(Mg/MR)][K][MR] (tap-major K);
+- the B-panel gather: every column count 1..NR, row blocks crossing taps and the
+  K block, every padding side, strides, dilations, columns crossing output rows and
+  images, the 1x1 stride-1 flattened plane;
+- the driver: channel blocks around MR, columns around NR, K around KC, NaN-filled
+  outputs, relu, thread counts (results bitwise independent of the thread count);
+- the whole conv case table through ``algorithm="igemm"`` per ISA, and bad input.
+ISAs this CPU lacks are skipped with the reason (conftest.ISAS)."""
+import numpy as np
+import pytest
+
+import engine
+import engine.functional as F
+from engine import isa
+from engine import registry as algos
+from engine.kernels import _ukernels, igemm
+
+import reference as ref
+from cases import CONV_CASES, conv_inputs
+from conftest import ISAS
+
+pytestmark = pytest.mark.usefixtures("plans_off")
+
+TOL = algos.TOLERANCE[("igemm", "float32")]
+
+
+def level(name):
+    return isa.NAMES.index(name)
+
+
+def tile(name):
+    return isa.kernels(name)["sgemm_tile"]
+
+
+# ------------------------------------------------------------------ packed-A tile
+def plain_gemm(A, B, C0=None):
+    M, K = A.shape
+    C = np.zeros((M, B.shape[1])) if C0 is None else np.array(C0, np.float64)
+    for i in range(M):
+        for j in range(B.shape[1]):
+            s = 0.0
+            for p in range(K):
+                s += float(A[i, p]) * float(B[p, j])
+            C[i, j] += s
+    return C
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["beta0", "accumulate"])
+@pytest.mark.parametrize("name", ISAS)
+def test_packed_a_tile_every_mr_and_n_edge(name, accumulate):
+    MR, NR = tile(name)
+    rng = np.random.default_rng(7)
+    for mr in range(1, MR + 1):
+        for nr in sorted({1, 7, 8, 9, 15, 16, 17, NR - 1, NR} & set(range(1, NR + 1))):
+            for k in (0, 1, 5, 17):
+                A = rng.standard_normal((mr, k)).astype(np.float32)
+                # the panel: column i of Ap is row i of A; rows past mr hold garbage
+                Ap = np.full((k, MR), 1e30, np.float32)
+                Ap[:, :mr] = A.T
+                Bfull = rng.standard_normal((k, nr + 3)).astype(np.float32)
+                B = Bfull[:, :nr]
+                big = np.full((mr + 2, nr + 5), np.nan, np.float32)
+                C = big[1:1 + mr, 2:2 + nr]
+                C[...] = rng.standard_normal((mr, nr))
+                C0 = C.copy()
+                _ukernels.sgemm_tile_pa(level(name), Ap, B, C, accumulate)
+                expected = plain_gemm(A, B, C0 if accumulate else None)
+                assert np.abs(C - expected).max() <= 1e-5 * max(1, np.sqrt(k)) * (1 + np.abs(expected).max())
+                outside = np.ones(big.shape, bool)
+                outside[1:1 + mr, 2:2 + nr] = False
+                assert np.isnan(big[outside]).all(), "wrote outside the mr x nr block"
+
+
+def test_packed_a_tile_refuses_bad_shapes():
+    MR, NR = tile("baseline")
+    Ap = np.zeros((4, MR), np.float32)
+    with pytest.raises(ValueError, match="rows"):
+        _ukernels.sgemm_tile_pa(0, Ap, np.zeros((4, 2), np.float32), np.zeros((MR + 1, 2), np.float32))
+    with pytest.raises(ValueError, match="do not form"):
+        _ukernels.sgemm_tile_pa(0, np.zeros((4, MR + 1), np.float32), np.zeros((4, 2), np.float32),
+                                np.zeros((1, 2), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        _ukernels.sgemm_tile_pa(0, Ap.astype(np.float64), np.zeros((4, 2), np.float32),
+                                np.zeros((1, 2), np.float32))
+
+
+# ------------------------------------------------------------------ weight packing
+@pytest.mark.parametrize("mr", [1, 4, 6, 8])
+def test_pack_weight_layout(mr):
+    rng = np.random.default_rng(mr)
+    for M, Cg, kh, kw, G in [(5, 3, 3, 2, 1), (16, 2, 1, 1, 4), (9, 4, 5, 3, 3), (1, 1, 1, 1, 1)]:
+        w = rng.standard_normal((M * G, Cg, kh, kw)).astype(np.float32)
+        Ap = igemm.pack_weight(w, G, mr)
+        nb = -(-M // mr)
+        assert Ap.shape == (G, nb, Cg * kh * kw, mr) and Ap.flags.c_contiguous
+        for g in range(G):
+            for b in range(nb):
+                for i in range(kh):
+                    for j in range(kw):
+                        for ic in range(Cg):
+                            for r in range(mr):
+                                m = b * mr + r
+                                want = w[g * M + m, ic, i, j] if m < M else 0.0
+                                assert Ap[g, b, (i * kw + j) * Cg + ic, r] == want
+
+
+def test_packed_weights_follow_the_isa(use_isa):
+    """PackedWeights packs for each tile height on first use, from its own snapshot."""
+    w = np.random.default_rng(0).standard_normal((10, 3, 3, 3)).astype(np.float32)
+    pw = igemm.PackedWeights(w, 1, 0)
+    w[...] = 0                                    # the snapshot is not the caller's array
+    for name in isa.available():
+        mr = tile(name)[0]
+        assert pw.panels(mr).shape == (1, -(-10 // mr), 27, mr)
+        assert np.abs(pw.panels(mr)).sum() > 0
+
+
+# ------------------------------------------------------------------ B-panel gather
+def plain_col(x, C_out, OH, OW, kh, kw, s, pads, d, groups, g):
+    """col_g[(i*kw + j)*Cg + ic][n*OH*OW + oh*OW + ow], one element at a time."""
+    N, C, H, W = x.shape
+    Cg = C // groups
+    col = np.zeros((Cg * kh * kw, N * OH * OW))
+    for i in range(kh):
+        for j in range(kw):
+            for ic in range(Cg):
+                row = (i * kw + j) * Cg + ic
+                for n in range(N):
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            ih, iw = oh * s[0] - pads[0] + i * d[0], ow * s[1] - pads[1] + j * d[1]
+                            if 0 <= ih < H and 0 <= iw < W:
+                                col[row, (n * OH + oh) * OW + ow] = x[n, g * Cg + ic, ih, iw]
+    return col
+
+
+GATHER_GEOMETRIES = [
+    # (x shape, C_out, kernel, stride, (pad top, bottom, left, right), dilation, groups)
+    ((1, 3, 9, 11), 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ((2, 4, 5, 7), 4, (3, 2), (2, 3), (0, 2, 3, 0), (1, 2), 2),        # asymmetric pads
+    ((2, 2, 6, 6), 2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),        # 1x1: one flat row
+    ((3, 2, 7, 5), 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 2),        # 1x1 stride 2
+    ((1, 2, 4, 70), 2, (2, 5), (1, 3), (2, 1, 4, 4), (2, 2), 1),       # wide rows
+    ((2, 1, 3, 3), 1, (5, 5), (1, 1), (4, 4, 4, 4), (1, 1), 1),        # mostly padding
+    ((1, 20, 6, 5), 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),       # K = 180 > KC (AVX-512)
+    ((1, 2, 5, 81), 2, (3, 3), (2, 2), (1, 1, 1, 2), (1, 1), 1),       # stride-2 runs of 40
+    ((1, 1, 4, 67), 1, (1, 3), (1, 2), (0, 0, 0, 0), (1, 2), 1),       # ... reaching the end of x
+]
+
+
+def out_size(n, k, s, p0, p1, d):
+    return (n + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+@pytest.mark.parametrize("geom", GATHER_GEOMETRIES, ids=lambda g: "x{}k{}s{}".format(*[
+    "x".join(map(str, v)) for v in (g[0], g[2], g[3])]))
+@pytest.mark.parametrize("name", ISAS)
+def test_pack_panel_matches_plain_im2col(name, geom):
+    xs, M, (kh, kw), s, pads, d, G = geom
+    MR, NR = tile(name)
+    KC = isa.kernels(name)["igemm_kc"]
+    x = np.random.default_rng(1).standard_normal(xs).astype(np.float32)
+    N, C, H, W = xs
+    OH, OW = out_size(H, kh, s[0], pads[0], pads[1], d[0]), out_size(W, kw, s[1], pads[2], pads[3], d[1])
+    K = C // G * kh * kw
+    cols = N * OH * OW
+    for g in range(G):
+        col = plain_col(x, M, OH, OW, kh, kw, s, (pads[0], pads[2]), d, G, g)
+        k_blocks = sorted({(0, K), (0, 1), (K - 1, 1), (min(KC, K) - 1, min(2, K - min(KC, K) + 1)),
+                           (K // 2, K - K // 2), (0, min(K, KC))})
+        starts = sorted({0, 1, OW - 1, max(0, cols - NR), max(0, cols - 1), cols // 2})
+        for k0, kc in k_blocks:
+            for c0 in starts:
+                for nc in sorted({1, min(NR, cols - c0), min(NR, cols - c0, 9)}):
+                    if nc < 1:
+                        continue
+                    Bp = igemm.pack_panel(x, (N, M, OH, OW), kh, kw, s[0], s[1], pads[0], pads[2],
+                                          d[0], d[1], G, g, k0, kc, c0, nc, isa=level(name))
+                    assert Bp.shape == (kc, NR)
+                    np.testing.assert_array_equal(Bp[:, :nc], col[k0:k0 + kc, c0:c0 + nc].astype(np.float32))
+                    assert (Bp[:, nc:] == 0).all(), "columns past nc must be zero"
+
+
+def test_pack_panel_refuses_out_of_range():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        igemm.pack_panel(x, (1, 2, 4, 4), 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 10, 10, 0, 1, isa=0)
+    with pytest.raises(ValueError, match="out of range"):
+        igemm.pack_panel(x, (1, 2, 4, 4), 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 15, 5, isa=0)
+
+
+# ------------------------------------------------------------------ driver
+DRIVER_CASES = [
+    # (x shape, weight shape, stride, padding, dilation, groups)
+    ((1, 3, 9, 11), (5, 3, 3, 3), 1, 1, 1, 1),
+    ((2, 8, 13, 7), (16, 4, 3, 2), 2, 1, 1, 2),
+    ((1, 16, 8, 8), (20, 16, 1, 1), 1, 0, 1, 1),
+    ((3, 6, 10, 10), (9, 2, 5, 5), 2, 2, 2, 3),
+    ((1, 64, 7, 7), (64, 64, 1, 1), 2, 0, 1, 1),
+    ((4, 24, 7, 7), (49, 24, 1, 1), 1, 0, 1, 1),             # columns cross images
+    ((1, 15, 9, 9), (17, 15, 3, 3), 1, 1, 1, 1),             # K = 135 just past 128
+    ((1, 29, 6, 6), (7, 29, 3, 3), 1, 1, 1, 1),              # K = 261 just past 256
+    ((2, 4, 5, 70), (9, 4, 3, 7), 3, 4, 2, 1),
+    ((1, 32, 6, 6), (64, 4, 3, 3), 1, 1, 1, 8),              # 4 channels per group
+    ((1, 3, 1, 1), (2, 3, 1, 1), 1, 0, 1, 1),                # one pixel
+    ((2, 3, 11, 101), (10, 3, 7, 7), 2, 3, 1, 1),            # a stem: stride-2 runs of 51
+]
+
+
+def driver_run(xs, ws, s, p, d, g, name, threads, relu=False, m_block=0, bias=True):
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32) if bias else None
+    expected = ref.conv2d(x, w, b, stride=s, padding=p, dilation=d, groups=g)
+    if relu:
+        expected = np.maximum(expected, 0)
+    out = np.full(expected.shape, np.nan, np.float32)
+    igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, out, ws[2], ws[3], s, s, p, p,
+                       d, d, g, threads, relu, m_block, isa=level(name))
+    return out, expected
+
+
+@pytest.mark.parametrize("case", DRIVER_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
+@pytest.mark.parametrize("name", ISAS)
+def test_driver_against_reference_every_blocking(name, case):
+    MR, NR = tile(name)
+    outs = []
+    for threads, relu, m_block in [(1, False, 0), (2, False, 0), (3, True, 0), (2, False, MR),
+                                   (1, False, 2 * MR + 1), (5, False, 1)]:
+        out, expected = driver_run(*case, name, threads, relu, m_block)
+        assert not np.isnan(out).any(), f"{np.isnan(out).sum()} outputs never written"
+        ref.assert_close(out, expected, TOL, what=f"igemm/{name}")
+        if not relu:
+            outs.append(out)
+    for o in outs[1:]:
+        # the partition changes which thread computes a tile, never its arithmetic
+        np.testing.assert_array_equal(o, outs[0])
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_driver_without_bias_and_relu_keeps_nan(name):
+    x = np.random.default_rng(3).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    w = np.random.default_rng(4).standard_normal((3, 4, 3, 3)).astype(np.float32)
+    expected = ref.conv2d(x, w, None, padding=1)
+    out = np.full(expected.shape, -7.0, np.float32)
+    igemm.conv2d_igemm(x, igemm.PackedWeights(w, 1, level(name)), None, out, 3, 3, 1, 1, 1, 1, 1, 1, 1,
+                       2, True, isa=level(name))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))     # relu passes NaN
+    fin = np.isfinite(expected)
+    ref.assert_close(out[fin], np.maximum(expected[fin], 0), TOL)
+
+
+def test_driver_refuses_bad_input():
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    w = np.zeros((3, 4, 3, 3), np.float32)
+    out = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="packed weight has shape"):
+        igemm.conv2d_igemm(x, igemm.pack_weight(w, 1, 5), None, out, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1, isa=0)
+    with pytest.raises(ValueError, match="groups"):
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, 1, 0), None, out, 3, 3, 1, 1, 0, 0, 1, 1, 3, 1, isa=0)
+    with pytest.raises(ValueError, match="bias"):
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, 1, 0), np.zeros(2, np.float32), out, 3, 3, 1, 1, 0, 0,
+                           1, 1, 1, 1, isa=0)
+    with pytest.raises(ValueError, match="ISA"):
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, 1, 0), None, out, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1, isa=7)
+    with pytest.raises(ValueError, match="stride"):
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, 1, 0), None, out, 3, 3, 0, 1, 0, 0, 1, 1, 1, 1, isa=0)
+    with pytest.raises((ValueError, TypeError)):
+        igemm.conv2d_igemm(x.astype(np.float64), igemm.PackedWeights(w, 1, 0), None, out, 3, 3, 1, 1, 0, 0,
+                           1, 1, 1, 1, isa=0)
+    with pytest.raises(TypeError, match="float32"):
+        igemm.pack_weight(w.astype(np.float64), 1, 4)
+
+
+def test_blocking_keeps_threads_busy_at_batch_1():
+    """2 and 16 threads both get work on a deep 7x7 layer at batch 1 (few columns):
+    the channel blocks shrink until groups x blocks x panels >= threads."""
+    for threads in (2, 16):
+        for mr, nr in [(8, 48), (6, 16), (4, 16)]:
+            mb, nmb, panels = igemm.blocking(512, 2048, 1, 49, mr, nr, threads)
+            assert nmb * panels >= threads
+            assert mb % mr == 0 and mb * nmb >= 512 and mb * (nmb - 1) < 512
+
+
+# ------------------------------------------------------------------ through the API
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)
+def test_case_table_on_every_isa(case, name, use_isa):
+    """The whole conv case table through algorithm='igemm' on each ISA (float32), at
+    1 and 2 threads, with the same tolerance and the same results for both."""
+    use_isa(name)
+    x, w, b = conv_inputs(case, "float32")
+    expected = ref.conv2d(x, w, b, **case.kwargs)
+    outs = []
+    for threads in (1, 2):
+        engine.set_num_threads(threads)
+        out = F.conv2d(x, w, b, **case.kwargs, algorithm="igemm")
+        ref.assert_close(out, expected, TOL, what=f"igemm/{name}")
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_layer_caches_packed_weights_across_isas(use_isa):
+    """A Conv2d layer prepares igemm's weights once; switching the ISA repacks for the
+    new tile height and the result stays right."""
+    layer = engine.Conv2d(6, 10, 3, padding=1)
+    layer.algorithm = "igemm"
+    x = np.random.default_rng(2).standard_normal((2, 6, 9, 9)).astype(np.float32)
+    expected = ref.conv2d(x, layer.weight, layer.bias, padding=1)
+    for name in isa.available():
+        use_isa(name)
+        ref.assert_close(layer(x), expected, TOL, what=name)
+    assert engine.explain(layer, x.shape)["kernels"]["gemm"] == isa.kernels()["igemm"]
