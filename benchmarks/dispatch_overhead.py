@@ -7,7 +7,8 @@ itself costs little:
                   and the operator's array checks
     operator      the operator allocating its output
     choose        dispatch.choose(p) alone (plan look-up + heuristic), no plan / with a plan
-    layer         Conv2d(x): shape check, cached choice (plan generation), cached weights
+    layer         Conv2d(x): shape check, cached operator (plan generation check)
+    pool layer    MaxPool2d(2)(x): shape check, cached operator (no weights, no plan)
     functional    functional.conv2d(x, w, b): full validation + choose + weight prep
 
 and prints each, and layer - kernel and functional - kernel: the overhead a call pays.
@@ -41,6 +42,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     layer = engine.Conv2d(c, args.out_channels, 3, padding=1, seed=0)
+    pool = engine.MaxPool2d(2)
     wt, b = layer.weight, layer.bias
     p = F.conv_setup(x, wt, b, 1, 1, 1, 1, "zeros")[3]
     algo_name = dispatch.heuristic(p)[0]
@@ -55,6 +57,7 @@ def main(argv=None):
         "operator": lambda: op(x),
         "choose (no plan)": lambda: dispatch.choose(p, None, t),
         "layer (no plan)": lambda: layer(x),
+        "pool layer": lambda: pool(x),
         "functional (no plan)": lambda: F.conv2d(x, wt, b, padding=1),
     }
     stats = timing.measure(fns, reps=args.reps, min_sample_s=0.005, warmup=3)
