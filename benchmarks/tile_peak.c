@@ -1,0 +1,51 @@
+/* What one sgemm register tile reaches with its operands in L1 (the FMA peak the GEMM
+ * figures of bench_ukernels.py are compared with), one thread:
+ *
+ *   U=engine/kernels/ukernels
+ *   gcc -O3 -I$U -c $U/sgemm_avx512f.c -mavx512f -mavx2 -mfma -o /tmp/a.o
+ *   gcc -O3 -I$U -c $U/sgemm_avx2_fma.c -mavx2 -mfma -o /tmp/b.o
+ *   gcc -O3 -I$U benchmarks/tile_peak.c /tmp/a.o /tmp/b.o -o /tmp/tile_peak && /tmp/tile_peak
+ *
+ * (needs a CPU with AVX-512F; the AVX2 line alone runs anywhere with AVX2 + FMA if the
+ * AVX-512 call is removed). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "ukernels.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+typedef void (*tile_fn)(int, int, int, const float*, const float*, int, float*, int, int);
+
+static void run(const char* name, tile_fn f, int mr, int nr) {
+    const int K = 128;
+    float* A = aligned_alloc(64, sizeof(float) * K * mr);
+    float* B = aligned_alloc(64, sizeof(float) * K * nr);
+    float* C = aligned_alloc(64, sizeof(float) * 64 * 64);
+    for (int i = 0; i < K * mr; i++) A[i] = 1e-3f * (float)(i % 7);
+    for (int i = 0; i < K * nr; i++) B[i] = 1e-3f * (float)(i % 5);
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        long n = 0;
+        const double t0 = now();
+        while (now() - t0 < 0.3) {
+            for (int r = 0; r < 1000; r++) f(mr, nr, K, A, B, nr, C, nr, 0);
+            n += 1000;
+        }
+        const double gf = 2.0 * mr * nr * K * n / (now() - t0) / 1e9;
+        if (gf > best) best = gf;
+    }
+    printf("%-24s %6.1f GFLOP/s (best of 5)\n", name, best);
+    free(A); free(B); free(C);
+}
+
+int main(void) {
+    run("sgemm_8x48_pa__avx512f", sgemm_8x48_pa__avx512f, 8, 48);
+    run("sgemm_6x16_pa__avx2_fma", sgemm_6x16_pa__avx2_fma, 6, 16);
+    return 0;
+}
