@@ -204,11 +204,14 @@ def conv_layer_args(in_channels, out_channels, kernel_size, stride=1, padding=0,
                          dilation, int(groups), check_padding_mode(padding_mode, op), dtype)
 
 
-def conv_params(input_shape, weight_shape, stride, padding, dilation, groups, padding_mode, dtype):
+def conv_params(input_shape, weight_shape, stride, padding, dilation, groups, padding_mode, dtype,
+                *, pads=None):
     """Resolve and check a convolution against PyTorch's rules; returns ConvParams.
 
     ``input_shape`` is 4-D (N, C, H, W) (the caller has already added the batch axis to
-    unbatched input); ``weight_shape`` is (C_out, C_in/groups, kH, kW).
+    unbatched input); ``weight_shape`` is (C_out, C_in/groups, kH, kW). ``pads``, when
+    given, is the resolved (top, bottom, left, right) zero padding in place of
+    ``padding``: what nn.Conv2d cannot express (ONNX's asymmetric pads and auto_pad).
     """
     op = "conv2d"
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
@@ -234,7 +237,13 @@ def conv_params(input_shape, weight_shape, stride, padding, dilation, groups, pa
                          f"{c_per_group * groups} channels, but got {c_in} channels instead")
     if min(h, w) <= 0:
         raise ValueError(f"{op}: input of shape {tuple(input_shape)} has an empty spatial dimension")
-    pads = conv_padding(padding, (kh, kw), stride, dilation, op)
+    if pads is None:
+        pads = conv_padding(padding, (kh, kw), stride, dilation, op)
+    else:
+        if not isinstance(pads, (tuple, list)) or len(pads) != 4:
+            raise ValueError(f"{op}: pads must be (top, bottom, left, right), got {pads!r}")
+        pads = tuple(_as_int(v, "pads", op) for v in pads)
+        _non_negative(pads, "pads", op)
     if padding_mode in ("reflect", "circular"):
         # PyTorch's F.pad: reflect needs pad < size, circular pad <= size.
         for before, after, size, axis in ((pads[0], pads[1], h, "height"), (pads[2], pads[3], w, "width")):

@@ -85,6 +85,9 @@ CONV_CASES = {
     "same_lower_s2": dict(w=(4, 3, 4, 3), x=(1, 3, 8, 9), attrs=dict(auto_pad="SAME_LOWER", strides=[2, 2])),
     "same_lower_s1_even": dict(w=(4, 3, 2, 2), x=(1, 3, 7, 7), attrs=dict(auto_pad="SAME_LOWER")),
     "valid": dict(w=(4, 3, 3, 3), x=(1, 3, 7, 7), attrs=dict(auto_pad="VALID", strides=[2, 2])),
+    # inputs smaller than the kernel, which only the (asymmetric / SAME) padding lets fit
+    "same_upper_input_below_kernel": dict(w=(4, 3, 3, 3), x=(1, 3, 2, 2), attrs=dict(auto_pad="SAME_UPPER")),
+    "asymmetric_pads_input_below_kernel": dict(w=(4, 3, 3, 3), x=(1, 3, 1, 2), attrs=dict(pads=[2, 1, 0, 1])),
 }
 
 

@@ -216,3 +216,18 @@ def test_bench_layers_runs_asymmetric_padding(rng):
     assert set(runners) >= {"direct", "im2col", "default"}
     for name, run in runners.items():
         ref.assert_close(run(), want, 1e-5, what=name)
+
+
+def test_resolved_pads_replace_padding(rng):
+    """shapes.conv_params(pads=...) takes the (top, bottom, left, right) padding that
+    nn.Conv2d cannot express (ONNX's asymmetric pads), checks it, and the output size
+    counts it: a 2x3 input is smaller than the 3x3 kernel until padded."""
+    x = rng.standard_normal((1, 2, 2, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    p = shapes.conv_params(x.shape, w.shape, 1, 0, 1, 1, "zeros", "float32", pads=(2, 0, 1, 1))
+    assert p.pads == (2, 0, 1, 1) and p.output_shape == (1, 3, 2, 3)
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 0), (1, 1)))
+    ref.assert_close(operator.ConvOperator(p, "direct", w)(x), ref.conv2d(padded, w), 1e-5)
+    for bad in ((1, 1), (1, -1, 0, 0), (1, 1.5, 0, 0)):
+        with pytest.raises((ValueError, TypeError), match="pads"):
+            shapes.conv_params(x.shape, w.shape, 1, 0, 1, 1, "zeros", "float32", pads=bad)

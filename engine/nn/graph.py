@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from .. import shapes as _shapes
-from .layers import BatchNorm2d, Conv2d, MaxPool2d
+from .layers import BatchNorm2d, Conv2d
 from .module import Module
 
 # Input shapes whose specialised plans a graph keeps (least recently used dropped).
@@ -109,15 +109,10 @@ class PaddedConv2d(Conv2d):
         self.pads, self.auto_pad = tuple(int(p) for p in pads), auto_pad
 
     def op_params(self, input_shape, dtype=None):
-        p = _shapes.conv_params(input_shape, self._weight.shape, self.stride, 0, self.dilation,
-                                self.groups, self.padding_mode, str(self.dtype))
         pads = self.pads if self.auto_pad == "NOTSET" else resolve_pads(
             self.auto_pad, None, input_shape[2:], self.kernel_size, self.stride, self.dilation)
-        p = dataclasses.replace(p, pads=pads)
-        if p.out_h < 1 or p.out_w < 1:
-            raise ValueError(f"conv2d: input of shape {tuple(input_shape)} padded by {pads} is "
-                             f"smaller than the (dilated) kernel {self.kernel_size}")
-        return p
+        return _shapes.conv_params(input_shape, self._weight.shape, self.stride, 0, self.dilation,
+                                   self.groups, self.padding_mode, str(self.dtype), pads=pads)
 
     def extra_repr(self):
         rule = self.auto_pad if self.auto_pad != "NOTSET" else f"pads={self.pads}"
@@ -168,11 +163,7 @@ def _pool_shape(node, layer, x):
     shape, dtype = x
     if len(shape) != 4:
         raise GraphError(f"{node.where()}: expected a 4-D (N, C, H, W) input, got shape {shape}")
-    shape = _pre_pad_shape(node, shape)
-    op_name = "max_pool2d" if isinstance(layer, MaxPool2d) else "avg_pool2d"
-    p = _shapes.pool_params(op_name, shape, layer.kernel_size, layer.stride, layer.padding,
-                            getattr(layer, "dilation", 1), layer.ceil_mode, str(dtype))
-    return p.output_shape, dtype
+    return layer.op_params(_pre_pad_shape(node, shape), dtype).output_shape, dtype
 
 
 def _pool_pads(node, hw):
