@@ -20,6 +20,7 @@ import struct
 import numpy as np
 
 from engine import shapes
+from tuner.onnx_cli import ort_session
 
 
 def _conv_fields(p):
@@ -29,9 +30,8 @@ def _conv_fields(p):
 
 def ort_runner(shape, x, w, b, threads):
     try:
-        import onnx
         from onnx import TensorProto, helper, numpy_helper
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (ort_session returns None without it)
     except ImportError:
         return None, "onnxruntime/onnx not installed (pip install onnxruntime onnx)"
     p = shape.params
@@ -62,16 +62,7 @@ def ort_runner(shape, x, w, b, threads):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads spin between calls by default; in an interleaved benchmark they
-    # would steal the cores from whatever runs next (measured: 2x on a 0.1 ms layer)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model.SerializeToString(), threads)
     feed = {"x": x}
     return (lambda: sess.run(None, feed)[0]), None
 

@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import engine  # noqa: E402
 from engine.nn import fx_trace  # noqa: E402
+from tuner import timing  # noqa: E402
+from tuner.onnx_cli import ort_session  # noqa: E402
 
 MODELS = ["resnet18", "resnet50", "vgg16_bn", "resnext50_32x4d", "wide_resnet50_2",
           "mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "densenet121",
@@ -95,28 +97,10 @@ def accuracy(args):
                       flush=True)
 
 
-def interleaved_ms(fns, reps):
-    """{name: median ms} timing the callables in turn, rep after rep, so that a load
-    change on a shared machine hits them all alike."""
-    for fn in fns.values():
-        fn()
-    times = {n: [] for n in fns}
-    for _ in range(reps):
-        for n, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[n].append(time.perf_counter() - t)
-    return {n: float(np.median(v)) * 1e3 for n, v in times.items()}
-
-
 def latency(args):
     import torch
     torch.set_num_threads(args.threads)
     engine.set_num_threads(args.threads)
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        ort = None
     print(f"batch 1, 224x224, {args.threads} threads, median of {args.reps} interleaved runs; "
           f"plan: {os.environ.get('CONVTUNE_PLAN', 'default')}")
     print(f"{'model':<16} {'torch ms':>9} {'ORT ms':>8} {'convtune ms':>11} {'torch/ct':>8} {'ORT/ct':>7}")
@@ -130,15 +114,14 @@ def latency(args):
             with torch.no_grad():
                 m(xt)
         fns = {"torch": run_torch, "convtune": lambda: graph(x)}
-        if ort is not None:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-            s = ort.InferenceSession(onnx_graph(m, 224), opts, providers=["CPUExecutionProvider"])
+        s = ort_session(onnx_graph(m, 224), args.threads)
+        if s is not None:
             fns["ort"] = lambda: s.run(None, {"x": x})
         if name == "resnet18":      # the same layers under the hand-written forward
             hand = engine.fuse(engine.from_torch(m))
             fns["hand"] = lambda: hand(x)
-        t = interleaved_ms(fns, args.reps)
+        t = {n: st.median * 1e3 for n, st in
+             timing.measure(fns, reps=args.reps, min_sample_s=0.0, warmup=1).items()}
         ct = t["convtune"]
         ort_txt = f"{t['ort']:>8.1f}" if "ort" in t else f"{'-':>8}"
         ratio = f"{t['ort'] / ct:>7.2f}" if "ort" in t else f"{'-':>7}"
