@@ -30,6 +30,16 @@ def inputs(size, batch):
     return np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
+def assert_graph_matches(g, m, size):
+    """``g`` and its fused copy compute what torch module ``m`` does, at batch 1 and 2."""
+    fused = engine.fuse(g)
+    for batch in (1, 2):
+        x = inputs(size, batch)
+        ref = torch_out(m, x)
+        assert_close(g(x), ref)
+        assert_close(fused(x), ref)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fx_conversion_matches_torch(name):
     m, size = build(name)
@@ -37,12 +47,7 @@ def test_fx_conversion_matches_torch(name):
     assert isinstance(g, Graph)
     # The layers sit at PyTorch's module paths: the same state_dict keys.
     assert list(g.state_dict()) == list(m.state_dict())
-    fused = engine.fuse(g)
-    for batch in (1, 2):
-        x = inputs(size, batch)
-        ref = torch_out(m, x)
-        assert_close(g(x), ref)
-        assert_close(fused(x), ref)
+    assert_graph_matches(g, m, size)
 
 
 def test_uneven_adaptive_pool():
@@ -81,12 +86,7 @@ def test_onnx_export_matches_torch(name, tmp_path):
     torch.onnx.export(m, (torch.from_numpy(x1),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     g = engine.from_onnx(str(path))
-    fused = engine.fuse(g)
-    for batch in (1, 2):
-        x = inputs(size, batch)
-        ref = torch_out(m, x)
-        assert_close(g(x), ref)
-        assert_close(fused(x), ref)
+    assert_graph_matches(g, m, size)
 
 
 def test_class_matched_path_is_kept():
