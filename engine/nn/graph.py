@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from .. import shapes as _shapes
+from .._lru import LRU
 from .layers import BatchNorm2d, Conv2d
 from .module import Module
 
@@ -707,7 +708,7 @@ class Graph(Module):
         self.nodes = list(nodes)
         self.constants = dict(constants or {})
         self.params = [p for p in params if p in self.constants]
-        self._plans = {}
+        self._plans = LRU(PLAN_CACHE_SIZE)
         for path, layer in (layers or {}).items():
             self._add_layer(path, layer)
         self._check()
@@ -765,7 +766,7 @@ class Graph(Module):
 
     def _load_own(self, name, value):
         self.constants[name] = value
-        self._plans = {}          # folded constants may derive from it
+        self._plans.clear()       # folded constants may derive from it
 
     # -------------------------------------------------------------- specialising
     def _input_arrays(self, xs):
@@ -794,9 +795,12 @@ class Graph(Module):
         plan = self._plans.get(key)
         if plan is None:
             plan = self._specialise(key)
-            if len(self._plans) >= PLAN_CACHE_SIZE:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
+            self._plans[key] = plan          # the LRU drops the least recently used
+        elif len(self._plans) > 1:
+            try:
+                self._plans.move_to_end(key)     # a hit is recent
+            except KeyError:                     # evicted meanwhile by another thread
+                pass
         return plan
 
     def _specialise(self, shapes):
@@ -1021,7 +1025,7 @@ def fuse_graph(graph):
             graph.nodes.remove(node)
             changed = True
             break
-    graph._plans = {}
+    graph._plans.clear()
     graph._check()
     return graph
 
