@@ -90,9 +90,15 @@ class Algorithm:
                                  f"tunable: {self.tunables or 'none'}")
         return dict(params)
 
-    def param_variants(self):
-        """The params the exhaustive tuner tries: automatic ({}) and each tunable value."""
-        return [{}] + [{k: v} for k, values in self.tunables.items() for v in values]
+    def param_variants(self, p=None):
+        """The params the exhaustive tuner tries for ``p``: automatic ({}) and each
+        tunable value (those ``variant_applies`` to ``p``)."""
+        return [{}] + [{k: v} for k, values in self.tunables.items() for v in values
+                       if p is None or self.variant_applies(k, v, p)]
+
+    def variant_applies(self, name, value, p):
+        """Whether tunable ``name`` = ``value`` can run ``p`` (all can, by default)."""
+        return True
 
     def run(self, x, prepared_weight, bias, out, p, num_threads, relu=False, params=None):
         raise NotImplementedError
@@ -172,8 +178,9 @@ class Igemm(Algorithm):
     runs im2col's BLAS path (needs_blas)."""
     name = "igemm"
     # Output channels per block (automatic: as many as keep the block's weights in L2,
-    # fewer when the threads would otherwise idle).
-    tunables = {"m_block": [16, 48, 96, 256]}
+    # fewer when the threads would otherwise idle); how B panels are made (automatic:
+    # igemm.auto_panels; "padded" only for stride 1).
+    tunables = {"m_block": [16, 48, 96, 256], "panels": ["gather", "padded"]}
 
     def why_not(self, p):
         # the kernel's sizes and plane offsets are 32-bit ints (as im2col's BLAS calls)
@@ -189,6 +196,14 @@ class Igemm(Algorithm):
                 return f"igemm's sizes are 32-bit: {what} = {value} is too large"
         return None
 
+    def variant_applies(self, name, value, p):
+        return not (name == "panels" and value == "padded" and self._padded_why_not(p))
+
+    @staticmethod
+    def _padded_why_not(p):
+        return _igemm.padded_applies(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
+                                     p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
+
     def prepare_weight(self, weight, p):
         if p.dtype != "float32":
             return weight
@@ -201,7 +216,9 @@ class Igemm(Algorithm):
         if p.dtype != "float32":
             return {"kernel": "conv2d_im2col", "gemm": "BLAS dgemm"}
         uk = _isa.kernels()
-        return {"kernel": "conv2d_igemm", "isa": uk["isa"], "gemm": uk["igemm"]}
+        panels = _igemm.auto_panels(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
+                                    p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
+        return {"kernel": "conv2d_igemm", "isa": uk["isa"], "gemm": uk["igemm"], "panels": panels}
 
     def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
@@ -338,7 +355,7 @@ def candidates(p, exhaustive=False):
     algorithm with automatic params ({}), and with ``exhaustive`` every value of each
     of its tunable parameters too (``Algorithm.param_variants``)."""
     return [(name, params) for name in applicable(p)
-            for params in (REGISTRY[name].param_variants() if exhaustive else [{}])]
+            for params in (REGISTRY[name].param_variants(p) if exhaustive else [{}])]
 
 
 def tolerance(name, dtype):

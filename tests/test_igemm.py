@@ -78,6 +78,51 @@ def test_packed_a_tile_every_mr_and_n_edge(name, accumulate):
                 assert np.isnan(big[outside]).all(), "wrote outside the mr x nr block"
 
 
+@pytest.mark.parametrize("accumulate", [False, True], ids=["beta0", "accumulate"])
+@pytest.mark.parametrize("name", ISAS)
+def test_indirect_b_tile_every_mr_and_n_edge(name, accumulate):
+    """sgemm_<MR>x<NR>_pa_ib__<isa>: B row p is B[boff[p] : boff[p] + n], rows at any
+    offsets (unaligned, overlapping, repeated, in any order), read up to B's last float."""
+    MR, NR = tile(name)
+    rng = np.random.default_rng(11)
+    for mr in range(1, MR + 1):
+        for nr in sorted({1, 7, 8, 9, 15, 16, 17, NR - 1, NR} & set(range(1, NR + 1))):
+            for k in (0, 1, 5, 17, 130):
+                A = rng.standard_normal((mr, k)).astype(np.float32)
+                Ap = np.full((k, MR), 1e30, np.float32)
+                Ap[:, :mr] = A.T
+                Bflat = rng.standard_normal(3 * NR + 7).astype(np.float32)
+                boff = rng.integers(0, Bflat.size - nr + 1, size=k).astype(np.intc)
+                if k:
+                    boff[-1] = Bflat.size - nr          # a row ending at B's last float
+                Bk = np.array([Bflat[o:o + nr] for o in boff], np.float32).reshape(k, nr)
+                big = np.full((mr + 2, nr + 5), np.nan, np.float32)
+                C = big[1:1 + mr, 2:2 + nr]
+                C[...] = rng.standard_normal((mr, nr))
+                C0 = C.copy()
+                _ukernels.sgemm_tile_pa_ib(level(name), Ap, Bflat, boff, C, accumulate)
+                expected = plain_gemm(A, Bk, C0 if accumulate else None)
+                assert np.abs(C - expected).max() <= 1e-5 * max(1, np.sqrt(k)) * (1 + np.abs(expected).max())
+                outside = np.ones(big.shape, bool)
+                outside[1:1 + mr, 2:2 + nr] = False
+                assert np.isnan(big[outside]).all(), "wrote outside the mr x nr block"
+
+
+def test_indirect_b_tile_refuses_rows_outside_b():
+    MR, NR = tile("baseline")
+    Ap = np.zeros((2, MR), np.float32)
+    B = np.zeros(20, np.float32)
+    C = np.zeros((1, 8), np.float32)
+    with pytest.raises(ValueError, match="inside B"):
+        _ukernels.sgemm_tile_pa_ib(0, Ap, B, np.array([0, 13], np.intc), C)
+    with pytest.raises(ValueError, match="inside B"):
+        _ukernels.sgemm_tile_pa_ib(0, Ap, B, np.array([-1, 0], np.intc), C)
+    with pytest.raises(TypeError, match="int"):
+        _ukernels.sgemm_tile_pa_ib(0, Ap, B, np.array([0, 1], np.int64), C)
+    with pytest.raises(ValueError, match=r"\[K\]"):
+        _ukernels.sgemm_tile_pa_ib(0, Ap, B, np.array([0], np.intc), C)
+
+
 def test_packed_a_tile_refuses_bad_shapes():
     MR, NR = tile("baseline")
     Ap = np.zeros((4, MR), np.float32)
@@ -214,7 +259,7 @@ DRIVER_CASES = [
 ]
 
 
-def driver_run(xs, ws, s, p, d, g, name, threads, relu=False, m_block=0, bias=True):
+def driver_run(xs, ws, s, p, d, g, name, threads, relu=False, m_block=0, bias=True, panels="auto"):
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
@@ -224,18 +269,23 @@ def driver_run(xs, ws, s, p, d, g, name, threads, relu=False, m_block=0, bias=Tr
         expected = np.maximum(expected, 0)
     out = np.full(expected.shape, np.nan, np.float32)
     igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, out, ws[2], ws[3], s, s, p, p,
-                       d, d, g, threads, relu, m_block, isa=level(name))
+                       d, d, g, threads, relu, m_block, isa=level(name), panels=panels)
     return out, expected
 
 
+@pytest.mark.parametrize("panels", ["gather", "padded"])
 @pytest.mark.parametrize("case", DRIVER_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
 @pytest.mark.parametrize("name", ISAS)
-def test_driver_against_reference_every_blocking(name, case):
+def test_driver_against_reference_every_blocking(name, case, panels):
+    """Both ways of making B panels (the padded mode on the stride-1 cases), every
+    channel blocking, thread counts, relu; results independent of the partition."""
     MR, NR = tile(name)
+    if panels == "padded" and case[2] != 1:
+        pytest.skip("the padded mode is for stride 1 (test_padded_mode_refuses_strides)")
     outs = []
     for threads, relu, m_block in [(1, False, 0), (2, False, 0), (3, True, 0), (2, False, MR),
                                    (1, False, 2 * MR + 1), (5, False, 1)]:
-        out, expected = driver_run(*case, name, threads, relu, m_block)
+        out, expected = driver_run(*case, name, threads, relu, m_block, panels=panels)
         assert not np.isnan(out).any(), f"{np.isnan(out).sum()} outputs never written"
         ref.assert_close(out, expected, TOL, what=f"igemm/{name}")
         if not relu:
@@ -243,6 +293,69 @@ def test_driver_against_reference_every_blocking(name, case):
     for o in outs[1:]:
         # the partition changes which thread computes a tile, never its arithmetic
         np.testing.assert_array_equal(o, outs[0])
+
+
+# stride-1 layers for the padded mode's own edges: (x shape, weight shape, (pt, pb),
+# (pl, pr), dilation, groups)
+PADDED_CASES = [
+    ((1, 3, 30, 30), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),   # 32x32 padded: 4 KiB planes
+    ((2, 16, 62, 62), (8, 8, 3, 3), (1, 1), (1, 1), (1, 1), 2), # 64x64 padded, two images
+    ((1, 4, 9, 11), (6, 4, 3, 5), (2, 0), (0, 3), (1, 1), 1),    # asymmetric pads
+    ((1, 4, 5, 6), (7, 4, 4, 3), (0, 0), (0, 0), (1, 1), 1),     # no padding: x read as is
+    ((1, 2, 2, 3), (3, 2, 5, 5), (2, 2), (2, 2), (1, 1), 1),     # kernel larger than the image
+    ((1, 6, 7, 8), (4, 3, 1, 1), (1, 2), (2, 0), (1, 1), 2),     # padded 1x1
+    ((1, 5, 12, 9), (4, 5, 3, 3), (2, 2), (4, 4), (1, 2), 1),    # rectangular dilation
+    ((1, 3, 17, 1), (4, 3, 3, 1), (1, 1), (0, 0), (1, 1), 1),    # one column: a run per row
+    ((3, 8, 4, 4), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8),    # depthwise, panel = 2.5 images
+    ((1, 40, 7, 7), (10, 40, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # K = 360: three K blocks
+    ((1, 6, 20, 20), (5, 6, 3, 3), (2, 2), (2, 2), (2, 2), 1),   # dilated
+]
+
+
+@pytest.mark.parametrize("case", PADDED_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
+@pytest.mark.parametrize("name", ISAS)
+def test_padded_mode_edges(name, case):
+    """The padded mode against the float64 reference: plane sizes that alias in L1,
+    every asymmetric pad, kernels past the image, panels crossing rows and images."""
+    xs, ws, (pt, pb), (pl, pr), (dh, dw), g = case
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    expected = ref.conv2d(xpad, w, b, dilation=(dh, dw), groups=g)
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.full(expected.shape, np.nan, np.float32)
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, out, ws[2], ws[3], 1, 1,
+                           pt, pl, dh, dw, g, threads, isa=level(name), panels="padded")
+        ref.assert_close(out, expected, TOL, what=f"igemm padded/{name}")
+        outs.append(out)
+    gathered = np.full(expected.shape, np.nan, np.float32)
+    igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, gathered, ws[2], ws[3], 1, 1,
+                       pt, pl, dh, dw, g, 2, isa=level(name), panels="gather")
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    # the same products in the same order: only where B comes from differs
+    np.testing.assert_array_equal(outs[0], gathered)
+
+
+def test_padded_mode_refuses_strides_and_bad_names():
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    w = igemm.PackedWeights(np.zeros((3, 4, 3, 3), np.float32), 1, 0)
+    with pytest.raises(ValueError, match="stride 1"):
+        igemm.conv2d_igemm(x, w, None, np.zeros((1, 3, 3, 3), np.float32), 3, 3, 2, 2, 1, 1, 1, 1, 1,
+                           1, isa=0, panels="padded")
+    with pytest.raises(ValueError, match="panels must be one of"):
+        igemm.conv2d_igemm(x, w, None, np.zeros((1, 3, 4, 4), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 1,
+                           1, isa=0, panels="rows")
+    assert igemm.auto_panels(1, 1, 8, 28, 28, 3, 3, 1, 1) == "padded"
+    assert igemm.auto_panels(2, 2, 8, 28, 28, 3, 3, 1, 1) == "gather"
+    assert igemm.auto_panels(1, 1, 8, 28, 28, 1, 1, 1, 1) == "gather"
+    assert igemm.auto_panels(1, 1, 8, 28, 28, 3, 3, 2, 2) == "gather"
+    # a group's planes past the 32-bit offsets: auto gathers, forcing it is refused
+    assert igemm.padded_applies(1, 1, 2 ** 20, 60, 60, 3, 3, 1, 1) is not None
+    assert igemm.auto_panels(1, 1, 2 ** 20, 60, 60, 3, 3, 1, 1) == "gather"
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -320,3 +433,23 @@ def test_layer_caches_packed_weights_across_isas(use_isa):
         use_isa(name)
         ref.assert_close(layer(x), expected, TOL, what=name)
     assert engine.explain(layer, x.shape)["kernels"]["gemm"] == isa.kernels()["igemm"]
+
+
+def test_tuner_tries_the_padded_mode_only_where_it_runs():
+    """The exhaustive candidates hold panels='padded' for stride-1 layers only, and a
+    plan's padded entry runs and matches the reference."""
+    from engine import shapes
+    x = np.random.default_rng(5).standard_normal((1, 8, 10, 10)).astype(np.float32)
+    w = np.random.default_rng(6).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    for stride, expect_padded in ((1, True), (2, False)):
+        p = shapes.conv_params(x.shape, w.shape, stride, 1, 1, 1, "zeros", "float32")
+        tried = [params for name, params in algos.candidates(p, exhaustive=True) if name == "igemm"]
+        assert {"panels": "gather"} in tried
+        assert ({"panels": "padded"} in tried) == expect_padded
+    expected = ref.conv2d(x, w, None, padding=1)
+    for panels in ("gather", "padded"):
+        out = engine.operator.ConvOperator(shapes.conv_params(x.shape, w.shape, 1, 1, 1, 1, "zeros", "float32"),
+                                           engine.dispatch.Choice("igemm", "test", "forced",
+                                                                  {"panels": panels}),
+                                           w, None)(x)
+        ref.assert_close(out, expected, TOL)

@@ -13,6 +13,8 @@ cdef extern from "ukernels/ukernels.h" nogil:
                                       const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,
                                          int ldb, float* C, int ldc, int acc) noexcept nogil
+    ctypedef void (*uk_sgemm_tile_pa_ib_fn)(int mr, int nr, int k, const float* Ap, const float* B,
+                                            const int* boff, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_sgemm_fn)(int M, int N, int K, const float* A, int lda,
                                  const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_wg_input_fn)(const float* x, Py_ssize_t img_stride, const int* tn,
@@ -29,10 +31,13 @@ cdef extern from "ukernels/ukernels.h" nogil:
         int N, C, H, W, M, OH, OW
         int kh, kw, sh, sw, pt, pl, dh, dw
         int G, Cg, Mg, K, relu
+        Py_ssize_t plane
     ctypedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, Py_ssize_t c0,
                                       int nc, float* Bp) noexcept nogil
     ctypedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, Py_ssize_t c0,
                                  Py_ssize_t nc, float* Bb, float* Cb) noexcept nogil
+    ctypedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
+                                        int nq, const int* boff, float* Cb) noexcept nogil
     ctypedef struct uk_kernels_t:
         const char* isa
         int sgemm_mr
@@ -41,6 +46,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         uk_sgemm_tile_fn sgemm_tile
         uk_sgemm_fn sgemm
         uk_sgemm_tile_pa_fn sgemm_tile_pa
+        uk_sgemm_tile_pa_ib_fn sgemm_tile_pa_ib
         const char* wg_name
         uk_wg_input_fn wg_input[3]
         uk_wg_output_fn wg_output[3]
@@ -48,6 +54,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         int igemm_kc
         uk_igemm_pack_fn igemm_pack
         uk_igemm_fn igemm
+        uk_igemm_padded_fn igemm_padded
 
     int uk_cpu_isa() noexcept
     const uk_kernels_t* uk_kernels(int isa) noexcept

@@ -101,6 +101,38 @@ def sgemm_tile_pa(int isa, Ap, B, C, bint accumulate=False):
     return C
 
 
+def sgemm_tile_pa_ib(int isa, Ap, B, boff, C, bint accumulate=False):
+    """C = A @ Bk (+ C when ``accumulate``) on ISA ``isa``'s packed-A tile with indirect
+    B (sgemm_<MR>x<NR>_pa_ib__<isa>), in place: Ap[K][MR] as for sgemm_tile_pa, B a
+    1-D float32 array, boff[K] int32 with Bk[p][j] = B[boff[p] + j] (each row inside B),
+    C[M][N] with 1 <= M <= MR, 1 <= N <= NR (rows contiguous, any row stride)."""
+    cdef const uk_kernels_t* t = _table(isa)
+    cdef float[:, :] c = _rows(C, "C", writeable=True)
+    for name, arr, dtype, ndim in (("Ap", Ap, np.float32, 2), ("B", B, np.float32, 1),
+                                   ("boff", boff, np.intc, 1)):
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim \
+                or not arr.flags.c_contiguous:
+            raise TypeError(f"sgemm_tile_pa_ib: {name} must be a C-contiguous {ndim}-D "
+                            f"{np.dtype(dtype).name} ndarray")
+    cdef const float[:, ::1] a = Ap
+    cdef const float[::1] b = B
+    cdef const int[::1] off = boff
+    cdef int M = c.shape[0], N = c.shape[1], K = a.shape[0]
+    if a.shape[1] != t.sgemm_mr or off.shape[0] != K:
+        raise ValueError(f"sgemm_tile_pa_ib: Ap{tuple(Ap.shape)} and boff{tuple(boff.shape)} must be "
+                         f"[K][{t.sgemm_mr}] and [K]")
+    if not (1 <= M <= t.sgemm_mr and 1 <= N <= t.sgemm_nr):
+        raise ValueError(f"sgemm_tile_pa_ib takes 1..{t.sgemm_mr} rows and 1..{t.sgemm_nr} columns, got {M}x{N}")
+    if K and (boff.min() < 0 or boff.max() + N > B.shape[0]):
+        raise ValueError("sgemm_tile_pa_ib: every B row boff[p] .. boff[p] + N must lie inside B")
+    cdef const float* pa = &a[0, 0] if K > 0 else NULL
+    cdef const float* pb = &b[0] if K > 0 else NULL
+    cdef const int* po = &off[0] if K > 0 else NULL
+    with nogil:
+        t.sgemm_tile_pa_ib(M, N, K, pa, pb, po, &c[0, 0], c.strides[0] // 4, accumulate)
+    return C
+
+
 def _rows(arr, name, writeable=False):
     if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 2:
         raise TypeError(f"sgemm: {name} must be a 2-D float32 ndarray")

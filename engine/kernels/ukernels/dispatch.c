@@ -14,11 +14,12 @@ UK_API int uk_cpu_isa(void) {
 
 #define UK_TABLE(ISA, SUFFIX, MR, NR)                                                       \
     {ISA, MR, NR, "sgemm_" #MR "x" #NR "__" #SUFFIX, sgemm_##MR##x##NR##__##SUFFIX,         \
-     sgemm__##SUFFIX, sgemm_##MR##x##NR##_pa__##SUFFIX,                                     \
+     sgemm__##SUFFIX, sgemm_##MR##x##NR##_pa__##SUFFIX, sgemm_##MR##x##NR##_pa_ib__##SUFFIX, \
      "winograd_f{m}x3_{input,output}__" #SUFFIX,                                            \
      {winograd_f2x3_input__##SUFFIX, winograd_f4x3_input__##SUFFIX, winograd_f6x3_input__##SUFFIX}, \
      {winograd_f2x3_output__##SUFFIX, winograd_f4x3_output__##SUFFIX, winograd_f6x3_output__##SUFFIX}, \
-     "igemm_" #MR "x" #NR "__" #SUFFIX, UK_KC_##SUFFIX, igemm_pack__##SUFFIX, igemm__##SUFFIX}
+     "igemm_" #MR "x" #NR "__" #SUFFIX, UK_KC_##SUFFIX, igemm_pack__##SUFFIX, igemm__##SUFFIX, \
+     igemm_padded__##SUFFIX}
 
 static const uk_kernels_t tables[UK_ISA_COUNT] = {
     UK_TABLE("baseline", scalar, 4, 16),

@@ -3,8 +3,10 @@
  * Included by each sgemm_<isa>.c after its tile function, with
  *     IG_SUFFIX  the ISA suffix (avx512f, avx2_fma, scalar)
  *     IG_TILE    that file's packed-A sgemm tile (uk_sgemm_tile_pa_fn, ukernels.h)
+ *     IG_TILE_IB the same tile reading B indirectly (uk_sgemm_tile_pa_ib_fn)
  *     IG_MR, IG_NR, IG_KC   its register tile and K block (the sgemm driver's)
- * and defines igemm_pack__<suffix> and igemm__<suffix> (uk_igemm_pack_fn, uk_igemm_fn).
+ * and defines igemm_pack__<suffix>, igemm__<suffix> and igemm_padded__<suffix>
+ * (uk_igemm_pack_fn, uk_igemm_fn, uk_igemm_padded_fn).
  * Compiled with the ISA's own flags, so the gathers and the epilogue vectorise for it.
  *
  * The convolution (uk_conv_t, ukernels.h: x[N][C][H][W], out[N][M][OH][OW], G groups of
@@ -41,6 +43,22 @@
  * slower, the tile stalling on rows more than 2 KiB apart that no prefetcher follows
  * (AVX2, ResNet-50 512->128 at 28x28: 35% of the cycles on the first B load).
  * Workspace (the caller's, per thread): Bb[IG_KC * IG_NR] and Cb[mb * IG_NR] floats.
+ *
+ * Padded mode (igemm_padded__<suffix>, stride 1 only): no gather at all. The caller
+ * zero-pads x once per call into planes of H x W (H = OH + (kh-1)*dh, W = OW +
+ * (kw-1)*dw; cv then has pt = pl = 0) that lie cv->plane >= H*W floats apart,
+ * xp[(n*C + c)*plane + h*W + w], and numbers an image's columns by their flat
+ * position q = oh*W + ow in the padded plane, so that for every tap and input channel
+ *
+ *     col_g[k][q] = xp[(n*C + g*Cg)*plane + q + boff[k]],  boff[k] = ic*plane + i*dh*W + j*dw
+ *                                                          (k = (i*kw + j)*Cg + ic)
+ *
+ * and the B rows of NR consecutive columns are nr floats of xp read in place by the
+ * indirect tile IG_TILE_IB (B row p at B + boff[p]). Positions with ow >= OW (the
+ * padded row's tail, (W - OW)/W of the columns) are computed and dropped by the
+ * epilogue. It pays one copy of the input instead of a gather per channel block, and
+ * its B rows come from L1/L2 wherever a group's padded planes fit there (grouped and
+ * small layers, where the gather's many short runs cost more than the tile's FMAs).
  */
 #include <string.h>
 
@@ -48,6 +66,7 @@
 #define IG_CAT(a, b) IG_CAT_(a, b)
 #define IG_PACK IG_CAT(igemm_pack__, IG_SUFFIX)
 #define IG_RUN IG_CAT(igemm__, IG_SUFFIX)
+#define IG_RUN_PADDED IG_CAT(igemm_padded__, IG_SUFFIX)
 
 /* floor(a / b), b > 0 (C division truncates toward zero). Strides 1 and 2, nearly
    every layer's, skip the division (it is recomputed for every tap of every panel). */
@@ -183,9 +202,11 @@ UK_API void IG_PACK(const uk_conv_t* cv, int g, int k0, int kc, ptrdiff_t c0, in
     ig_pack_segs(cv, g, k0, kc, nc, seg, ig_segments(cv, c0, nc, seg), Bp);
 }
 
-/* out rows m0+i .. m0+i+mr of group g, columns of the runs, from the tile C[mr][NR]. */
+/* out rows m0+i .. m0+i+mr of group g, columns of the runs, from the tile C[mr][NR].
+   merge: consecutive runs of one image are consecutive tile columns (the gather's
+   numbering), so they are stored as one run. */
 static inline void ig_epilogue(const uk_conv_t* cv, int g, int m, int mr, const float* C,
-                               const ig_seg_t* seg, int ns) {
+                               const ig_seg_t* seg, int ns, const int merge) {
     const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
     for (int r = 0; r < mr; r++) {
         const int oc = g * cv->Mg + m + r;
@@ -194,7 +215,7 @@ static inline void ig_epilogue(const uk_conv_t* cv, int g, int m, int mr, const 
         for (int s = 0; s < ns;) {
             /* runs of one image are contiguous in out: merge them */
             int t = s + 1, len = seg[s].len;
-            while (t < ns && seg[t].n == seg[s].n) len += seg[t++].len;
+            while (merge && t < ns && seg[t].n == seg[s].n) len += seg[t++].len;
             float* restrict o = cv->out + ((ptrdiff_t)seg[s].n * cv->M + oc) * P
                                 + (ptrdiff_t)seg[s].oh * cv->OW + seg[s].ow0;
             const float* restrict ci = c + seg[s].j0;
@@ -227,7 +248,42 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
                 float* C = Cb + (ptrdiff_t)i * IG_NR;
                 IG_TILE(mr, nr, kc, Ag + (i / IG_MR) * blk + (ptrdiff_t)k0 * IG_MR, Bb, IG_NR,
                         C, IG_NR, k0 > 0);
-                if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns);
+                if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns, 1);
+            }
+            k0 += IG_KC;
+        } while (k0 < K);
+    }
+}
+
+UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0, int nq,
+                          const int* boff, float* Cb) {
+    ig_seg_t seg[IG_NR + 1];
+    const int K = cv->K, W = cv->W;
+    const ptrdiff_t nblk = (cv->Mg + IG_MR - 1) / IG_MR, blk = (ptrdiff_t)K * IG_MR;
+    const float* Ag = cv->w + ((ptrdiff_t)g * nblk + m0 / IG_MR) * blk;   /* Ap[g][m0/MR] */
+    const float* xg = cv->x + ((ptrdiff_t)n * cv->C + (ptrdiff_t)g * cv->Cg) * cv->plane;
+    for (int q = q0; q < q0 + nq; q += IG_NR) {
+        const int nr = q0 + nq - q < IG_NR ? q0 + nq - q : IG_NR;
+        /* the outputs among columns q .. q+nr: one run per padded row crossed */
+        int ns = 0;
+        for (int oh = q / W; oh * W < q + nr; oh++) {
+            const int a = q > oh * W ? q - oh * W : 0;
+            const int b = q + nr - oh * W < cv->OW ? q + nr - oh * W : cv->OW;
+            if (a < b) {
+                seg[ns].n = n; seg[ns].oh = oh; seg[ns].ow0 = a; seg[ns].len = b - a;
+                seg[ns++].j0 = oh * W + a - q;
+            }
+        }
+        int k0 = 0;
+        do {
+            const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
+            const int last = k0 + kc >= K;
+            for (int i = 0; i < mb; i += IG_MR) {
+                const int mr = mb - i < IG_MR ? mb - i : IG_MR;
+                float* C = Cb + (ptrdiff_t)i * IG_NR;
+                IG_TILE_IB(mr, nr, kc, Ag + (i / IG_MR) * blk + (ptrdiff_t)k0 * IG_MR, xg + q,
+                           boff + k0, C, IG_NR, k0 > 0);
+                if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns, 0);
             }
             k0 += IG_KC;
         } while (k0 < K);
@@ -236,3 +292,4 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
 
 #undef IG_PACK
 #undef IG_RUN
+#undef IG_RUN_PADDED

@@ -9,7 +9,9 @@
  * B, 6 broadcasts, 12 FMAs. Columns past nr go through vmaskmov (nr in 1..16).
  * The driver blocks K by 256: the 256 x 16 B slice (16 KiB) stays in L1.
  * sgemm_6x16_pa__avx2_fma is the same tile with A packed as a panel Ap[k][6] (rows past
- * mr ignored): what the igemm driver's packed weights hold.
+ * mr ignored): what the igemm driver's packed weights hold. sgemm_6x16_pa_ib__avx2_fma
+ * also reads B indirectly, row p at B + boff[p] (the igemm driver's padded mode: rows
+ * of the padded input read in place).
  */
 #include <immintrin.h>
 #include "ukernels.h"
@@ -28,8 +30,9 @@
 #define ROW_STORE(r) if (R > r) { STOREC(r, 0, c##r##0); if (NV > 1) STOREC(r, 1, c##r##1); }
 
 static inline __attribute__((always_inline)) void tile_6x16(
-        int k, const float* A, int lda, const int AK, const float* B, int ldb, float* C, int ldc,
-        int acc_in, const int R, const int NV, const int masked, __m256i last) {
+        int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
+        const int* boff, float* C, int ldc, int acc_in, const int R, const int NV, const int masked,
+        __m256i last) {
     const __m256 z = _mm256_setzero_ps();
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z,
            c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
@@ -37,7 +40,7 @@ static inline __attribute__((always_inline)) void tile_6x16(
     for (int p = 0; p < k; p++) {
         /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
         if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
-        const float* bp = B + (ptrdiff_t)p * ldb;
+        const float* bp = IB ? B + boff[p] : B + (ptrdiff_t)p * ldb;
         const __m256 b0 = masked && NV == 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp);
         const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8);
         ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
@@ -46,33 +49,42 @@ static inline __attribute__((always_inline)) void tile_6x16(
 }
 
 /* A(r, p) = A[r*LDA + p*AK]: row-major A (LDA = lda, AK = 1) or an MR-packed panel
-   (LDA = 1, AK = 6: A[p][6], one contiguous stream of 24 bytes per k). */
-#define TILE_NV(R, LDA, AK)                                                                 \
-    if (nr == 16) tile_6x16(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 2, 0, last);             \
-    else if (nr > 8) tile_6x16(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 2, 1, last);          \
-    else if (nr == 8) tile_6x16(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 1, 0, last);         \
-    else tile_6x16(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 1, 1, last);
-#define TILE_MR(LDA, AK)                                                                    \
+   (LDA = 1, AK = 6: A[p][6], one contiguous stream of 24 bytes per k). B row p is at
+   B + p*ldb, or at B + boff[p] when IB (a constant: the other path folds away). */
+#define TILE_NV(R, LDA, AK, IB)                                                                 \
+    if (nr == 16) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 0, last);             \
+    else if (nr > 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 1, last);          \
+    else if (nr == 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 0, last);         \
+    else tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 1, last);
+#define TILE_MR(LDA, AK, IB)                                                                    \
     const int tail = nr > 8 ? nr - 8 : nr;       /* lanes used in the last vector */        \
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                         \
     const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lane);                 \
     switch (mr) {                                                                           \
-        case 1: TILE_NV(1, LDA, AK) break;                                                  \
-        case 2: TILE_NV(2, LDA, AK) break;                                                  \
-        case 3: TILE_NV(3, LDA, AK) break;                                                  \
-        case 4: TILE_NV(4, LDA, AK) break;                                                  \
-        case 5: TILE_NV(5, LDA, AK) break;                                                  \
-        default: TILE_NV(6, LDA, AK) break;                                                 \
+        case 1: TILE_NV(1, LDA, AK, IB) break;                                                  \
+        case 2: TILE_NV(2, LDA, AK, IB) break;                                                  \
+        case 3: TILE_NV(3, LDA, AK, IB) break;                                                  \
+        case 4: TILE_NV(4, LDA, AK, IB) break;                                                  \
+        case 5: TILE_NV(5, LDA, AK, IB) break;                                                  \
+        default: TILE_NV(6, LDA, AK, IB) break;                                                 \
     }
 
 UK_API void sgemm_6x16__avx2_fma(int mr, int nr, int k, const float* A, int lda,
                                  const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(lda, 1)
+    const int* boff = 0;
+    TILE_MR(lda, 1, 0)
 }
 
 UK_API void sgemm_6x16_pa__avx2_fma(int mr, int nr, int k, const float* A,
                                     const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(1, 6)
+    const int* boff = 0;
+    TILE_MR(1, 6, 0)
+}
+
+UK_API void sgemm_6x16_pa_ib__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
+                                       const int* boff, float* C, int ldc, int acc) {
+    const int ldb = 0;
+    TILE_MR(1, 6, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
@@ -80,6 +92,7 @@ UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
 /* the implicit-GEMM convolution on this tile (igemm_driver.h) */
 #define IG_SUFFIX avx2_fma
 #define IG_TILE sgemm_6x16_pa__avx2_fma
+#define IG_TILE_IB sgemm_6x16_pa_ib__avx2_fma
 #define IG_MR 6
 #define IG_NR 16
 #define IG_KC UK_KC_avx2_fma

@@ -9,7 +9,9 @@
  * Columns past nr are masked (loads read 0, stores skip), so any nr in 1..48 works.
  * The driver blocks K by 128: the 128 x 48 B slice (24 KiB) stays in L1.
  * sgemm_8x48_pa__avx512f is the same tile with A packed as a panel Ap[k][8] (rows past
- * mr ignored): what the igemm driver's packed weights hold.
+ * mr ignored): what the igemm driver's packed weights hold. sgemm_8x48_pa_ib__avx512f
+ * also reads B indirectly, row p at B + boff[p] (the igemm driver's padded mode: rows
+ * of the padded input read in place).
  */
 #include <immintrin.h>
 #include "ukernels.h"
@@ -34,8 +36,8 @@
     if (NV > 2) _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc + 32, MK(2), c##r##2); }
 
 static inline __attribute__((always_inline)) void tile_8x48(
-        int k, const float* A, int lda, const int AK, const float* B, int ldb, float* C, int ldc,
-        int acc_in, const int R, const int NV, __mmask16 last) {
+        int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
+        const int* boff, float* C, int ldc, int acc_in, const int R, const int NV, __mmask16 last) {
     const __m512 z = _mm512_setzero_ps();
     __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z,
            c30 = z, c31 = z, c32 = z, c40 = z, c41 = z, c42 = z, c50 = z, c51 = z, c52 = z,
@@ -44,7 +46,7 @@ static inline __attribute__((always_inline)) void tile_8x48(
     for (int p = 0; p < k; p++) {
         /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
         if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
-        const float* bp = B + (ptrdiff_t)p * ldb;
+        const float* bp = IB ? B + boff[p] : B + (ptrdiff_t)p * ldb;
         const __m512 b0 = _mm512_maskz_loadu_ps(MK(0), bp);
         const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(MK(1), bp + 16) : z;
         const __m512 b2 = NV > 2 ? _mm512_maskz_loadu_ps(MK(2), bp + 32) : z;
@@ -54,36 +56,45 @@ static inline __attribute__((always_inline)) void tile_8x48(
 }
 
 /* A(r, p) = A[r*LDA + p*AK]: row-major A (LDA = lda, AK = 1) or an MR-packed panel
-   (LDA = 1, AK = 8: A[p][8], one contiguous stream of 32 bytes per k). */
-#define TILE_NV(R, LDA, AK)                                                                 \
+   (LDA = 1, AK = 8: A[p][8], one contiguous stream of 32 bytes per k). B row p is at
+   B + p*ldb, or at B + boff[p] when IB (a constant: the other path folds away). */
+#define TILE_NV(R, LDA, AK, IB)                                                           \
     switch (nv) {                                                                           \
-        case 1: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 1, last); break;           \
-        case 2: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 2, last); break;           \
-        default: tile_8x48(k, A, LDA, AK, B, ldb, C, ldc, acc, R, 3, last); break;          \
+        case 1: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, last); break;     \
+        case 2: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, last); break;     \
+        default: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 3, last); break;    \
     }
-#define TILE_MR(LDA, AK)                                                                    \
+#define TILE_MR(LDA, AK, IB)                                                              \
     const int nv = (nr + 15) / 16;                                                          \
     const int tail = nr - 16 * (nv - 1);                                                    \
     const __mmask16 last = (__mmask16)(tail >= 16 ? 0xFFFFu : (1u << tail) - 1u);           \
     switch (mr) {                                                                           \
-        case 1: TILE_NV(1, LDA, AK) break;                                                  \
-        case 2: TILE_NV(2, LDA, AK) break;                                                  \
-        case 3: TILE_NV(3, LDA, AK) break;                                                  \
-        case 4: TILE_NV(4, LDA, AK) break;                                                  \
-        case 5: TILE_NV(5, LDA, AK) break;                                                  \
-        case 6: TILE_NV(6, LDA, AK) break;                                                  \
-        case 7: TILE_NV(7, LDA, AK) break;                                                  \
-        default: TILE_NV(8, LDA, AK) break;                                                 \
+        case 1: TILE_NV(1, LDA, AK, IB) break;                                                  \
+        case 2: TILE_NV(2, LDA, AK, IB) break;                                                  \
+        case 3: TILE_NV(3, LDA, AK, IB) break;                                                  \
+        case 4: TILE_NV(4, LDA, AK, IB) break;                                                  \
+        case 5: TILE_NV(5, LDA, AK, IB) break;                                                  \
+        case 6: TILE_NV(6, LDA, AK, IB) break;                                                  \
+        case 7: TILE_NV(7, LDA, AK, IB) break;                                                  \
+        default: TILE_NV(8, LDA, AK, IB) break;                                                 \
     }
 
 UK_API void sgemm_8x48__avx512f(int mr, int nr, int k, const float* A, int lda,
                                 const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(lda, 1)
+    const int* boff = 0;
+    TILE_MR(lda, 1, 0)
 }
 
 UK_API void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
                                    const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(1, 8)
+    const int* boff = 0;
+    TILE_MR(1, 8, 0)
+}
+
+UK_API void sgemm_8x48_pa_ib__avx512f(int mr, int nr, int k, const float* A, const float* B,
+                                      const int* boff, float* C, int ldc, int acc) {
+    const int ldb = 0;
+    TILE_MR(1, 8, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
@@ -91,6 +102,7 @@ UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
 /* the implicit-GEMM convolution on this tile (igemm_driver.h) */
 #define IG_SUFFIX avx512f
 #define IG_TILE sgemm_8x48_pa__avx512f
+#define IG_TILE_IB sgemm_8x48_pa_ib__avx512f
 #define IG_MR 8
 #define IG_NR 48
 #define IG_KC UK_KC_avx512f

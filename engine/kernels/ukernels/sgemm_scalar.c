@@ -14,8 +14,8 @@ typedef float uk_v16 __attribute__((vector_size(64)));
    row (4 xmm with SSE2): the compiler keeps the accumulators in registers. Columns
    past nr are staged through a zero-padded copy, so the vector loads stay in bounds. */
 static inline __attribute__((always_inline)) void tile_4x16(
-        int nr, int k, const float* A, int lda, const int AK, const float* B, int ldb, float* C, int ldc,
-        int acc, const int R) {
+        int nr, int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
+        const int* boff, float* C, int ldc, int acc, const int R) {
     uk_v16 t[4];
     for (int r = 0; r < R; r++) {
         float row[16] = {0};
@@ -24,11 +24,12 @@ static inline __attribute__((always_inline)) void tile_4x16(
     }
     for (int p = 0; p < k; p++) {
         uk_v16 b;
+        const float* bp = IB ? B + boff[p] : B + (ptrdiff_t)p * ldb;
         if (nr == 16) {
-            __builtin_memcpy(&b, B + (ptrdiff_t)p * ldb, sizeof(uk_v16));
+            __builtin_memcpy(&b, bp, sizeof(uk_v16));
         } else {
             float row[16] = {0};
-            for (int c = 0; c < nr; c++) row[c] = B[(ptrdiff_t)p * ldb + c];
+            for (int c = 0; c < nr; c++) row[c] = bp[c];
             __builtin_memcpy(&b, row, sizeof(uk_v16));
         }
         for (int r = 0; r < R; r++) t[r] += A[(ptrdiff_t)r * lda + (ptrdiff_t)p * AK] * b;
@@ -40,24 +41,34 @@ static inline __attribute__((always_inline)) void tile_4x16(
     }
 }
 
-/* A(r, p) = A[r*LDA + p*AK]: row-major (LDA = lda, AK = 1) or packed Ap[k][4] (1, 4). */
-#define TILE_MR(LDA, AK)                                                                    \
+/* A(r, p) = A[r*LDA + p*AK]: row-major (LDA = lda, AK = 1) or packed Ap[k][4] (1, 4);
+   B row p at B + p*ldb, or at B + boff[p] when IB. */
+#define TILE_MR(LDA, AK, IB)                                                                    \
     switch (mr) {                                                                           \
-        case 1: tile_4x16(nr, k, A, LDA, AK, B, ldb, C, ldc, acc, 1); break;                \
-        case 2: tile_4x16(nr, k, A, LDA, AK, B, ldb, C, ldc, acc, 2); break;                \
-        case 3: tile_4x16(nr, k, A, LDA, AK, B, ldb, C, ldc, acc, 3); break;                \
-        default: tile_4x16(nr, k, A, LDA, AK, B, ldb, C, ldc, acc, 4); break;               \
+        case 1: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 1); break;                \
+        case 2: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 2); break;                \
+        case 3: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 3); break;                \
+        default: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 4); break;               \
     }
 
 UK_API void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
                                const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(lda, 1)
+    const int* boff = 0;
+    TILE_MR(lda, 1, 0)
 }
 
 /* the same tile with A packed as a panel Ap[k][4] (the igemm driver's packed weights) */
 UK_API void sgemm_4x16_pa__scalar(int mr, int nr, int k, const float* A,
                                   const float* B, int ldb, float* C, int ldc, int acc) {
-    TILE_MR(1, 4)
+    const int* boff = 0;
+    TILE_MR(1, 4, 0)
+}
+
+/* ... and B read indirectly, row p at B + boff[p] (the igemm driver's padded mode) */
+UK_API void sgemm_4x16_pa_ib__scalar(int mr, int nr, int k, const float* A, const float* B,
+                                     const int* boff, float* C, int ldc, int acc) {
+    const int ldb = 0;
+    TILE_MR(1, 4, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
@@ -65,6 +76,7 @@ UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
 /* the implicit-GEMM convolution on this tile (igemm_driver.h) */
 #define IG_SUFFIX scalar
 #define IG_TILE sgemm_4x16_pa__scalar
+#define IG_TILE_IB sgemm_4x16_pa_ib__scalar
 #define IG_MR 4
 #define IG_NR 16
 #define IG_KC UK_KC_scalar

@@ -34,6 +34,9 @@ typedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
    mr ignored), so the tile reads A as one contiguous stream. */
 typedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,
                                      int ldb, float* C, int ldc, int acc);
+/* The packed-A tile reading B indirectly: B row p (nr floats) at B + boff[p]. */
+typedef void (*uk_sgemm_tile_pa_ib_fn)(int mr, int nr, int k, const float* Ap, const float* B,
+                                        const int* boff, float* C, int ldc, int acc);
 /* Whole GEMM: C[M][N] = A[M][K] @ B[K][N] (+ C if acc), any M, N, K >= 0, tiled with
    the ISA's register tile and cache blocks (sgemm_driver.h). B is read in place: for
    Winograd it is already the packed [K][tiles] panel. */
@@ -74,6 +77,8 @@ typedef struct {
     int N, C, H, W, M, OH, OW;
     int kh, kw, sh, sw, pt, pl, dh, dw;
     int G, Cg, Mg, K, relu;
+    ptrdiff_t plane;   /* floats from one input plane to the next: H*W, or more in the
+                          padded mode (the caller's padded copy, uk_igemm_padded_fn) */
 } uk_conv_t;
 /* Gather one packed B panel: Bp[kk][j] (row stride NR of the ISA) = im2col row k0+kk of
    group g at batch-wide column c0+j (c = n*OH*OW + oh*OW + ow), 0 outside the image,
@@ -85,6 +90,14 @@ typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptr
    Cb[mb * NR] floats. */
 typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
                             ptrdiff_t nc, float* Bb, float* Cb);
+/* The padded mode (stride 1 only): cv describes an input already zero-padded (pt = pl
+   = 0, H = OH + (kh-1)*dh, W = OW + (kw-1)*dw, planes cv->plane floats apart) whose
+   rows the tile reads in place. One work item: out rows g*Mg + m0 .. + mb of image n
+   at the flat plane positions q0 .. q0+nq (q = oh*W + ow; only ow < OW are outputs),
+   every output there written. boff[k] = ic*plane + i*dh*W + j*dw for
+   k = (i*kw + j)*Cg + ic. Workspace Cb[mb * NR]. */
+typedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
+                                   int nq, const int* boff, float* Cb);
 
 typedef struct {
     const char* isa;              /* "baseline", "avx2", "avx512" */
@@ -93,6 +106,7 @@ typedef struct {
     uk_sgemm_tile_fn sgemm_tile;
     uk_sgemm_fn sgemm;
     uk_sgemm_tile_pa_fn sgemm_tile_pa;   /* sgemm_<MR>x<NR>_pa__<isa> */
+    uk_sgemm_tile_pa_ib_fn sgemm_tile_pa_ib;   /* sgemm_<MR>x<NR>_pa_ib__<isa> */
     const char* wg_name;          /* e.g. "winograd_f4x3_input__avx2" without the m */
     uk_wg_input_fn wg_input[3];   /* index m/2 - 1: F(2x2), F(4x4), F(6x6) */
     uk_wg_output_fn wg_output[3];
@@ -100,6 +114,7 @@ typedef struct {
     int igemm_kc;                 /* K block of the igemm driver (rows of its B panel) */
     uk_igemm_pack_fn igemm_pack;
     uk_igemm_fn igemm;
+    uk_igemm_padded_fn igemm_padded;
 } uk_kernels_t;
 
 /* Highest ISA this CPU (and its OS, for the AVX register state) supports. */
@@ -122,6 +137,8 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
                                 int, int);                                                  \
     UK_API void sgemm_##MR##x##NR##_pa__##SUFFIX(int, int, int, const float*, const float*, \
                                                  int, float*, int, int);                    \
+    UK_API void sgemm_##MR##x##NR##_pa_ib__##SUFFIX(int, int, int, const float*, const float*, \
+                                                    const int*, float*, int, int);          \
     UK_API void winograd_f2x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
         const int*, int, int, int, float*, ptrdiff_t);                       \
     UK_API void winograd_f4x3_input__##SUFFIX(const float*, ptrdiff_t, const int*, const int*, \
@@ -135,7 +152,8 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
     UK_API void winograd_f6x3_output__##SUFFIX(const float*, ptrdiff_t, float, \
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
     UK_API void igemm_pack__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, int, float*); \
-    UK_API void igemm__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, ptrdiff_t, float*, float*);
+    UK_API void igemm__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, ptrdiff_t, float*, float*); \
+    UK_API void igemm_padded__##SUFFIX(const uk_conv_t*, int, int, int, int, int, int, const int*, float*);
 
 UK_DECLARE(scalar, 4, 16)
 #if defined(__x86_64__) || defined(__i386__)
