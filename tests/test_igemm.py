@@ -277,11 +277,9 @@ def driver_run(xs, ws, s, p, d, g, name, threads, relu=False, m_block=0, bias=Tr
 @pytest.mark.parametrize("case", DRIVER_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
 @pytest.mark.parametrize("name", ISAS)
 def test_driver_against_reference_every_blocking(name, case, panels):
-    """Both ways of making B panels (the padded mode on the stride-1 cases), every
-    channel blocking, thread counts, relu; results independent of the partition."""
+    """Both ways of making B panels, every channel blocking, thread counts, relu;
+    results independent of the partition."""
     MR, NR = tile(name)
-    if panels == "padded" and case[2] != 1:
-        pytest.skip("the padded mode is for stride 1 (test_padded_mode_refuses_strides)")
     outs = []
     for threads, relu, m_block in [(1, False, 0), (2, False, 0), (3, True, 0), (2, False, MR),
                                    (1, False, 2 * MR + 1), (5, False, 1)]:
@@ -295,44 +293,54 @@ def test_driver_against_reference_every_blocking(name, case, panels):
         np.testing.assert_array_equal(o, outs[0])
 
 
-# stride-1 layers for the padded mode's own edges: (x shape, weight shape, (pt, pb),
-# (pl, pr), dilation, groups)
+# the padded mode's own edges: (x shape, weight shape, (pt, pb), (pl, pr), stride,
+# dilation, groups)
 PADDED_CASES = [
-    ((1, 3, 30, 30), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1),   # 32x32 padded: 4 KiB planes
-    ((2, 16, 62, 62), (8, 8, 3, 3), (1, 1), (1, 1), (1, 1), 2), # 64x64 padded, two images
-    ((1, 4, 9, 11), (6, 4, 3, 5), (2, 0), (0, 3), (1, 1), 1),    # asymmetric pads
-    ((1, 4, 5, 6), (7, 4, 4, 3), (0, 0), (0, 0), (1, 1), 1),     # no padding: x read as is
-    ((1, 2, 2, 3), (3, 2, 5, 5), (2, 2), (2, 2), (1, 1), 1),     # kernel larger than the image
-    ((1, 6, 7, 8), (4, 3, 1, 1), (1, 2), (2, 0), (1, 1), 2),     # padded 1x1
-    ((1, 5, 12, 9), (4, 5, 3, 3), (2, 2), (4, 4), (1, 2), 1),    # rectangular dilation
-    ((1, 3, 17, 1), (4, 3, 3, 1), (1, 1), (0, 0), (1, 1), 1),    # one column: a run per row
-    ((3, 8, 4, 4), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8),    # depthwise, panel = 2.5 images
-    ((1, 40, 7, 7), (10, 40, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # K = 360: three K blocks
-    ((1, 6, 20, 20), (5, 6, 3, 3), (2, 2), (2, 2), (2, 2), 1),   # dilated
+    ((1, 3, 30, 30), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),   # 32x32: 4 KiB planes
+    ((2, 16, 62, 62), (8, 8, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 2),  # 64x64, two images
+    ((1, 4, 9, 11), (6, 4, 3, 5), (2, 0), (0, 3), (1, 1), (1, 1), 1),    # asymmetric pads
+    ((1, 4, 5, 6), (7, 4, 4, 3), (0, 0), (0, 0), (1, 1), (1, 1), 1),     # no padding
+    ((1, 2, 2, 3), (3, 2, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 1),     # kernel past the image
+    ((1, 6, 7, 8), (4, 3, 1, 1), (1, 2), (2, 0), (1, 1), (1, 1), 2),     # padded 1x1
+    ((1, 5, 12, 9), (4, 5, 3, 3), (2, 2), (4, 4), (1, 1), (1, 2), 1),    # rectangular dilation
+    ((1, 6, 20, 20), (5, 6, 3, 3), (2, 2), (2, 2), (1, 1), (2, 2), 1),   # dilated
+    ((1, 3, 17, 1), (4, 3, 3, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1),    # one column
+    ((3, 8, 4, 4), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 8),    # depthwise, 2.5 images a panel
+    ((1, 40, 7, 7), (10, 40, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),  # K = 360: three K blocks
+    # polyphase planes: strides
+    ((1, 3, 23, 20), (8, 3, 7, 7), (3, 3), (3, 3), (2, 2), (1, 1), 1),   # a stem: 4 phases
+    ((2, 6, 9, 10), (5, 6, 3, 3), (1, 1), (1, 1), (2, 2), (1, 1), 1),    # odd and even sizes
+    ((1, 8, 8, 8), (6, 8, 1, 1), (0, 0), (0, 0), (2, 2), (1, 1), 1),     # 1x1 s2: phase 0 only
+    ((1, 4, 11, 13), (6, 2, 3, 3), (2, 0), (1, 2), (3, 2), (1, 1), 2),   # stride 3 x 2, asymmetric
+    ((1, 3, 15, 15), (4, 3, 3, 3), (2, 2), (2, 2), (2, 2), (2, 2), 1),   # stride = dilation: one phase
+    ((1, 3, 16, 14), (4, 3, 3, 2), (1, 1), (0, 1), (2, 3), (3, 2), 1),   # stride 2 x 3, dilation 3 x 2
+    ((1, 2, 5, 5), (3, 2, 2, 2), (0, 0), (0, 0), (4, 4), (1, 1), 1),     # stride past the kernel
 ]
 
 
-@pytest.mark.parametrize("case", PADDED_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
+@pytest.mark.parametrize("case", PADDED_CASES, ids=lambda c: "x{}w{}s{}d{}".format(
+    *["x".join(map(str, v)) for v in (c[0], c[1], c[4], c[5])]))
 @pytest.mark.parametrize("name", ISAS)
 def test_padded_mode_edges(name, case):
     """The padded mode against the float64 reference: plane sizes that alias in L1,
-    every asymmetric pad, kernels past the image, panels crossing rows and images."""
-    xs, ws, (pt, pb), (pl, pr), (dh, dw), g = case
+    every asymmetric pad, kernels past the image, panels crossing rows and images,
+    strides and dilations split into polyphase planes; bitwise equal to the gather."""
+    xs, ws, (pt, pb), (pl, pr), (sh, sw), (dh, dw), g = case
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     b = rng.standard_normal(ws[0]).astype(np.float32)
     xpad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    expected = ref.conv2d(xpad, w, b, dilation=(dh, dw), groups=g)
+    expected = ref.conv2d(xpad, w, b, stride=(sh, sw), dilation=(dh, dw), groups=g)
     outs = []
     for threads in (1, 2, 3):
         out = np.full(expected.shape, np.nan, np.float32)
-        igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, out, ws[2], ws[3], 1, 1,
+        igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, out, ws[2], ws[3], sh, sw,
                            pt, pl, dh, dw, g, threads, isa=level(name), panels="padded")
         ref.assert_close(out, expected, TOL, what=f"igemm padded/{name}")
         outs.append(out)
     gathered = np.full(expected.shape, np.nan, np.float32)
-    igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, gathered, ws[2], ws[3], 1, 1,
+    igemm.conv2d_igemm(x, igemm.PackedWeights(w, g, level(name)), b, gathered, ws[2], ws[3], sh, sw,
                        pt, pl, dh, dw, g, 2, isa=level(name), panels="gather")
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
@@ -340,22 +348,35 @@ def test_padded_mode_edges(name, case):
     np.testing.assert_array_equal(outs[0], gathered)
 
 
-def test_padded_mode_refuses_strides_and_bad_names():
+def test_phases_of_strided_taps():
+    assert igemm.phases(3, 1, 1) == [0]
+    assert igemm.phases(3, 1, 2) == [0, 1]
+    assert igemm.phases(1, 1, 2) == [0]
+    assert igemm.phases(3, 2, 2) == [0]
+    assert igemm.phases(7, 1, 2) == [0, 1]
+    assert igemm.phases(3, 1, 4) == [0, 1, 2]
+    assert igemm.phases(3, 2, 3) == [0, 1, 2]
+    assert igemm.phases(5, 4, 6) == [0, 2, 4]
+    assert igemm.phases(2, 4, 6) == [0, 4]
+    with pytest.raises(ValueError, match="stride"):
+        igemm.phases(3, 1, 0)
+
+
+def test_padded_mode_refuses_bad_names_and_sizes():
     x = np.zeros((1, 4, 6, 6), np.float32)
     w = igemm.PackedWeights(np.zeros((3, 4, 3, 3), np.float32), 1, 0)
-    with pytest.raises(ValueError, match="stride 1"):
-        igemm.conv2d_igemm(x, w, None, np.zeros((1, 3, 3, 3), np.float32), 3, 3, 2, 2, 1, 1, 1, 1, 1,
-                           1, isa=0, panels="padded")
     with pytest.raises(ValueError, match="panels must be one of"):
         igemm.conv2d_igemm(x, w, None, np.zeros((1, 3, 4, 4), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 1,
                            1, isa=0, panels="rows")
     assert igemm.auto_panels(1, 1, 8, 28, 28, 3, 3, 1, 1) == "padded"
-    assert igemm.auto_panels(2, 2, 8, 28, 28, 3, 3, 1, 1) == "gather"
     assert igemm.auto_panels(1, 1, 8, 28, 28, 1, 1, 1, 1) == "gather"
+    assert igemm.auto_panels(2, 2, 8, 28, 28, 3, 3, 1, 1) == "gather"
+    assert igemm.auto_panels(2, 2, 3, 112, 112, 7, 7, 1, 1) == "padded"
     assert igemm.auto_panels(1, 1, 8, 28, 28, 3, 3, 2, 2) == "gather"
     # a group's planes past the 32-bit offsets: auto gathers, forcing it is refused
     assert igemm.padded_applies(1, 1, 2 ** 20, 60, 60, 3, 3, 1, 1) is not None
     assert igemm.auto_panels(1, 1, 2 ** 20, 60, 60, 3, 3, 1, 1) == "gather"
+    assert igemm.padded_applies(1, 1, 0, 6, 6, 3, 3, 1, 1) is not None
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -435,17 +456,19 @@ def test_layer_caches_packed_weights_across_isas(use_isa):
     assert engine.explain(layer, x.shape)["kernels"]["gemm"] == isa.kernels()["igemm"]
 
 
-def test_tuner_tries_the_padded_mode_only_where_it_runs():
-    """The exhaustive candidates hold panels='padded' for stride-1 layers only, and a
+def test_tuner_tries_the_padded_mode_where_it_runs():
+    """The exhaustive candidates hold panels='padded' where its offsets fit, and a
     plan's padded entry runs and matches the reference."""
     from engine import shapes
     x = np.random.default_rng(5).standard_normal((1, 8, 10, 10)).astype(np.float32)
     w = np.random.default_rng(6).standard_normal((8, 8, 3, 3)).astype(np.float32)
-    for stride, expect_padded in ((1, True), (2, False)):
+    for stride in (1, 2):
         p = shapes.conv_params(x.shape, w.shape, stride, 1, 1, 1, "zeros", "float32")
         tried = [params for name, params in algos.candidates(p, exhaustive=True) if name == "igemm"]
-        assert {"panels": "gather"} in tried
-        assert ({"panels": "padded"} in tried) == expect_padded
+        assert {"panels": "gather"} in tried and {"panels": "padded"} in tried
+    wide = shapes.conv_params((1, 2 ** 20, 60, 60), (8, 2 ** 20, 3, 3), 1, 1, 1, 1, "zeros", "float32")
+    tried = [params for name, params in algos.candidates(wide, exhaustive=True) if name == "igemm"]
+    assert {"panels": "padded"} not in tried and {"panels": "gather"} in tried
     expected = ref.conv2d(x, w, None, padding=1)
     for panels in ("gather", "padded"):
         out = engine.operator.ConvOperator(shapes.conv_params(x.shape, w.shape, 1, 1, 1, 1, "zeros", "float32"),

@@ -182,16 +182,14 @@ PANELS = ("auto", "gather", "padded")
 
 def padded_applies(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
                    int kh, int kw, int dh, int dw):
-    """None when the padded mode can compute this layer, else why not: it needs stride
-    1 (an output's flat position in the padded plane is then its input's) and a group's
-    padded planes within its 32-bit offsets."""
-    if stride_h != 1 or stride_w != 1:
-        return f"panels='padded' needs stride 1, got stride ({stride_h}, {stride_w})"
+    """None when the padded mode can compute this layer, else why not: it needs input
+    channels, and a group's polyphase planes within its 32-bit offsets."""
     if Cg < 1:
         return "panels='padded' needs input channels"
-    Hp, Wp = OH + (kh - 1) * dh, OW + (kw - 1) * dw
-    if Cg * _plane_stride(Hp * Wp) + OH * Wp >= 2 ** 31:
-        return (f"a group's padded planes ({Cg} x {Hp} x {Wp}) exceed the padded mode's "
+    Hq, Wq = OH + (kh - 1) * dh // stride_h, OW + (kw - 1) * dw // stride_w
+    planes = Cg * _phase_count(kh, dh, stride_h) * _phase_count(kw, dw, stride_w)
+    if planes * _plane_stride(Hq * Wq) + OH * Wq >= 2 ** 31:
+        return (f"a group's padded planes ({planes} x {Hq} x {Wq}) exceed the padded mode's "
                 "32-bit offsets")
     return None
 
@@ -199,17 +197,20 @@ def padded_applies(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_
 def auto_panels(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
                 int kh, int kw, int dh, int dw):
     """The mode "auto" picks: padded for stride-1, dilation-1 layers with a kernel
-    larger than 1x1, gather for the rest. Measured on a Sapphire Rapids (AVX-512, one
-    thread, batch 1), padded / gather time: ResNeXt's 8-channel groups (256 ch 28x28)
-    0.56, VGG-16 conv5_2 0.74, ResNet-18 layer1 and layer3 0.94, the seed CNN's
-    10 -> 16 0.83; dilated 3x3 went the other way (d2 1.03, d4 1.16: a K block's taps
-    spread over more lines than L1 keeps beside the weights). A 1x1 stride-1 layer keeps
-    the gather, whose panel rows are one copy each (reading them in place measured
-    slower, igemm_driver.h)."""
-    if kh * kw > 1 and dh == 1 and dw == 1 and \
-            padded_applies(stride_h, stride_w, Cg, OH, OW, kh, kw, dh, dw) is None:
-        return "padded"
-    return "gather"
+    larger than 1x1 and for strided layers with kernels of 5x5 and more, gather for
+    the rest. Measured on a Sapphire Rapids (AVX-512, one thread, batch 1), padded /
+    gather time: ResNeXt's 8-channel groups (256 ch 28x28) 0.53, the seed CNN's 3x3
+    layers 0.5, ResNet-18 layer1 0.71-0.95, layer3 0.87, VGG-16 conv5_2 0.8, the 7x7
+    stride-2 stem 0.6-0.85 (49 taps of a few channels: many short gathered runs).
+    It lost on 3x3 stride 2 (1.1-1.25: ResNet-18's, grouped and 3-32 channel ones),
+    1x1 layers (1.05-1.3) and dilated 3x3 (1.05-1.1): their B rows share fewer cache
+    lines than a stride-1 3x3's neighbouring taps, and a packed panel keeps a K block
+    in fewer lines of L1."""
+    if dh != 1 or dw != 1 or kh * kw == 1:
+        return "gather"
+    if (stride_h != 1 or stride_w != 1) and kh * kw < 25:
+        return "gather"
+    return "padded" if padded_applies(stride_h, stride_w, Cg, OH, OW, kh, kw, dh, dw) is None else "gather"
 
 
 def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
@@ -303,43 +304,135 @@ cdef inline Py_ssize_t _plane_stride(Py_ssize_t plane) noexcept nogil:
     return (plane + 31) // 32 * 32 + 16
 
 
-cdef void _pad_planes(const float* x, float* xp, Py_ssize_t planes, Py_ssize_t H,
-                      Py_ssize_t W, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t PS,
-                      Py_ssize_t pt, Py_ssize_t pl, int nt) noexcept nogil:
-    """xp[p*PS + (pt + r)*Wp + pl + c] = x[p][r][c] for the rows and columns of x that
-    land inside the Hp x Wp padded plane; every other float of each plane's PS is 0."""
-    cdef Py_ssize_t p, r
-    cdef float* d
-    # x's columns c < cols have pl + c < Wp, its rows r < rows have pt + r < Hp
-    cdef Py_ssize_t cols = W if pl + W <= Wp else Wp - pl
-    cdef Py_ssize_t rows = H if pt + H <= Hp else Hp - pt
-    for p in prange(planes, schedule="static", num_threads=nt):
-        d = xp + p * PS
-        if rows <= 0 or cols <= 0:
-            memset(d, 0, PS * sizeof(float))
+cdef Py_ssize_t _used_phases(int k, int d, int s, int* ph) noexcept nogil:
+    """ph[0 .. n) = the distinct residues (i*d) mod s of the taps i < k, ascending
+    (ph holds k ints); returns n."""
+    cdef Py_ssize_t n = 0, pos, q
+    cdef int i, r
+    for i in range(k):
+        r = (i * d) % s
+        pos = 0
+        while pos < n and ph[pos] < r:
+            pos += 1
+        if pos < n and ph[pos] == r:
             continue
-        memset(d, 0, pt * Wp * sizeof(float))
-        for r in range(rows):
-            memset(d + (pt + r) * Wp, 0, pl * sizeof(float))
-            memcpy(d + (pt + r) * Wp + pl, x + (p * H + r) * W, cols * sizeof(float))
-            memset(d + (pt + r) * Wp + pl + cols, 0, (Wp - pl - cols) * sizeof(float))
-        memset(d + (pt + rows) * Wp, 0, (PS - (pt + rows) * Wp) * sizeof(float))
+        q = n
+        while q > pos:
+            ph[q] = ph[q - 1]
+            q -= 1
+        ph[pos] = r
+        n += 1
+    return n
+
+
+cdef inline Py_ssize_t _phase_count(int k, int d, int s) noexcept nogil:
+    """How many residues _used_phases finds: i*d mod s runs through the multiples of
+    gcd(d, s), s / gcd(d, s) of them, before it repeats."""
+    cdef int a = d, b = s, t
+    while b:
+        t = a % b
+        a = b
+        b = t
+    return k if k < s // a else s // a
+
+
+cdef inline Py_ssize_t _phase_pos(int r, const int* ph) noexcept nogil:
+    """Index of residue r in ph (it is there)."""
+    cdef Py_ssize_t pos = 0
+    while ph[pos] != r:
+        pos += 1
+    return pos
+
+
+def phases(int k, int d, int s):
+    """The residues (i*d) mod s that the taps i < k of one axis read, ascending: the
+    polyphase planes the padded mode builds along that axis (all s of them for a
+    3x3 stride 2, only phase 0 for a 1x1 stride 2)."""
+    if k < 1 or d < 1 or s < 1:
+        raise ValueError(f"phases: kernel {k}, dilation {d} and stride {s} must be >= 1")
+    ph = np.empty(k, np.intc)
+    cdef int[::1] v = ph
+    return [int(r) for r in ph[:_used_phases(k, d, s, &v[0])]]
+
+
+cdef void _pad_phases(const float* x, float* xp, Py_ssize_t planes, Py_ssize_t H,
+                      Py_ssize_t W, Py_ssize_t Hq, Py_ssize_t Wq, Py_ssize_t PS,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw,
+                      const int* ph_h, Py_ssize_t nh, const int* ph_w, Py_ssize_t nw,
+                      int nt) noexcept nogil:
+    """The zero-padded input split into polyphase planes of Hq x Wq, PS floats apart:
+
+        xp[((p*nh + ai)*nw + bi)*PS + u*Wq + v] = x[p][u*sh + a - pt][v*sw + b - pl]
+                                                  (a = ph_h[ai], b = ph_w[bi]; 0 outside x)
+
+    and every float of a plane past Hq*Wq is 0. Parallel over the N*C input planes."""
+    cdef Py_ssize_t p, ai, bi, u, v, r, a, b, v_lo, v_hi
+    cdef float* d
+    cdef const float* src
+    for p in prange(planes, schedule="static", num_threads=nt):
+        for ai in range(nh):
+            for bi in range(nw):
+                a = ph_h[ai]
+                b = ph_w[bi]
+                d = xp + ((p * nh + ai) * nw + bi) * PS
+                # the columns v whose source column v*sw + b - pl lies in [0, W)
+                # (divisions of non-negative numbers only: the build has cdivision)
+                v_lo = (pl - b + sw - 1) // sw if pl > b else 0
+                v_hi = (W - 1 - b + pl) // sw + 1 if W - 1 - b + pl >= 0 else 0
+                if v_hi > Wq:
+                    v_hi = Wq
+                if v_hi < v_lo:
+                    v_hi = v_lo
+                for u in range(Hq):
+                    r = u * sh + a - pt
+                    if r < 0 or r >= H or v_hi == v_lo:
+                        memset(d + u * Wq, 0, Wq * sizeof(float))
+                        continue
+                    src = x + (p * H + r) * W + b - pl
+                    memset(d + u * Wq, 0, v_lo * sizeof(float))
+                    if sw == 1:
+                        memcpy(d + u * Wq + v_lo, src + v_lo, (v_hi - v_lo) * sizeof(float))
+                    else:
+                        for v in range(v_lo, v_hi):
+                            d[u * Wq + v] = src[v * sw]
+                    memset(d + u * Wq + v_hi, 0, (Wq - v_hi) * sizeof(float))
+                memset(d + Hq * Wq, 0, (PS - Hq * Wq) * sizeof(float))
 
 
 cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m_block) except -1:
-    """The padded mode (stride 1): pad x once, then items (group, channel block, image,
-    NR-position panel of the padded plane) read its rows in place (igemm_driver.h)."""
-    cdef Py_ssize_t Hp = cv.OH + (cv.kh - 1) * cv.dh, Wp = cv.OW + (cv.kw - 1) * cv.dw
-    cdef Py_ssize_t Q = cv.OH * Wp, PS = _plane_stride(Hp * Wp)
-    padded = np.empty(cv.N * cv.C * PS, np.float32)
+    """The padded mode: pad and split x once into polyphase planes (``_pad_phases``),
+    then items (group, channel block, image, NR-position panel of a plane) read their
+    rows in place (igemm_driver.h). Tap (i, j) of input channel ic reads the plane of
+    phases ((i*dh) % sh, (j*dw) % sw) at row offset (i*dh) // sh and column offset
+    (j*dw) // sw, so every tap is a stride-1 shift of one plane."""
+    # one int buffer: the phases of each axis (ph_h[kh], ph_w[kw]) and boff[K]
+    ibuf = np.empty(cv.kh + cv.kw + cv.K, np.intc)
+    cdef int[::1] ib = ibuf
+    cdef int* ph_h = &ib[0]
+    cdef int* ph_w = ph_h + cv.kh
+    cdef int* boff = ph_w + cv.kw
+    cdef Py_ssize_t nh = _used_phases(cv.kh, cv.dh, cv.sh, ph_h)
+    cdef Py_ssize_t nw = _used_phases(cv.kw, cv.dw, cv.sw, ph_w)
+    cdef Py_ssize_t Hq = cv.OH + (cv.kh - 1) * cv.dh // cv.sh, Wq = cv.OW + (cv.kw - 1) * cv.dw // cv.sw
+    cdef Py_ssize_t Q = cv.OH * Wq, PS = _plane_stride(Hq * Wq), i, j, ic, k, t
+    padded = np.empty(cv.N * cv.C * nh * nw * PS, np.float32)
     cdef float[::1] xp = padded
     with nogil:
-        _pad_planes(cv.x, &xp[0], <Py_ssize_t>cv.N * cv.C, cv.H, cv.W, Hp, Wp, PS, cv.pt, cv.pl, nt)
+        _pad_phases(cv.x, &xp[0], <Py_ssize_t>cv.N * cv.C, cv.H, cv.W, Hq, Wq, PS, cv.pt, cv.pl,
+                    cv.sh, cv.sw, ph_h, nh, ph_w, nw, nt)
+        # B row of tap (i, j), input channel ic (k tap-major, as the packed weights' K)
+        k = 0
+        for i in range(cv.kh):
+            for j in range(cv.kw):
+                t = ((_phase_pos((i * cv.dh) % cv.sh, ph_h) * nw
+                      + _phase_pos((j * cv.dw) % cv.sw, ph_w)) * PS
+                     + (i * cv.dh) // cv.sh * Wq + (j * cv.dw) // cv.sw)
+                for ic in range(cv.Cg):
+                    boff[k] = <int>(t + ic * nh * nw * PS)
+                    k += 1
     cv.x = &xp[0]
-    cv.H, cv.W, cv.pt, cv.pl = <int>Hp, <int>Wp, 0, 0
-    cv.plane = PS
-    taps = (np.arange(cv.kh)[:, None] * (cv.dh * Wp) + np.arange(cv.kw)[None, :] * cv.dw).ravel()
-    cdef const int[::1] boff = (taps[:, None] + np.arange(cv.Cg)[None, :] * PS).ravel().astype(np.intc)
+    cv.H, cv.W, cv.pt, cv.pl, cv.sh, cv.sw = <int>Hq, <int>Wq, 0, 0, 1, 1
+    cv.plane = nh * nw * PS
     cdef int MR = uk.sgemm_mr, NR = uk.sgemm_nr
     cdef Py_ssize_t ppi = _cdiv(Q, NR)               # panels per image
     mb_, nmb_, panels_ = blocking(cv.Mg, cv.K, cv.G, cv.N * ppi * NR, MR, NR, nt, m_block)
@@ -364,7 +457,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                 q0 = (pi % ppi) * NR
                 uk.igemm_padded(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
                                 <int>(pi // ppi), <int>q0, <int>(Q - q0 if Q - q0 < NR else NR),
-                                &boff[0], Cb)
+                                boff, Cb)
         free(Cb)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
