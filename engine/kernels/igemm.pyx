@@ -24,7 +24,17 @@ col is never materialised: the micro-kernel layer's igemm driver (ukernels/
 igemm_driver.h, one instance per ISA) gathers KC x NR slices of it straight into the
 packed B panel its register tile (sgemm_8x48_pa__avx512f, sgemm_6x16_pa__avx2_fma,
 sgemm_4x16_pa__scalar: the sgemm tiles reading A as packed panels) reads, multiplies
-them by Ap's panels, and stores each C tile with bias and relu. A 1x1 stride-1
+them by Ap's panels, and stores each C tile with bias and relu. Or, in the padded
+mode (``panels``, ``auto_panels``), the input is zero-padded once into polyphase
+planes xq[n][c][a][b][u][v] = x[n][c][u*sh + a - pt][v*sw + b - pl] (the phases a, b
+the taps use), where col's row for tap (kh, kw) is a stride-1 shift of one plane:
+
+    col_gi[(kh*kW + kw)*Cg + ic][oh*Wq + ow] = xq[n][gi*Cg + ic][(kh*dh) % sh][(kw*dw) % sw]
+                                                 [oh + (kh*dh) // sh][ow + (kw*dw) // sw]
+
+with columns numbered by their flat position in a Wq-wide plane (ow >= OW computed
+and dropped); the tile reads those rows in place through per-k offsets
+(sgemm_<MR>x<NR>_pa_ib__<isa>). A 1x1 stride-1
 unpadded layer is the same product with each image's plane viewed as one row (the
 gather is then one row copy per panel row): no im2col, no BLAS.
 
@@ -174,9 +184,10 @@ cdef int _fill(uk_conv_t* cv, const float[:, :, :, ::1] x, const float[:, :, :, 
 
 
 # How the B panels are made (conv2d_igemm's ``panels``): "gather" copies each KC x NR
-# slice of the im2col matrix into a packed panel (any layer); "padded" (stride 1 only)
-# zero-pads the input once and lets the tile read its rows in place (igemm_driver.h,
-# padded mode). "auto" is ``auto_panels``.
+# slice of the im2col matrix into a packed panel; "padded" zero-pads the input once,
+# split into the polyphase planes its stride needs, and lets the tile read B's rows in
+# place (igemm_driver.h, padded mode). Both compute any layer, with the same products
+# in the same order (bitwise equal results). "auto" is ``auto_panels``.
 PANELS = ("auto", "gather", "padded")
 
 
@@ -229,7 +240,8 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
     OUT: out[N][C_out][OH][OW], every element written; its shape fixes the
          bottom/right padding. relu: max(., 0) with NaN passing, as torch.relu.
     Workspace per thread: igemm_kc x NR + mb x NR floats, independent of the layer; the
-    padded mode also pads the input once, xp[N][C_in][OH + (kH-1)*dH][OW + (kW-1)*dW].
+    padded mode also makes one padded copy of the input, about (H + pads) x (W + pads)
+    per plane (``_pad_phases``).
     """
     cdef const uk_kernels_t* uk = _table(isa)
     cdef uk_conv_t cv

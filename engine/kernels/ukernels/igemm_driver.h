@@ -44,16 +44,16 @@
  * (AVX2, ResNet-50 512->128 at 28x28: 35% of the cycles on the first B load).
  * Workspace (the caller's, per thread): Bb[IG_KC * IG_NR] and Cb[mb * IG_NR] floats.
  *
- * Padded mode (igemm_padded__<suffix>, stride 1 only): no gather at all. The caller
- * zero-pads x once per call into planes of H x W (H = OH + (kh-1)*dh, W = OW +
- * (kw-1)*dw; cv then has pt = pl = 0) that lie cv->plane >= H*W floats apart,
- * xp[(n*C + c)*plane + h*W + w], and numbers an image's columns by their flat
- * position q = oh*W + ow in the padded plane, so that for every tap and input channel
+ * Padded mode (igemm_padded__<suffix>): no gather at all. The caller zero-pads x once
+ * per call into planes of H x W that lie cv->plane floats apart per input channel
+ * (cv then has pt = pl = 0, sh = sw = 1), numbers an image's columns by their flat
+ * position q = oh*W + ow in such a plane, and gives each row k of col its offset,
  *
- *     col_g[k][q] = xp[(n*C + g*Cg)*plane + q + boff[k]],  boff[k] = ic*plane + i*dh*W + j*dw
- *                                                          (k = (i*kw + j)*Cg + ic)
+ *     col_g[k][q] = xp[(n*C + g*Cg)*plane + boff[k] + q]
  *
- * and the B rows of NR consecutive columns are nr floats of xp read in place by the
+ * (stride 1: boff[k] = ic*plane + i*dh*W + j*dw for k = (i*kw + j)*Cg + ic; a strided
+ * layer is split into polyphase planes first, igemm.pyx, and boff picks the plane).
+ * The B rows of NR consecutive columns are then nr floats of xp read in place by the
  * indirect tile IG_TILE_IB (B row p at B + boff[p]). Positions with ow >= OW (the
  * padded row's tail, (W - OW)/W of the columns) are computed and dropped by the
  * epilogue. It pays one copy of the input instead of a gather per channel block, and

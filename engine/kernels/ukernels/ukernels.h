@@ -77,8 +77,8 @@ typedef struct {
     int N, C, H, W, M, OH, OW;
     int kh, kw, sh, sw, pt, pl, dh, dw;
     int G, Cg, Mg, K, relu;
-    ptrdiff_t plane;   /* floats from one input plane to the next: H*W, or more in the
-                          padded mode (the caller's padded copy, uk_igemm_padded_fn) */
+    ptrdiff_t plane;   /* floats from one input channel to the next: H*W, or more in the
+                          padded mode (its planes, phases included: uk_igemm_padded_fn) */
 } uk_conv_t;
 /* Gather one packed B panel: Bp[kk][j] (row stride NR of the ISA) = im2col row k0+kk of
    group g at batch-wide column c0+j (c = n*OH*OW + oh*OW + ow), 0 outside the image,
@@ -90,12 +90,13 @@ typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptr
    Cb[mb * NR] floats. */
 typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
                             ptrdiff_t nc, float* Bb, float* Cb);
-/* The padded mode (stride 1 only): cv describes an input already zero-padded (pt = pl
-   = 0, H = OH + (kh-1)*dh, W = OW + (kw-1)*dw, planes cv->plane floats apart) whose
-   rows the tile reads in place. One work item: out rows g*Mg + m0 .. + mb of image n
-   at the flat plane positions q0 .. q0+nq (q = oh*W + ow; only ow < OW are outputs),
-   every output there written. boff[k] = ic*plane + i*dh*W + j*dw for
-   k = (i*kw + j)*Cg + ic. Workspace Cb[mb * NR]. */
+/* The padded mode: cv describes an input already zero-padded (pt = pl = 0, sh = sw = 1)
+   into planes of H x W (H >= OH + max row offset, W >= OW + max column offset),
+   cv->plane floats per input channel, whose rows the tile reads in place. One work
+   item: out rows g*Mg + m0 .. + mb of image n at the flat plane positions q0 .. q0+nq
+   (q = oh*W + ow; only ow < OW are outputs), every output there written; B row k of
+   the item is xp + (n*C + g*Cg)*plane + boff[k] + q (igemm_driver.h). Workspace
+   Cb[mb * NR]. */
 typedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
                                    int nq, const int* boff, float* Cb);
 
