@@ -276,7 +276,7 @@ UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int
         }
         int k0 = 0;
         do {
-            const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
+            const int kc = K - k0 < UK_KC_PADDED ? K - k0 : UK_KC_PADDED;
             const int last = k0 + kc >= K;
             for (int i = 0; i < mb; i += IG_MR) {
                 const int mr = mb - i < IG_MR ? mb - i : IG_MR;
@@ -285,7 +285,7 @@ UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int
                            boff + k0, C, IG_NR, k0 > 0);
                 if (last) ig_epilogue(cv, g, m0 + i, mr, C, seg, ns, 0);
             }
-            k0 += IG_KC;
+            k0 += UK_KC_PADDED;
         } while (k0 < K);
     }
 }
