@@ -93,6 +93,8 @@ def heuristic(p):
     rule = WINOGRAD_RULE[_isa.active()]
     if p.dtype == "float32" and not rule.get("float32", True):
         winograd_ok = False        # its float32 GEMM has no vector kernel here; BLAS has
+    if p.dilation != (1, 1):
+        winograd_ok = False        # the polyphase split is left to forcing and the tuner
     min_channels = rule["min_channels"] if p.groups == 1 else rule["min_channels_grouped"]
     if (winograd_ok and min(cin_g, cout_g) >= min_channels
             and min(p.out_h, p.out_w) >= rule["min_output"]):
