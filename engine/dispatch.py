@@ -47,6 +47,9 @@ class Choice:
 # F(4)), the quietest of several runs (the other core was often busy):
 #   dilated.d2, batch 1: 13.1 / 8.51 / 8.55 / 6.97 (torch 6.28, ort 7.01)
 #   dilated.d4, batch 1: 11.5 / 8.60 / 5.58 / 5.44 (torch 4.99, ort 5.97)
+#   dilated.d2, batch 8: 93.8 / 52.1 / 34.5 / 35.3 (torch 40.0, ort 39.0)
+#   dilated.d4, batch 8: 126 / 69.6 / 51.2 / 46.3 (torch 40.9, ort 47.1)
+# (F(4) ahead of im2col in every run, also the disturbed ones.)
 # float64's split (BLAS GEMMs) was not measured: dilated float64 stays on im2col.
 _RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
