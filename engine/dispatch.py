@@ -50,7 +50,8 @@ class Choice:
 #   dilated.d2, batch 8: 93.8 / 52.1 / 34.5 / 35.3 (torch 40.0, ort 39.0)
 #   dilated.d4, batch 8: 126 / 69.6 / 51.2 / 46.3 (torch 40.9, ort 47.1)
 # (F(4) ahead of im2col in every run, also the disturbed ones.)
-# float64's split (BLAS GEMMs) was not measured: dilated float64 stays on im2col.
+# float64 (BLAS GEMMs) had a single undisturbed run (F(4) 8.2 ms vs im2col 11.8 on d2,
+# 9.8 vs 14.7 on d4, batch 1, AVX-512): too little to move it, it stays on im2col.
 _RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
 
@@ -118,7 +119,7 @@ def heuristic(p):
     n_s, out_h, out_w = p.n, p.out_h, p.out_w
     if p.dilation != (1, 1):
         if p.dtype != "float32":
-            winograd_ok = False    # float64's split (BLAS) was not measured
+            winograd_ok = False    # float64's split (BLAS): not measured enough yet
         elif winograd_ok:
             n_s, _, _, out_h, out_w, _, _ = winograd.sub_problem(p)
     min_channels = rule["min_channels"] if p.groups == 1 else rule["min_channels_grouped"]

@@ -351,7 +351,7 @@ def test_heuristic_needs_winograds_vector_kernels(use_isa):
 
 def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
     """The polyphase split goes to Winograd by default for float32 on the vector ISAs
-    only: float64 dilated layers (not measured) and baseline's float32 stay on im2col."""
+    only: float64 dilated layers (not measured enough) and baseline's float32 stay on im2col."""
     kwargs = dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2)
     assert engine.explain(dict(kwargs, dtype="float64"), (1, 64, 56, 56))["algorithm"] == "im2col"
     assert engine.explain(kwargs, (1, 64, 56, 56))["reason"].startswith("dilated 3x3")
