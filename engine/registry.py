@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - only when the module was not built
     _igemm = None
 try:  # Winograd is its own module; the engine works without it.
     from .kernels import winograd as _winograd
+    from .kernels import polyphase as _polyphase   # its dilated layers' split / scatter
 except ImportError:  # pragma: no cover - only when the module was not built
     _winograd = None
 
@@ -233,7 +234,13 @@ class Igemm(Algorithm):
 
 class Winograd(Algorithm):
     """Winograd F(m x m, 3 x 3): transformed weights, alpha^2 GEMMs per tile block; float32
-    on the active ISA's micro-kernels (engine.isa), float64 through BLAS (needs_blas)."""
+    on the active ISA's micro-kernels (engine.isa), float64 through BLAS (needs_blas).
+
+    A dilated stride-1 layer (dilation (dh, dw)) is dh*dw ordinary 3x3 convolutions of
+    the input's polyphase components (kernels/polyphase.pyx): ``run`` splits x into a
+    batch of N*dh*dw sub-images, runs the same kernel on them with the same transformed
+    weights, padding (top/dh, left/dw), bias and relu, and scatters the sub-outputs
+    back. That needs the top/left zero padding to be multiples of the dilation."""
     # Tiles per block (automatic: sized from a per-thread workspace budget).
     tunables = {"tile_block": [16, 32, 64, 128, 256]}
 
@@ -241,16 +248,45 @@ class Winograd(Algorithm):
         self.m = m
         self.name = f"winograd_f{m}x3"
 
+    @staticmethod
+    def sub_problem(p):
+        """(batch, H, W, OH, OW, pad_top, pad_left) of the ordinary convolution the
+        kernel runs for ``p``: ``p`` itself at dilation 1, else its N*dh*dw polyphase
+        sub-images of ceil(H/dh) x ceil(W/dw) (H, W as the kernel sees them: padded
+        already for a non-zero padding mode) and their ceil(OH/dh) x ceil(OW/dw)
+        sub-outputs. The top/left padding must be multiples of the dilation."""
+        dh, dw = p.dilation
+        top, left = _kernel_pads(p)
+        h = p.h if p.padding_mode == "zeros" else p.h + p.pads[0] + p.pads[1]
+        w = p.w if p.padding_mode == "zeros" else p.w + p.pads[2] + p.pads[3]
+        return (p.n * dh * dw, -(-h // dh), -(-w // dw), -(-p.out_h // dh), -(-p.out_w // dw),
+                top // dh, left // dw)
+
     def why_not(self, p):
         if p.kernel != (3, 3):
             return f"{self.name} needs a 3x3 kernel, got {p.kernel[0]}x{p.kernel[1]}"
         if p.stride != (1, 1):
             return f"{self.name} needs stride 1, got stride {p.stride}"
-        if p.dilation != (1, 1):
-            return f"{self.name} needs dilation 1, got dilation {p.dilation}"
-        # the tile kernels address a plane with int32 offsets
-        planes = {"padded input plane": (p.h + p.pads[0] + p.pads[1] + 8) * (p.w + p.pads[2] + p.pads[3] + 8),
-                  "output plane": (p.out_h + 8) * (p.out_w + 8)}
+        dh, dw = p.dilation
+        top, left = _kernel_pads(p)
+        if top % dh or left % dw:
+            # output row dh*u + a reads input rows dh*(u + i) + a - top: one polyphase
+            # component of the input per component of the output only when top % dh == 0
+            return (f"{self.name} runs dilation {p.dilation} as {dh * dw} ordinary 3x3 "
+                    f"convolutions of the input's polyphase components, which needs the "
+                    f"top/left zero padding to be multiples of the dilation (each component "
+                    f"is then padded by pad/dilation); got top {top}, left {left}")
+        # the tile kernels address a plane with int32 offsets (a dilated layer's planes
+        # are its sub-images': padded by (top/dh, bottom_s >= 0) one has oh + 2 rows)
+        if p.dilation == (1, 1):
+            planes = {"padded input plane": (p.h + p.pads[0] + p.pads[1] + 8) * (p.w + p.pads[2] + p.pads[3] + 8),
+                      "output plane": (p.out_h + 8) * (p.out_w + 8)}
+        else:
+            n, _, _, oh, ow, _, _ = self.sub_problem(p)
+            if n > INT_LIMIT:      # the tile kernels number the images with ints
+                return f"{self.name}'s image numbers are 32-bit: N*dh*dw = {n} sub-images is too many"
+            planes = {"padded sub-image plane": (oh + 2 + 8) * (ow + 2 + 8),
+                      "sub-output plane": (oh + 8) * (ow + 8)}
         for what, value in planes.items():
             if value >= 1 << 31:
                 return f"{self.name}'s tile offsets are 32-bit: the {what} is too large ({value} elements)"
@@ -264,15 +300,33 @@ class Winograd(Algorithm):
 
     def kernels(self, p):
         if p.dtype != "float32":
-            return {"kernel": "conv2d_winograd", "gemm": "BLAS dgemm"}
-        uk = _isa.kernels()
-        return {"kernel": "conv2d_winograd", "isa": uk["isa"], "gemm": uk["sgemm"],
-                "transforms": uk["winograd"].replace("{m}", str(self.m))}
+            k = {"kernel": "conv2d_winograd", "gemm": "BLAS dgemm"}
+        else:
+            uk = _isa.kernels()
+            k = {"kernel": "conv2d_winograd", "isa": uk["isa"], "gemm": uk["sgemm"],
+                 "transforms": uk["winograd"].replace("{m}", str(self.m))}
+        if p.dilation != (1, 1):
+            dh, dw = p.dilation
+            k["polyphase"] = (f"polyphase.split / scatter: dilation {p.dilation} as "
+                              f"{dh * dw} sub-images per image (space-to-batch)")
+        return k
 
     def run(self, x, u, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
-        _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads, relu,
-                                  isa=_isa.level(), **params)
+        params = params or {}
+        if p.dilation == (1, 1):
+            _winograd.conv2d_winograd(x, u, bias, out, self.m, top, left, p.groups, num_threads,
+                                      relu, isa=_isa.level(), **params)
+            return
+        # polyphase split -> ordinary Winograd on N*dh*dw sub-images -> scatter
+        dh, dw = p.dilation
+        n, h, w, oh, ow, top_s, left_s = self.sub_problem(p)
+        xs = np.empty((n, x.shape[1], h, w), dtype=x.dtype)
+        outs = np.empty((n, out.shape[1], oh, ow), dtype=out.dtype)
+        _polyphase.split(x, xs, dh, dw, num_threads)
+        _winograd.conv2d_winograd(xs, u, bias, outs, self.m, top_s, left_s, p.groups,
+                                  num_threads, relu, isa=_isa.level(), **params)
+        _polyphase.scatter(outs, out, dh, dw, num_threads)
 
 
 class Pool(Algorithm):

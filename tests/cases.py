@@ -169,6 +169,10 @@ CONV_CASES = [
     C("dilation2", (1, 3, 9, 9), (4, 3, 3, 3), dilation=2),
     C("dilation2_pad2", (1, 3, 8, 8), (4, 3, 3, 3), dilation=2, padding=2),
     C("dilation_1x3_stride2", (1, 2, 10, 12), (3, 2, 3, 2), dilation=(1, 3), stride=2, padding=(1, 2)),
+    # 3x3 stride 1: Winograd through the polyphase split when the pads are multiples
+    C("dilation3_rect_groups2", (2, 4, 11, 10), (6, 2, 3, 3), dilation=(3, 2), padding=(3, 2), groups=2),
+    C("dilation_1x2_pad_h2", (1, 3, 7, 9), (4, 3, 3, 3), dilation=(1, 2), padding=(2, 0)),
+    C("dilation2_pad1_not_multiple", (1, 3, 9, 9), (4, 3, 3, 3), dilation=2, padding=1),
     # --- groups, depthwise, depth multiplier
     C("groups2", (1, 6, 7, 7), (4, 3, 3, 3), groups=2, padding=1),
     C("groups3_cout6", (2, 9, 6, 6), (6, 3, 3, 3), groups=3),
@@ -293,8 +297,22 @@ assert len({c.id for c in POOL_CASES}) == len(POOL_CASES)
 
 
 def winograd_expected_ok(case):
-    """What Winograd F(m x m, 3 x 3) should accept, stated independently of the engine."""
+    """What Winograd F(m x m, 3 x 3) should accept, stated independently of the engine:
+    3x3, stride 1, and dilation 1, or a dilation d whose top/left zero padding are
+    multiples of d (run as d_h*d_w ordinary convolutions of the polyphase components,
+    each padded by pad/d). A non-zero padding mode is applied before the kernel, which
+    then sees no padding at all."""
+    import reference as ref
     kh, kw = case.w[2], case.w[3]
     stride = case.stride if isinstance(case.stride, tuple) else (case.stride, case.stride)
     dil = case.dilation if isinstance(case.dilation, tuple) else (case.dilation, case.dilation)
-    return (kh, kw) == (3, 3) and stride == (1, 1) and dil == (1, 1)
+    if (kh, kw) != (3, 3) or stride != (1, 1):
+        return False
+    if case.padding_mode != "zeros":
+        return True
+    top, _, left, _ = ref.conv_pads(case.padding, (kh, kw), dil)
+    return top % dil[0] == 0 and left % dil[1] == 0
+
+
+def is_dilated(case):
+    return case.dilation not in (1, (1, 1))

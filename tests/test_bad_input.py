@@ -70,7 +70,9 @@ CONV_BAD = [
     ("conv_zero_out_channels", conv(w=np.zeros((0, 3, 3, 3), dtype=f32)), ValueError, r"channels"),
     ("winograd_f4_on_5x5", conv(w=X(4, 3, 5, 5), algorithm="winograd_f4x3"), ValueError, r"winograd_f4x3"),
     ("winograd_f2_strided", conv(stride=2, algorithm="winograd_f2x3"), ValueError, r"winograd_f2x3"),
-    ("winograd_f6_dilated", conv(dilation=2, algorithm="winograd_f6x3"), ValueError, r"winograd_f6x3"),
+    # dilation 2 runs through the polyphase split only with pads that are multiples of 2
+    ("winograd_f6_dilated_pad_not_multiple", conv(dilation=2, padding=1, algorithm="winograd_f6x3"),
+     ValueError, r"winograd_f6x3.*multiples of the dilation"),
 ]
 
 
@@ -93,6 +95,8 @@ def test_winograd_errors_say_why():
         conv(w=X(4, 3, 5, 5), algorithm="winograd_f4x3")()
     with pytest.raises(ValueError, match=r"(?i)stride"):
         conv(stride=2, algorithm="winograd_f4x3")()
+    with pytest.raises(ValueError, match=r"(?i)padding to be multiples of the dilation.*top 1, left 1"):
+        conv(dilation=2, padding=1, algorithm="winograd_f4x3")()
 
 
 def mp(x=None, *args, **kw):

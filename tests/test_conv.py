@@ -56,13 +56,18 @@ def test_algorithm_list():
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)
 def test_applicability_matches_expectation(case):
-    """direct and im2col take anything; Winograd F(m,3) exactly 3x3, stride 1, dilation 1."""
+    """direct and im2col take anything; Winograd F(m,3) exactly 3x3, stride 1, and
+    dilation 1 or a dilation whose top/left zero padding are multiples of it (the
+    polyphase split), with a reason for everything it refuses."""
     for name in ALGORITHMS:
         reason = why_not(name, case)
         expected_ok = winograd_expected_ok(case) if name.startswith("winograd") else True
         assert (reason is None) == expected_ok, f"{name}: why_not={reason!r}"
         if reason is not None:
             assert isinstance(reason, str) and reason
+        if (name.startswith("winograd") and case.w[2:] == (3, 3) and case.stride in (1, (1, 1))
+                and not expected_ok):
+            assert "multiples of the dilation" in reason, reason   # the only other refusal
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -309,7 +309,16 @@ def test_thread_count_api():
     ((1, 4, 56, 56), dict(in_channels=4, out_channels=8, kernel_size=3, padding=1), "igemm"),
     ((1, 16, 56, 56), dict(in_channels=16, out_channels=4, kernel_size=3, padding=1), "im2col"),
     ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, stride=2), "igemm"),
-    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "igemm"),
+    # dilated 3x3 stride 1, pads multiples of the dilation: Winograd's rule on the
+    # N*dh*dw polyphase sub-images (sub-outputs ceil(OH/dh) x ceil(OW/dw))
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2), "winograd_f4x3"),
+    ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=2, dilation=2), "winograd_f4x3"),
+    ((1, 128, 56, 56), dict(in_channels=128, out_channels=128, kernel_size=3, padding=4, dilation=4), "winograd_f4x3"),
+    ((1, 32, 30, 31), dict(in_channels=32, out_channels=32, kernel_size=3, padding=(2, 4), dilation=(1, 2)), "winograd_f4x3"),
+    ((1, 256, 12, 12), dict(in_channels=256, out_channels=256, kernel_size=3, padding=2, dilation=2), "winograd_f2x3"),
+    ((1, 64, 20, 20), dict(in_channels=64, out_channels=64, kernel_size=3, padding=4, dilation=4), "igemm"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, dilation=2), "igemm"),
+    ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2, stride=2), "igemm"),
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
     ((1, 256, 28, 28), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1, groups=32), "igemm"),
     ((1, 256, 56, 56), dict(in_channels=256, out_channels=64, kernel_size=1), "igemm"),
@@ -338,6 +347,16 @@ def test_heuristic_needs_winograds_vector_kernels(use_isa):
     info = engine.explain(kwargs, (1, 64, 56, 56))
     assert info["algorithm"] == "im2col", info["reason"]
     assert engine.explain(dict(kwargs, dtype="float64"), (1, 64, 56, 56))["algorithm"] == "winograd_f4x3"
+
+
+def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
+    """The polyphase split goes to Winograd by default for float32 on the vector ISAs
+    only: float64 dilated layers (not measured enough) and baseline's float32 stay on im2col."""
+    kwargs = dict(in_channels=64, out_channels=64, kernel_size=3, padding=2, dilation=2)
+    assert engine.explain(dict(kwargs, dtype="float64"), (1, 64, 56, 56))["algorithm"] == "im2col"
+    assert engine.explain(kwargs, (1, 64, 56, 56))["reason"].startswith("dilated 3x3")
+    use_isa("baseline")
+    assert engine.explain(kwargs, (1, 64, 56, 56))["algorithm"] == "im2col"
 
 
 def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):

@@ -20,6 +20,8 @@ validated everything, so kernels never see bad input and never raise inside ``no
 
 Modules:
     padding    pad2d: reflect / replicate / circular / zeros padding in one pass
+    polyphase  split / scatter: a dilated stride-1 convolution's polyphase components
+               as a batch of ordinary ones (Winograd's dilated layers)
     direct     conv2d_direct (any parameters), conv2d_depthwise (groups == C_in)
     im2col     conv2d_im2col: column buffer built in bounded slices + GEMM; 1x1 as GEMM
     winograd   Winograd F(m x m, 3 x 3) for m = 2, 4, 6 (float32 on the micro-kernels)
