@@ -57,17 +57,23 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 
 
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
-# output channels per group go to igemm instead of im2col (+ OpenBLAS). Measured on the
-# Sapphire Rapids at one thread (the other core was busy), batch 1, on AVX-512: igemm
-# 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's strided 3x3 and
-# 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8 output channels
-# (ResNeXt's 8 per group 1.32 vs 1.38 ms, 4->8 3x3 at 56x56 0.096 vs 0.111 ms, 8->8 1x1
-# at 28x28 0.023 vs 0.047 ms); fewer than 8 were not measured. Capped to AVX2
-# (CONVTUNE_ISA=avx2, OpenBLAS held to its Haswell kernels, OPENBLAS_CORETYPE=Haswell)
-# it is not ahead yet: 0.75-1.05x on the 1x1 layers, the stem and the dilated 3x3
-# (1.1-1.2x on the strided 3x3), so AVX2 machines keep im2col unless a tuned plan says
-# otherwise; on baseline the scalar tile is no match for OpenBLAS either.
-IGEMM_RULE = {"avx512": {"min_cout": 8}, "avx2": None, "baseline": None}
+# output channels per group go to igemm instead of im2col (+ OpenBLAS); with
+# "padded_only", only the layers igemm runs in its padded mode (igemm.auto_panels:
+# stride-1 kernels larger than 1x1 that Winograd does not take, strided 5x5 and up).
+# Measured on the Sapphire Rapids at one thread (the other core was busy), batch 1, on
+# AVX-512: igemm 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's
+# strided 3x3 and 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8
+# output channels (ResNeXt's 8 per group 1.32 vs 1.38 ms, 4->8 3x3 at 56x56 0.096 vs
+# 0.111 ms, 8->8 1x1 at 28x28 0.023 vs 0.047 ms); fewer than 8 were not measured; the
+# padded mode then took ResNeXt's groups to 0.33 ms (im2col 0.73). Capped to AVX2
+# (bench_layers --isa avx2, 2 threads, OpenBLAS held to its Haswell kernels,
+# OPENBLAS_CORETYPE=Haswell): the padded mode wins ResNeXt's 8-channel groups (igemm
+# 0.68 ms, im2col 1.79) and the seed CNN's 3->10 (0.035 vs 0.059) and ties the 7x7 stem
+# (4.0 vs 3.9), while the gathered layers are level with OpenBLAS: 0.9-1.1x on the 1x1
+# layers and the strided 3x3 (1.6 vs 1.75 ms), so those keep im2col on AVX2; on
+# baseline the scalar tile is no match for OpenBLAS.
+IGEMM_RULE = {"avx512": {"min_cout": 8}, "avx2": {"min_cout": 8, "padded_only": True},
+              "baseline": None}
 
 
 def heuristic(p):
@@ -91,7 +97,8 @@ def heuristic(p):
     - float32 on AVX-512 with at least 8 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
-      take);
+      take); on AVX2 only the layers it runs in its padded mode (grouped and small
+      stride-1 layers, the stem);
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 
@@ -138,7 +145,8 @@ def heuristic(p):
     irule = IGEMM_RULE[_isa.active()]
     if (p.dtype == "float32" and igemm is not None and irule is not None
             and cout_g >= irule["min_cout"]
-            and igemm.why_not(p) is None):
+            and igemm.why_not(p) is None
+            and (not irule.get("padded_only") or igemm.auto_panels(p) == "padded")):
         return "igemm", "float32 layer with enough channels per group: packed-weight implicit GEMM"
     too_big = _registry.REGISTRY["im2col"].why_not(p)
     if too_big is not None:

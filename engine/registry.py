@@ -201,6 +201,12 @@ class Igemm(Algorithm):
         return not (name == "panels" and value == "padded" and self._padded_why_not(p))
 
     @staticmethod
+    def auto_panels(p):
+        """How the kernel makes B panels for ``p`` by itself (igemm.auto_panels)."""
+        return _igemm.auto_panels(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
+                                  p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
+
+    @staticmethod
     def _padded_why_not(p):
         return _igemm.padded_applies(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
                                      p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
@@ -217,9 +223,8 @@ class Igemm(Algorithm):
         if p.dtype != "float32":
             return {"kernel": "conv2d_im2col", "gemm": "BLAS dgemm"}
         uk = _isa.kernels()
-        panels = _igemm.auto_panels(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
-                                    p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
-        return {"kernel": "conv2d_igemm", "isa": uk["isa"], "gemm": uk["igemm"], "panels": panels}
+        return {"kernel": "conv2d_igemm", "isa": uk["isa"], "gemm": uk["igemm"],
+                "panels": self.auto_panels(p)}
 
     def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)

@@ -330,10 +330,13 @@ def test_thread_count_api():
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
     """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE), except
-    that igemm is the default on AVX-512 only (IGEMM_RULE: on AVX2 OpenBLAS's GEMM
-    still wins those layers, im2col)."""
+    that on AVX2 igemm takes only the layers of its padded mode (IGEMM_RULE: grouped and
+    small stride-1 layers, strided kernels of 5x5 and up; OpenBLAS's GEMM is level on
+    the rest, im2col)."""
     use_isa(isa)
-    if expected == "igemm" and isa == "avx2":
+    k, s = kwargs["kernel_size"], kwargs.get("stride", 1)
+    padded = kwargs.get("dilation", 1) == 1 and k > 1 and (s == 1 or k >= 5)
+    if expected == "igemm" and isa == "avx2" and not padded:
         expected = "im2col"
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
@@ -360,8 +363,8 @@ def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
 
 
 def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
-    """igemm is the default only for float32 on AVX-512: on baseline (scalar tile), AVX2
-    (measured behind OpenBLAS there) and for float64 (no micro-kernels) a 1x1 layer stays
+    """A 1x1 layer goes to igemm only for float32 on AVX-512: on baseline (scalar
+    tile), AVX2 (level with OpenBLAS there) and for float64 (no micro-kernels) it stays
     on im2col's BLAS."""
     kwargs = dict(in_channels=256, out_channels=64, kernel_size=1)
     for name in engine.isa.available()[:2]:   # baseline, avx2 (if the CPU has it)
