@@ -16,11 +16,33 @@ a runner, never an error:
 """
 import os
 import struct
+import sys
 
 import numpy as np
 
 from engine import shapes
 from tuner.onnx_cli import ort_session
+
+
+# What ``--isa`` caps PyTorch at, through the libraries' own switches, read when torch
+# loads: oneDNN's convolutions (ONEDNN_MAX_CPU_ISA) and ATen's vectorised kernels, its
+# depthwise and pooling among them (ATEN_CPU_CAPABILITY). ONNX Runtime (MLAS) and ncnn
+# have no such switch and run the best kernels the CPU has.
+TORCH_ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+                  "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}}
+
+
+def cap_torch_isa(isa):
+    """Cap PyTorch (not yet imported) at ``isa`` as far as it allows; returns a note for
+    the header. Variables the caller set already are kept."""
+    caps = TORCH_ISA_CAPS.get(isa)
+    if not caps:
+        return ""
+    if "torch" in sys.modules:
+        return "; PyTorch was imported before --isa: not capped"
+    for key, value in caps.items():
+        os.environ.setdefault(key, value)
+    return "; PyTorch capped too (" + ", ".join(f"{k}={os.environ[k]}" for k in caps) + ")"
 
 
 def _conv_fields(p):

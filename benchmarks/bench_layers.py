@@ -29,7 +29,7 @@ category. Anchors that are not installed are skipped with a note.
 
 ``--isa`` caps the micro-kernels (engine.isa.set_cap: baseline, avx2, avx512), e.g. to
 measure the AVX2 path on an AVX-512 machine, and PyTorch with them where it has a switch
-(``TORCH_ISA_CAPS``: oneDNN and ATen); ONNX Runtime and ncnn keep the CPU's best.
+(``anchors.cap_torch_isa``: oneDNN and ATen); ONNX Runtime and ncnn keep the CPU's best.
 """
 import argparse
 import math
@@ -96,28 +96,6 @@ def _checked_anchors(shape, x, w, b, threads, workdir, reference):
     return fns, notes
 
 
-# What ``--isa`` caps PyTorch at, through the libraries' own switches, read when torch
-# loads: oneDNN's convolutions (ONEDNN_MAX_CPU_ISA) and ATen's vectorised kernels, its
-# depthwise and pooling among them (ATEN_CPU_CAPABILITY). ONNX Runtime (MLAS) and ncnn
-# have no such switch and run the best kernels the CPU has.
-TORCH_ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-                  "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}}
-
-
-def cap_torch_isa(isa):
-    """Cap PyTorch (not yet imported) at ``isa`` as far as it allows; returns a note for
-    the header. Variables the caller set already are kept."""
-    caps = TORCH_ISA_CAPS.get(isa)
-    if not caps:
-        return ""
-    if "torch" in sys.modules:
-        return "; PyTorch was imported before --isa: not capped"
-    for key, value in caps.items():
-        os.environ.setdefault(key, value)
-    return ("; PyTorch capped too (" + ", ".join(f"{k}={os.environ[k]}" for k in caps)
-            + "), ONNX Runtime and ncnn not (no switch)")
-
-
 def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,7 +121,9 @@ def main(argv=None):
     engine.set_num_threads(args.threads)
     if args.isa:
         engine.isa.set_cap(args.isa)
-    anchor_cap = cap_torch_isa(args.isa)
+    anchor_cap = anchors.cap_torch_isa(args.isa)
+    if anchor_cap:
+        anchor_cap += ", ONNX Runtime and ncnn not (no switch)"
     engine.use_plan(None if args.plan.lower() == "none" else args.plan)
     try:
         import torch

@@ -7,7 +7,8 @@ are interleaved and each side's median is reported, with torch_ms / engine_ms (>
 means the engine is faster); the minimum of each side's runs and their ratio follow,
 the steadier estimate when other work shares the machine. The engine uses the plan given
 with ``--plan FILE``; without it, its heuristic (the default plan file is never read).
-``--isa`` caps the micro-kernels (baseline, avx2, avx512).
+``--isa`` caps the micro-kernels (baseline, avx2, avx512), and PyTorch where it has a
+switch (``anchors.cap_torch_isa``).
 
     python benchmarks/bench_models.py                       # resnet18 vgg16 mobilenet_v1, batch 1 and 8
     python benchmarks/bench_models.py --models resnet18 --batch 1 --profile
@@ -34,6 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import engine  # noqa: E402
 from tuner.profile import format_table, profile_model  # noqa: E402
+
+import anchors  # noqa: E402
 
 
 CLOCK = time.perf_counter     # --clock cpu: time.process_time (this process's CPU time)
@@ -116,6 +119,7 @@ def main(argv=None):
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     PAUSE = args.pause
 
+    torch_cap = anchors.cap_torch_isa(args.isa)
     import torch
     torch.set_num_threads(args.threads)
     engine.set_num_threads(args.threads)
@@ -123,7 +127,7 @@ def main(argv=None):
         engine.isa.set_cap(args.isa)
     engine.use_plan(None if args.plan.lower() == "none" else args.plan)
     print(f"{engine.plan.hardware_fingerprint()['cpu']}, micro-kernels {engine.isa.active()}"
-          f"{' (capped with --isa)' if args.isa else ''}")
+          f"{' (capped with --isa)' if args.isa else ''}{torch_cap}")
     print(f"{args.clock} clock, threads {args.threads}, input {args.size}x{args.size}, plan "
           f"{args.plan if args.plan.lower() != 'none' else 'none (heuristic)'}, "
           f"{'unfused' if args.no_fuse else 'fused'}, medians of {args.repeat} interleaved runs")
