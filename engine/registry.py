@@ -173,14 +173,15 @@ class Im2col(Algorithm):
 
 class Igemm(Algorithm):
     """Implicit GEMM on the micro-kernels (kernels/igemm.pyx): weights packed once per
-    layer, input patches gathered straight into the register tile's B panels, bias and
-    relu in the tile's epilogue; any kernel, stride, dilation, padding and groups, 1x1
+    layer, input patches gathered straight into the register tile's B panels or read in
+    place from a padded polyphase copy of the input (``panels``), bias and relu in the
+    tile's epilogue; any kernel, stride, dilation, padding and groups, 1x1
     included. float32 on the active ISA (engine.isa); float64 has no micro-kernels and
     runs im2col's BLAS path (needs_blas)."""
     name = "igemm"
     # Output channels per block (automatic: as many as keep the block's weights in L2,
     # fewer when the threads would otherwise idle); how B panels are made (automatic:
-    # igemm.auto_panels; "padded" only for stride 1).
+    # igemm.auto_panels; "padded" where its 32-bit plane offsets fit).
     tunables = {"m_block": [16, 48, 96, 256], "panels": ["gather", "padded"]}
 
     def why_not(self, p):
