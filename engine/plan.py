@@ -389,13 +389,21 @@ def _string(v):
 _string.what = "a string"
 
 
+def _param_value(x):
+    """An int, or a short word (igemm's panels="padded"): dispatch still checks each
+    value against the algorithm's tunables (Algorithm.check_params) before a kernel
+    sees it, so nothing else can pass."""
+    return _int(0)(x) or (isinstance(x, str) and 0 < len(x) <= 32
+                          and x.replace("_", "").isalnum() and x.isascii())
+
+
 def _params(v):
-    """Kernel params: {name: int}. Values reach kernels, so nothing but ints."""
+    """Kernel params: {name: int or short word}."""
     return v is None or (isinstance(v, dict) and len(v) <= 64 and all(
-        isinstance(k, str) and _int(0)(x) for k, x in v.items()))
+        isinstance(k, str) and _param_value(x) for k, x in v.items()))
 
 
-_params.what = "an object of int values"
+_params.what = "an object of int or short word values"
 
 _COMMON_KEY = {"dtype": _choice(_DTYPES), "N": _int(0), "C": _int(1), "H": _int(1), "W": _int(1),
                "kernel": _ints(2, 1), "stride": _ints(2, 1), "dilation": _ints(2, 1),

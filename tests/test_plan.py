@@ -295,6 +295,7 @@ def test_lookup_is_cheap(tmp_path, monkeypatch):
 @pytest.mark.parametrize("algorithm, params", [
     ("im2col", {"max_workspace_bytes": 1 << 20}),
     ("winograd_f4x3", {"tile_block": 32}),
+    ("igemm", {"panels": "gather"}),
 ])
 def test_plan_kernel_params_reach_the_kernel(tmp_path, monkeypatch, algorithm, params):
     """An entry's params are checked, reported by explain, and passed to the kernel
@@ -314,8 +315,9 @@ def test_plan_kernel_params_reach_the_kernel(tmp_path, monkeypatch, algorithm, p
     expected = np.empty(p.output_shape, np.float32)
     algo(x, algo.prepare_weight(layer.weight, p), layer.bias, expected, p,
          engine.get_num_threads(), params=params)
-    module, fn = ((registry._im2col, "conv2d_im2col") if algorithm == "im2col"
-                  else (registry._winograd, "conv2d_winograd"))
+    module, fn = {"im2col": (registry._im2col, "conv2d_im2col"),
+                  "igemm": (registry._igemm, "conv2d_igemm")}.get(
+        algorithm, (registry._winograd, "conv2d_winograd"))
     kernel, seen = getattr(module, fn), []
 
     def spy(*args, **kwargs):
@@ -323,12 +325,13 @@ def test_plan_kernel_params_reach_the_kernel(tmp_path, monkeypatch, algorithm, p
         return kernel(*args, **kwargs)
     monkeypatch.setattr(module, fn, spy)
     np.testing.assert_array_equal(layer(x), expected)
-    # Winograd is also told which micro-kernel ISA runs (engine.isa): the active one
-    expected_kwargs = dict(params, isa=engine.isa.level()) if module is registry._winograd else params
+    # Winograd and igemm are also told which micro-kernel ISA runs (engine.isa): the active one
+    expected_kwargs = (dict(params, isa=engine.isa.level()) if module is not registry._im2col
+                       else params)
     assert seen == [expected_kwargs]
 
 
-@pytest.mark.parametrize("params", [{"tile_block": 7}, {"no_such_knob": 1}])
+@pytest.mark.parametrize("params", [{"tile_block": 7}, {"no_such_knob": 1}, {"tile_block": "padded"}])
 def test_plan_with_bad_kernel_params_still_runs(tmp_path, params):
     """A hand-edited entry with params the kernel does not take never crashes a model:
     the algorithm runs with its automatic parameters and explain says why."""
@@ -368,7 +371,8 @@ def write_raw_entries(path, entries):
 
 @pytest.mark.parametrize("field, value", [
     ("params", "fast"), ("params", [1, 2]), ("params", {"tile_block": 16.0}),
-    ("params", {"tile_block": True}), ("time_s", "fast"), ("tolerance", "x"), ("level", 3),
+    ("params", {"tile_block": True}), ("params", {"panels": "pad ded"}), ("params", {"panels": ""}),
+    ("params", {"panels": "x" * 33}), ("params", {"panels": ["padded"]}), ("time_s", "fast"), ("tolerance", "x"), ("level", 3),
     ("candidates", "x"), ("candidates", [1, None]), ("algorithm", None), ("algorithm", 5),
     ("candidates", [{"algorithm": "im2col", "status": "ok", "median_s": "1ms"}]),
     ("key.stride", [1]), ("key.padding", [1, 1]), ("key.groups", 0), ("key.threads", "2"),
