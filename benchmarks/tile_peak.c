@@ -7,7 +7,10 @@
  *   gcc -O3 -I$U benchmarks/tile_peak.c /tmp/a.o /tmp/b.o -o /tmp/tile_peak && /tmp/tile_peak
  *
  * (needs a CPU with AVX-512F; the AVX2 line alone runs anywhere with AVX2 + FMA if the
- * AVX-512 call is removed). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
+ * AVX-512 calls are removed). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
+ * The indirect-B tile (igemm's padded mode) is timed twice: on packed rows, and on rows
+ * laid out as the 7x7 stride-2 stem's padded planes give them (3 channels x 4 phases,
+ * taps one float apart: most rows start off a cache line, so their loads split).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +47,38 @@ static void run(const char* name, tile_fn f, int mr, int nr) {
     free(A); free(B); free(C);
 }
 
+typedef void (*tile_ib_fn)(int, int, int, const float*, const float*, const int*, float*, int, int);
+
+static void run_ib(const char* name, tile_ib_fn f, int mr, int nr, int K, int stem_rows) {
+    float* A = aligned_alloc(64, sizeof(float) * K * mr);
+    float* B = aligned_alloc(64, sizeof(float) * 64 * 1024);
+    float* C = aligned_alloc(64, sizeof(float) * 64 * 64);
+    int* off = malloc(sizeof(int) * K);
+    for (int i = 0; i < K * mr; i++) A[i] = 1e-3f * (float)(i % 7);
+    for (int i = 0; i < 64 * 1024; i++) B[i] = 1e-3f * (float)(i % 5);
+    /* stem rows: 12 planes 880 floats apart, column shifts 0..3, row shifts of 115 */
+    for (int k = 0; k < K; k++)
+        off[k] = stem_rows ? (k % 12) * 880 + (k / 12) % 4 + (k / 48) * 115 : k * nr;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        long n = 0;
+        const double t0 = now();
+        while (now() - t0 < 0.3) {
+            for (int r = 0; r < 1000; r++) f(mr, nr, K, A, B, off, C, nr, 0);
+            n += 1000;
+        }
+        const double gf = 2.0 * mr * nr * K * n / (now() - t0) / 1e9;
+        if (gf > best) best = gf;
+    }
+    printf("%-24s %6.1f GFLOP/s (best of 5, K = %d, %s)\n", name, best, K,
+           stem_rows ? "the stem's rows" : "packed rows");
+    free(A); free(B); free(C); free(off);
+}
+
 int main(void) {
     run("sgemm_8x48_pa__avx512f", sgemm_8x48_pa__avx512f, 8, 48);
+    run_ib("sgemm_8x48_pa_ib__avx512f", sgemm_8x48_pa_ib__avx512f, 8, 48, 128, 0);
+    run_ib("sgemm_8x48_pa_ib__avx512f", sgemm_8x48_pa_ib__avx512f, 8, 48, 147, 1);
     run("sgemm_6x16_pa__avx2_fma", sgemm_6x16_pa__avx2_fma, 6, 16);
     return 0;
 }
