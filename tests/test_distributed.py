@@ -99,6 +99,37 @@ def test_without_dask_the_error_says_what_to_install(monkeypatch):
         ED.predict(engine.Sequential(), images(1))
 
 
+class _FlakyClient:
+    """A client whose scheduler lists no worker on the first call, then one whose
+    first answer is an error: what a loaded machine can show for a moment."""
+    def __init__(self):
+        self.calls = {"scheduler_info": 0, "run": 0}
+
+    def scheduler_info(self, n_workers=0):
+        self.calls["scheduler_info"] += 1
+        ws = {} if self.calls["scheduler_info"] == 1 else {"tcp://10.0.0.1:4000": {"nthreads": 2}}
+        return {"workers": ws}
+
+    def run(self, fn, workers=None, on_error="raise", wait=True):
+        self.calls["run"] += 1
+        if self.calls["run"] == 1:
+            return {a: OSError("worker busy") for a in workers}
+        return {a: fn() for a in workers}
+
+
+def test_machines_asks_again_when_nobody_answers(monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    client = _FlakyClient()
+    info = ED.machines(client)
+    assert list(info) == ["tcp://10.0.0.1:4000"]
+    assert info["tcp://10.0.0.1:4000"]["host"] == "10.0.0.1"
+    assert info["tcp://10.0.0.1:4000"]["nthreads"] == 2
+    assert info["tcp://10.0.0.1:4000"]["pid"] == os.getpid()
+    assert client.calls == {"scheduler_info": 3, "run": 2}
+    # asked once only, a silent cluster is reported as empty at once
+    assert ED.machines(_FlakyClient(), attempts=1) == {}
+
+
 # ----------------------------------------------------------------------- predict
 @pytest.mark.parametrize("algorithm", ["direct", "im2col"])
 def test_predict_equals_local_bit_for_bit(cluster, algorithm):

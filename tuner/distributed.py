@@ -141,7 +141,8 @@ def tune(config_or_shapes, client, plan_path, *, threads=None, level="measure", 
                 del info[a]
             new = [a for a in current if a not in info]
             if new:
-                info.update(_D.machines(client, workers=new))
+                # (once: a worker that does not answer yet is asked on the next pass)
+                info.update(_D.machines(client, workers=new, attempts=1))
             # Jobs whose every allowed worker has left cannot run: send them elsewhere.
             for host, (fut, fid, job, allowed) in list(inflight.items()):
                 if not any(a in info for a in allowed) and fut.status == "pending":

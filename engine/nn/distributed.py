@@ -52,6 +52,7 @@ import numbers
 import os
 import re
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -97,21 +98,30 @@ def _machine_info():
     return {"fingerprint": _plan.hardware_fingerprint(), "cores": usable_cores(), "pid": os.getpid()}
 
 
-def machines(client, workers=None):
+def machines(client, workers=None, attempts=3):
     """{worker address: {"host", "nthreads", "fingerprint", "cores", "pid"}} for the
-    cluster's workers (or the given ``workers`` addresses), asked of each worker."""
-    info = client.scheduler_info(n_workers=-1)["workers"] if takes_n_workers(client) \
-        else client.scheduler_info()["workers"]
-    addrs = [a for a in info if workers is None or a in workers]
-    if not addrs:
-        return {}
-    found = client.run(_machine_info, workers=addrs, on_error="ignore", wait=True)
-    out = {}
-    for a, r in found.items():
-        if isinstance(r, dict) and a in info:
-            out[a] = {"host": info[a].get("host") or _host_of(a),
-                      "nthreads": int(info[a].get("nthreads") or 1), **r}
-    return out
+    cluster's workers (or the given ``workers`` addresses), asked of each worker; the
+    ones that do not answer are left out. When none answers, it asks again up to
+    ``attempts`` times, 0.5 s, 1 s, ... apart: on a loaded machine a worker's reply or
+    its registration can lag (a suite run once saw both workers missing for one call
+    between two predicts)."""
+    for attempt in range(max(1, attempts)):
+        if attempt:
+            time.sleep(0.5 * attempt)
+        info = client.scheduler_info(n_workers=-1)["workers"] if takes_n_workers(client) \
+            else client.scheduler_info()["workers"]
+        addrs = [a for a in info if workers is None or a in workers]
+        if not addrs:
+            continue
+        found = client.run(_machine_info, workers=addrs, on_error="return", wait=True)
+        out = {}
+        for a, r in found.items():
+            if isinstance(r, dict) and a in info:
+                out[a] = {"host": info[a].get("host") or _host_of(a),
+                          "nthreads": int(info[a].get("nthreads") or 1), **r}
+        if out:
+            return out
+    return {}
 
 
 def takes_n_workers(client):
