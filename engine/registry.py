@@ -202,15 +202,17 @@ class Igemm(Algorithm):
         return not (name == "panels" and value == "padded" and self._padded_why_not(p))
 
     @staticmethod
-    def auto_panels(p):
-        """How the kernel makes B panels for ``p`` by itself (igemm.auto_panels)."""
-        return _igemm.auto_panels(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
-                                  p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
+    def _panel_geometry(p):
+        """The layer as igemm.auto_panels and igemm.padded_applies take it."""
+        return (p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
+                p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
 
-    @staticmethod
-    def _padded_why_not(p):
-        return _igemm.padded_applies(p.stride[0], p.stride[1], p.c_in // p.groups, p.out_h, p.out_w,
-                                     p.kernel[0], p.kernel[1], p.dilation[0], p.dilation[1])
+    def auto_panels(self, p):
+        """How the kernel makes B panels for ``p`` by itself (igemm.auto_panels)."""
+        return _igemm.auto_panels(*self._panel_geometry(p))
+
+    def _padded_why_not(self, p):
+        return _igemm.padded_applies(*self._panel_geometry(p))
 
     def prepare_weight(self, weight, p):
         if p.dtype != "float32":

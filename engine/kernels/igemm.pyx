@@ -191,13 +191,19 @@ cdef int _fill(uk_conv_t* cv, const float[:, :, :, ::1] x, const float[:, :, :, 
 PANELS = ("auto", "gather", "padded")
 
 
-def padded_applies(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
-                   int kh, int kw, int dh, int dw):
+cdef inline Py_ssize_t _phase_extent(Py_ssize_t out, int k, int d, int s) noexcept nogil:
+    """Rows (or columns) of a polyphase plane: the outputs plus the largest tap
+    offset (k-1)*d // s within the plane."""
+    return out + (k - 1) * d // s
+
+
+cpdef padded_applies(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+                     int kh, int kw, int dh, int dw):
     """None when the padded mode can compute this layer, else why not: it needs input
     channels, and a group's polyphase planes within its 32-bit offsets."""
     if Cg < 1:
         return "panels='padded' needs input channels"
-    Hq, Wq = OH + (kh - 1) * dh // stride_h, OW + (kw - 1) * dw // stride_w
+    Hq, Wq = _phase_extent(OH, kh, dh, stride_h), _phase_extent(OW, kw, dw, stride_w)
     planes = Cg * _phase_count(kh, dh, stride_h) * _phase_count(kw, dw, stride_w)
     if planes * _plane_stride(Hq * Wq) + OH * Wq >= 2 ** 31:
         return (f"a group's padded planes ({planes} x {Hq} x {Wq}) exceed the padded mode's "
@@ -205,8 +211,8 @@ def padded_applies(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_
     return None
 
 
-def auto_panels(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
-                int kh, int kw, int dh, int dw):
+cpdef str auto_panels(int stride_h, int stride_w, Py_ssize_t Cg, Py_ssize_t OH, Py_ssize_t OW,
+                      int kh, int kw, int dh, int dw):
     """The mode "auto" picks: padded for stride-1, dilation-1 layers with a kernel
     larger than 1x1 and for strided layers with kernels of 5x5 and more, gather for
     the rest. Measured on a Sapphire Rapids (AVX-512, one thread, batch 1), padded /
@@ -425,7 +431,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     cdef int* boff = ph_w + cv.kw
     cdef Py_ssize_t nh = _used_phases(cv.kh, cv.dh, cv.sh, ph_h)
     cdef Py_ssize_t nw = _used_phases(cv.kw, cv.dw, cv.sw, ph_w)
-    cdef Py_ssize_t Hq = cv.OH + (cv.kh - 1) * cv.dh // cv.sh, Wq = cv.OW + (cv.kw - 1) * cv.dw // cv.sw
+    cdef Py_ssize_t Hq = _phase_extent(cv.OH, cv.kh, cv.dh, cv.sh), Wq = _phase_extent(cv.OW, cv.kw, cv.dw, cv.sw)
     cdef Py_ssize_t Q = cv.OH * Wq, PS = _plane_stride(Hq * Wq), i, j, ic, k, t
     padded = np.empty(cv.N * cv.C * nh * nw * PS, np.float32)
     cdef float[::1] xp = padded
