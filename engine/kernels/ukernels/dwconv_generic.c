@@ -19,7 +19,7 @@
  *   3x3, any stride: one pass, s = b + w0*r0[.] + w1*r0[.+dw] + w2*r0[.+2dw] + w3*r1[.]
  *                    + ... + w8*r2[.+2dw], left to right (9 weights in registers;
  *                    stride 1 and 2 unrolled so the loads are contiguous / a fixed
- *                    shuffle);
+ *                    shuffle), relu applied in the same pass;
  *   any other kernel: dst = b, then one multiply-add pass over the line per tap in
  *                    row-major tap order (dst stays in L1).
  * The caller (conv2d_depthwise) walks a padded band flattened into one long "wide" line
@@ -37,6 +37,20 @@
        + w3 * r1[(S) * i] + w4 * r1[(S) * i + d1] + w5 * r1[(S) * i + d2]             \
        + w6 * r2[(S) * i] + w7 * r2[(S) * i + d1] + w8 * r2[(S) * i + d2])
 
+/* The 3x3 line, relu in the same pass (the value clamped is the whole sum, so the
+   result is that of a separate pass; the line is stored once instead of twice). */
+#define DW_LINE9(S)                                                                    \
+    do {                                                                               \
+        if (relu) {                                                                    \
+            for (ptrdiff_t i = 0; i < n; i++) {                                        \
+                const float v = DW_SUM9(S);                                            \
+                dst[i] = v < 0 ? 0.0f : v;                                             \
+            }                                                                          \
+        } else {                                                                       \
+            for (ptrdiff_t i = 0; i < n; i++) dst[i] = DW_SUM9(S);                    \
+        }                                                                              \
+    } while (0)
+
 UK_API void DW_CAT(dwconv_line__, UK_SUFFIX)(
         float* restrict dst, const float* restrict src, ptrdiff_t n, ptrdiff_t sw,
         ptrdiff_t PW, ptrdiff_t dh, ptrdiff_t dw, const float* restrict w, int kh, int kw,
@@ -50,25 +64,26 @@ UK_API void DW_CAT(dwconv_line__, UK_SUFFIX)(
         const float w3 = w[3], w4 = w[4], w5 = w[5];
         const float w6 = w[6], w7 = w[7], w8 = w[8];
         if (sw == 1) {
-            for (ptrdiff_t i = 0; i < n; i++) dst[i] = DW_SUM9(1);
+            DW_LINE9(1);
         } else if (sw == 2) {
-            for (ptrdiff_t i = 0; i < n; i++) dst[i] = DW_SUM9(2);
+            DW_LINE9(2);
         } else {
-            for (ptrdiff_t i = 0; i < n; i++) dst[i] = DW_SUM9(sw);
+            DW_LINE9(sw);
         }
-    } else {
-        for (ptrdiff_t i = 0; i < n; i++) dst[i] = b;
-        for (int r = 0; r < kh; r++)
-            for (int c = 0; c < kw; c++) {
-                const float* restrict s = src + r * dh * PW + c * dw;
-                const float wv = w[r * kw + c];
-                if (sw == 1) {
-                    for (ptrdiff_t i = 0; i < n; i++) dst[i] += wv * s[i];
-                } else {
-                    for (ptrdiff_t i = 0; i < n; i++) dst[i] += wv * s[i * sw];
-                }
-            }
+        return;
     }
+    /* any other kernel: dst = b, then one multiply-add pass per tap */
+    for (ptrdiff_t i = 0; i < n; i++) dst[i] = b;
+    for (int r = 0; r < kh; r++)
+        for (int c = 0; c < kw; c++) {
+            const float* restrict s = src + r * dh * PW + c * dw;
+            const float wv = w[r * kw + c];
+            if (sw == 1) {
+                for (ptrdiff_t i = 0; i < n; i++) dst[i] += wv * s[i];
+            } else {
+                for (ptrdiff_t i = 0; i < n; i++) dst[i] += wv * s[i * sw];
+            }
+        }
     if (relu)
         for (ptrdiff_t i = 0; i < n; i++) {
             const float v = dst[i];
