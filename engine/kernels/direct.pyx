@@ -33,7 +33,7 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 from ._ranges cimport _ceil_div, _tap_range
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_dwconv_line_fn, UK_ISA_COUNT
+from ._ukernels cimport uk_kernels, uk_cpu_isa, uk_dwconv_line_fn, UK_ISA_COUNT
 
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
