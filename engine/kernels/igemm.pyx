@@ -247,7 +247,7 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
          bottom/right padding. relu: max(., 0) with NaN passing, as torch.relu.
     Workspace per thread: igemm_kc x NR + mb x NR floats, independent of the layer; the
     padded mode also makes one padded copy of the input, about (H + pads) x (W + pads)
-    per plane (``_pad_phases``).
+    per plane (``_pad_phase``).
     """
     cdef const uk_kernels_t* uk = _table(isa)
     cdef uk_conv_t cv
@@ -373,52 +373,51 @@ def phases(int k, int d, int s):
     return [int(r) for r in ph[:_used_phases(k, d, s, &v[0])]]
 
 
-cdef void _pad_phases(const float* x, float* xp, Py_ssize_t planes, Py_ssize_t H,
-                      Py_ssize_t W, Py_ssize_t Hq, Py_ssize_t Wq, Py_ssize_t PS,
-                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw,
-                      const int* ph_h, Py_ssize_t nh, const int* ph_w, Py_ssize_t nw,
-                      int nt) noexcept nogil:
-    """The zero-padded input split into polyphase planes of Hq x Wq, PS floats apart:
+cdef void _pad_phase(const float* x, float* xp, Py_ssize_t item, Py_ssize_t H,
+                     Py_ssize_t W, Py_ssize_t Hq, Py_ssize_t Wq, Py_ssize_t PS,
+                     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw,
+                     const int* ph_h, Py_ssize_t nh, const int* ph_w, Py_ssize_t nw) noexcept nogil:
+    """One polyphase plane of the zero-padded input, Hq x Wq, ``item`` = (p*nh + ai)*nw + bi
+    of the N*C*nh*nw planes that lie PS floats apart:
 
-        xp[((p*nh + ai)*nw + bi)*PS + u*Wq + v] = x[p][u*sh + a - pt][v*sw + b - pl]
-                                                  (a = ph_h[ai], b = ph_w[bi]; 0 outside x)
+        xp[item*PS + u*Wq + v] = x[p][u*sh + a - pt][v*sw + b - pl]
+                                 (a = ph_h[ai], b = ph_w[bi]; 0 outside x)
 
-    and every float of a plane past Hq*Wq is 0. Parallel over the N*C input planes."""
-    cdef Py_ssize_t p, ai, bi, u, v, r, a, b, v_lo, v_hi
-    cdef float* d
+    and every float of the plane past Hq*Wq is 0."""
+    cdef Py_ssize_t p = item // (nh * nw), ai = (item // nw) % nh, bi = item % nw
+    cdef Py_ssize_t a = ph_h[ai], b = ph_w[bi], u, v, r, v_lo, v_hi
+    cdef float* d = xp + item * PS
     cdef const float* src
-    for p in prange(planes, schedule="static", num_threads=nt):
-        for ai in range(nh):
-            for bi in range(nw):
-                a = ph_h[ai]
-                b = ph_w[bi]
-                d = xp + ((p * nh + ai) * nw + bi) * PS
-                # the columns v whose source column v*sw + b - pl lies in [0, W)
-                # (divisions of non-negative numbers only: the build has cdivision)
-                v_lo = (pl - b + sw - 1) // sw if pl > b else 0
-                v_hi = (W - 1 - b + pl) // sw + 1 if W - 1 - b + pl >= 0 else 0
-                if v_hi > Wq:
-                    v_hi = Wq
-                if v_hi < v_lo:
-                    v_hi = v_lo
-                for u in range(Hq):
-                    r = u * sh + a - pt
-                    if r < 0 or r >= H or v_hi == v_lo:
-                        memset(d + u * Wq, 0, Wq * sizeof(float))
-                        continue
-                    src = x + (p * H + r) * W + b - pl
-                    memset(d + u * Wq, 0, v_lo * sizeof(float))
-                    if sw == 1:
-                        memcpy(d + u * Wq + v_lo, src + v_lo, (v_hi - v_lo) * sizeof(float))
-                    else:
-                        for v in range(v_lo, v_hi):
-                            d[u * Wq + v] = src[v * sw]
-                    memset(d + u * Wq + v_hi, 0, (Wq - v_hi) * sizeof(float))
-                memset(d + Hq * Wq, 0, (PS - Hq * Wq) * sizeof(float))
+    # the columns v whose source column v*sw + b - pl lies in [0, W)
+    # (divisions of non-negative numbers only: the build has cdivision)
+    v_lo = (pl - b + sw - 1) // sw if pl > b else 0
+    v_hi = (W - 1 - b + pl) // sw + 1 if W - 1 - b + pl >= 0 else 0
+    if v_hi > Wq:
+        v_hi = Wq
+    if v_hi < v_lo:
+        v_hi = v_lo
+    for u in range(Hq):
+        r = u * sh + a - pt
+        if r < 0 or r >= H or v_hi == v_lo:
+            memset(d + u * Wq, 0, Wq * sizeof(float))
+            continue
+        src = x + (p * H + r) * W + b - pl
+        memset(d + u * Wq, 0, v_lo * sizeof(float))
+        if sw == 1:
+            memcpy(d + u * Wq + v_lo, src + v_lo, (v_hi - v_lo) * sizeof(float))
+        elif sw == 2:
+            # a constant stride, which the compiler vectorises (even-lane shuffles)
+            for v in range(v_lo, v_hi):
+                d[u * Wq + v] = src[2 * v]
+        else:
+            for v in range(v_lo, v_hi):
+                d[u * Wq + v] = src[v * sw]
+        memset(d + u * Wq + v_hi, 0, (Wq - v_hi) * sizeof(float))
+    memset(d + Hq * Wq, 0, (PS - Hq * Wq) * sizeof(float))
 
 
 cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m_block) except -1:
-    """The padded mode: pad and split x once into polyphase planes (``_pad_phases``),
+    """The padded mode: pad and split x once into polyphase planes (``_pad_phase``),
     then items (group, channel block, image, NR-position panel of a plane) read their
     rows in place (igemm_driver.h). Tap (i, j) of input channel ic reads the plane of
     phases ((i*dh) % sh, (j*dw) % sw) at row offset (i*dh) // sh and column offset
@@ -436,8 +435,6 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     padded = np.empty(cv.N * cv.C * nh * nw * PS, np.float32)
     cdef float[::1] xp = padded
     with nogil:
-        _pad_phases(cv.x, &xp[0], <Py_ssize_t>cv.N * cv.C, cv.H, cv.W, Hq, Wq, PS, cv.pt, cv.pl,
-                    cv.sh, cv.sw, ph_h, nh, ph_w, nw, nt)
         # B row of tap (i, j), input channel ic (k tap-major, as the packed weights' K)
         k = 0
         for i in range(cv.kh):
@@ -448,6 +445,10 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                 for ic in range(cv.Cg):
                     boff[k] = <int>(t + ic * nh * nw * PS)
                     k += 1
+    # the original geometry, for the padding pass
+    cdef const float* x0 = cv.x
+    cdef Py_ssize_t H0 = cv.H, W0 = cv.W, pt0 = cv.pt, pl0 = cv.pl, sh0 = cv.sh, sw0 = cv.sw
+    cdef Py_ssize_t n_planes = <Py_ssize_t>cv.N * cv.C * nh * nw, pp
     cv.x = &xp[0]
     cv.H, cv.W, cv.pt, cv.pl, cv.sh, cv.sw = <int>Hq, <int>Wq, 0, 0, 1, 1
     cv.plane = nh * nw * PS
@@ -460,10 +461,14 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
         nt = <int>n_items
     cdef int failed = 0
     cdef float* Cb = NULL          # thread-private inside the team
+    # one team for both passes: the planes, then (after prange's barrier) the items; a
+    # second parallel region per call cost a wake-up of the team on these VMs
     with nogil, parallel(num_threads=nt):
         Cb = NULL
         if posix_memalign(<void**>&Cb, 64, mb * NR * sizeof(float)) != 0:
             Cb = NULL
+        for pp in prange(n_planes, schedule="static"):
+            _pad_phase(x0, &xp[0], pp, H0, W0, Hq, Wq, PS, pt0, pl0, sh0, sw0, ph_h, nh, ph_w, nw)
         for it in prange(n_items, schedule="static"):
             if Cb == NULL:
                 failed += 1
