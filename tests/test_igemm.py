@@ -256,6 +256,7 @@ DRIVER_CASES = [
     ((1, 32, 6, 6), (64, 4, 3, 3), 1, 1, 1, 8),              # 4 channels per group
     ((1, 3, 1, 1), (2, 3, 1, 1), 1, 0, 1, 1),                # one pixel
     ((2, 3, 11, 101), (10, 3, 7, 7), 2, 3, 1, 1),            # a stem: stride-2 runs of 51
+    ((1, 160, 5, 5), (9, 160, 3, 3), 1, 1, 1, 1),            # K = 1440: a K block at a time on AVX-512
 ]
 
 
@@ -291,6 +292,35 @@ def test_driver_against_reference_every_blocking(name, case, panels):
     for o in outs[1:]:
         # the partition changes which thread computes a tile, never its arithmetic
         np.testing.assert_array_equal(o, outs[0])
+
+
+@pytest.mark.parametrize("case", DRIVER_CASES, ids=lambda c: "x{}w{}".format(*["x".join(map(str, v)) for v in c[:2]]))
+@pytest.mark.parametrize("name", ISAS)
+def test_wide_and_narrow_gathers_agree(name, case, monkeypatch):
+    """Gathering several panels' rows at once (wide_panels > 1) and a K block of one
+    panel at a time compute the same products in the same order: bitwise equal, at
+    thread counts that cut the threads' shares inside and across images and blocks."""
+    MR, NR = tile(name)
+    outs = {}
+    for wide_bytes in (igemm.WIDE_BYTES, 0):
+        monkeypatch.setattr(igemm, "WIDE_BYTES", wide_bytes)
+        outs[wide_bytes] = [driver_run(*case, name, threads, m_block=m_block, panels="gather")[0]
+                            for threads, m_block in [(1, 0), (3, 0), (2, MR)]]
+    monkeypatch.undo()
+    for a, b in zip(outs[igemm.WIDE_BYTES], outs[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wide_panels_bounds_the_workspace():
+    """The wide gather's B stays within WIDE_BYTES and IG_WIDE_MAX panels; K too large
+    for two panels falls back to one K block at a time."""
+    for nr in (4, 16, 48):
+        for K in (1, 9, 147, 576, 1365, 1366, 4608, 10 ** 6):
+            w = igemm.wide_panels(K, nr)
+            assert 1 <= w <= 8
+            assert w == 1 or w * 4 * K * nr <= igemm.WIDE_BYTES
+            if 2 * 4 * K * nr <= igemm.WIDE_BYTES:
+                assert w >= 2
 
 
 # the padded mode's own edges: (x shape, weight shape, (pt, pb), (pl, pr), stride,

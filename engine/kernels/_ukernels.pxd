@@ -9,6 +9,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         UK_ISA_AVX512
         UK_ISA_COUNT
         UK_WG_LANES
+        IG_WIDE_MAX
     ctypedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
                                       const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,

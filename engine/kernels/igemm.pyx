@@ -38,13 +38,15 @@ and dropped); the tile reads those rows in place through per-k offsets
 unpadded layer is the same product with each image's plane viewed as one row (the
 gather is then one row copy per panel row): no im2col, no BLAS.
 
-Work split: items (group, block of mb output channels, NR-column panel) dealt to one
-OpenMP team with a static schedule, so a thread walks consecutive panels of one
+Work split: units (group, block of mb output channels, NR-column panel) dealt to one
+OpenMP team in contiguous shares, so a thread walks consecutive panels of one
 channel block (its mb x K panels of A, re-read for every panel, stay in L2 where they
-fit: mb comes from A_BLOCK_BYTES). When
+fit: mb comes from A_BLOCK_BYTES); the gather takes up to ``wide_panels`` of them at
+a time and gathers their K rows together (WIDE_BYTES of B). When
 groups x channel blocks x panels would leave threads idle (batch 1 on a 7x7 image),
 channel blocks shrink down to one register tile's MR rows. Per-thread workspace:
-KC x NR + mb x NR floats (at most about 74 KiB), whatever the layer.
+mb x NR floats of C and at most WIDE_BYTES (512 KiB) of B, or KC x NR floats when K is
+too large for two panels there, whatever the layer.
 
 float64 has no micro-kernels: the registry runs it through im2col's BLAS path.
 """
@@ -54,7 +56,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT
+from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
@@ -245,7 +247,7 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
          ``panels`` how B panels are made (PANELS: "auto", "gather", "padded").
     OUT: out[N][C_out][OH][OW], every element written; its shape fixes the
          bottom/right padding. relu: max(., 0) with NaN passing, as torch.relu.
-    Workspace per thread: igemm_kc x NR + mb x NR floats, independent of the layer; the
+    Workspace per thread: mb x NR floats and at most WIDE_BYTES of gathered B; the
     padded mode also makes one padded copy of the input, about (H + pads) x (W + pads)
     per plane (``_pad_phase``).
     """
@@ -278,15 +280,18 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
 
 cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, int nt,
                      Py_ssize_t m_block) except -1:
-    """The gather mode: items (group, channel block, NR-column panel of the batch)."""
+    """The gather mode: units (group, channel block, NR-column panel of the batch), each
+    thread a contiguous share of them, taken ``wide`` panels at a time (``wide_panels``)
+    within one channel block."""
     cdef int MR = uk.sgemm_mr, NR = uk.sgemm_nr
     mb_, nmb_, panels_ = blocking(cv.Mg, cv.K, cv.G, columns, MR, NR, nt, m_block)
     cdef Py_ssize_t mb = mb_, nmb = nmb_, panels = panels_
-    cdef Py_ssize_t n_items = cv.G * nmb * panels, it, g, rem, m0, c0
+    cdef Py_ssize_t n_items = cv.G * nmb * panels, it, hi, g, rem, m0, pi, c0, cnt
     if nt > n_items:
         nt = <int>n_items
-    cdef Py_ssize_t bsize = <Py_ssize_t>uk.igemm_kc * NR, csize = mb * NR
-    cdef int failed = 0
+    cdef Py_ssize_t wide = wide_panels(cv.K, NR)
+    cdef Py_ssize_t bsize = (wide * cv.K if wide > 1 else uk.igemm_kc) * NR, csize = mb * NR
+    cdef int failed = 0, tid
     cdef float* Bb = NULL          # thread-private inside the team
     cdef float* Cb = NULL
     with nogil, parallel(num_threads=nt):
@@ -296,21 +301,41 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
             Bb = NULL
         if posix_memalign(<void**>&Cb, 64, csize * sizeof(float)) != 0:
             Cb = NULL
-        for it in prange(n_items, schedule="static"):
+        # one share per thread (nt iterations, one each), so that a thread's panels
+        # are consecutive and can be packed several at a time
+        for tid in prange(nt, schedule="static", chunksize=1):
+            it = n_items * tid // nt
+            hi = n_items * (tid + 1) // nt
             if Bb == NULL or Cb == NULL:
                 failed += 1            # (a reduction: every thread's failures count)
-            else:
+                it = hi
+            while it < hi:
                 g = it // (nmb * panels)
                 rem = it - g * nmb * panels
                 m0 = (rem // panels) * mb
-                c0 = (rem % panels) * NR
+                pi = rem % panels
+                cnt = min(wide, panels - pi, hi - it)
+                c0 = pi * NR
                 uk.igemm(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
-                         c0, columns - c0 if columns - c0 < NR else NR, Bb, Cb)
+                         c0, min(cnt * NR, columns - c0), Bb, Cb)
+                it = it + cnt
         free(Bb)
         free(Cb)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
     return 0
+
+
+# Bytes of packed B one gather item may hold when it gathers several panels at once
+# (igemm_driver.h, ig_pack_wide): L2-resident beside the channel block's A.
+WIDE_BYTES = 512 * 1024
+
+
+cpdef Py_ssize_t wide_panels(Py_ssize_t K, int nr):
+    """Panels one gather item packs at once: as many of K x nr floats as fit WIDE_BYTES,
+    at most IG_WIDE_MAX; 1 (a K block at a time, the narrow gather) when even two do not."""
+    cdef Py_ssize_t w = WIDE_BYTES // (4 * max(K, 1) * nr)
+    return 1 if w < 2 else min(w, IG_WIDE_MAX)
 
 
 cdef inline Py_ssize_t _plane_stride(Py_ssize_t plane) noexcept nogil:

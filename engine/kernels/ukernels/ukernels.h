@@ -86,8 +86,9 @@ typedef struct {
 typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptrdiff_t c0,
                                  int nc, float* Bp);
 /* One work item: out rows g*Mg + m0 .. + mb, batch-wide columns c0 .. c0+nc, every
-   element written (+ bias, relu); m0 a multiple of MR. Workspace Bb[igemm_kc * NR] and
-   Cb[mb * NR] floats. */
+   element written (+ bias, relu); m0 a multiple of MR. Workspace Cb[mb * NR] floats and
+   Bb: igemm_kc * NR floats when nc <= NR; for nc > NR (up to IG_WIDE_MAX panels) all K
+   rows of the item's ceil(nc / NR) panels are gathered at once, Bb[ceil(nc/NR) * K * NR]. */
 typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
                             ptrdiff_t nc, float* Bb, float* Cb);
 /* The padded mode: cv describes an input already zero-padded (pt = pl = 0, sh = sw = 1)
@@ -145,6 +146,8 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
    the block only bounds how many input rows one C tile pass touches; 256 measured
    faster than 128 (the stem's K = 147 in one pass, no C reload: 0.8x the time). */
 #define UK_KC_PADDED 256
+/* Most panels one igemm gather item packs at once (igemm_driver.h, ig_pack_wide). */
+#define IG_WIDE_MAX 8
 
 /* Per-ISA definitions (each in its own object). */
 #define UK_DECLARE(SUFFIX, MR, NR)                                                          \
