@@ -8,7 +8,9 @@ engine, times
 
     torch    torch.nn.functional.conv2d / max_pool2d / avg_pool2d
     ort      ONNX Runtime on a one-node ONNX model (benchmarks/anchors.py)
-    ncnn     ncnn on a one-layer net (benchmarks/anchors.py)
+    ncnn     ncnn on a one-layer net (benchmarks/anchors.py): the ``ncnn`` module, or
+             with CONVTUNE_NCNN_LIB=/path/to/libncnn.so that library through its C API
+             (e.g. a build with the AVX-512 options off); the header says which
     each     engine algorithm forced: its operator (engine.operator) built once, weights
              prepared once as a layer keeps them, with --cached-weights; else built per
              call, weights prepared per call, as functional.conv2d does
@@ -29,7 +31,8 @@ category. Anchors that are not installed are skipped with a note.
 
 ``--isa`` caps the micro-kernels (engine.isa.set_cap: baseline, avx2, avx512), e.g. to
 measure the AVX2 path on an AVX-512 machine, and PyTorch with them where it has a switch
-(``anchors.cap_torch_isa``: oneDNN and ATen); ONNX Runtime and ncnn keep the CPU's best.
+(``anchors.cap_torch_isa``: oneDNN and ATen); ONNX Runtime and ncnn keep the CPU's best
+(ncnn: the best its build has, so CONVTUNE_NCNN_LIB with an AVX2-only build for ncnn's AVX2).
 """
 import argparse
 import math
@@ -123,7 +126,8 @@ def main(argv=None):
         engine.isa.set_cap(args.isa)
     anchor_cap = anchors.cap_torch_isa(args.isa)
     if anchor_cap:
-        anchor_cap += ", ONNX Runtime and ncnn not (no switch)"
+        anchor_cap += (", ONNX Runtime not (no switch), ncnn as its build"
+                       if os.environ.get(anchors.NCNN_LIB_ENV) else ", ONNX Runtime and ncnn not (no switch)")
     engine.use_plan(None if args.plan.lower() == "none" else args.plan)
     try:
         import torch
@@ -135,7 +139,8 @@ def main(argv=None):
           f"{engine.isa.active()}{' (capped with --isa)' if args.isa else ''}; threads {args.threads}; "
           f"batches {batches}; {reps} samples >= {min_sample * 1e3:g} ms; plan {args.plan}; forced "
           f"algorithms with weights prepared {'once' if args.cached_weights else 'per call'}; "
-          f"PyTorch {torch.__version__ if torch else 'not installed'}{anchor_cap}")
+          f"PyTorch {torch.__version__ if torch else 'not installed'}{anchor_cap}; "
+          f"{anchors.ncnn_description()}")
     cols = ANCHORS + algos + ["default"]
     header = ["layer", "N"] + cols + ["best", "dflt/best"] + [f"{a}/dflt" for a in ANCHORS]
     print(" ".join(f"{h:>9s}" if i else f"{h:28s}" for i, h in enumerate(header)))
