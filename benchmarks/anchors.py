@@ -18,7 +18,14 @@ a runner, never an error:
 library's C API (ctypes; built with -DNCNN_C_API=ON -DNCNN_SHARED_LIB=ON) instead of the
 ``ncnn`` module, e.g. a build with the AVX-512 options off to time ncnn's AVX2 kernels on
 an AVX-512 machine (the pip wheel picks the CPU's best at run time and has no switch).
-``ncnn_description()`` says which ncnn runs, for a benchmark's header.
+``ncnn_description()`` says which ncnn runs, for a benchmark's header. An AVX2-only
+build from ncnn's source (``objdump -d build/src/libncnn.so | grep -c zmm`` then gives 0):
+
+    cmake -S ncnn -B build -DCMAKE_BUILD_TYPE=Release -DNCNN_SHARED_LIB=ON -DNCNN_C_API=ON \
+          -DNCNN_VULKAN=OFF -DNCNN_PYTHON=OFF -DNCNN_BUILD_TOOLS=OFF -DNCNN_BUILD_EXAMPLES=OFF \
+          -DNCNN_BUILD_BENCHMARK=OFF -DNCNN_BUILD_TESTS=OFF -DNCNN_AVX512=OFF \
+          -DNCNN_AVX512VNNI=OFF -DNCNN_AVX512BF16=OFF -DNCNN_AVX512FP16=OFF
+    cmake --build build -j2
 """
 import ctypes
 import os
