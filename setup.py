@@ -30,7 +30,7 @@ from setuptools.command.build_ext import build_ext
 
 KERNELS = ["padding", "polyphase", "direct", "im2col", "igemm", "pool", "winograd", "_buildinfo", "_ukernels"]
 # Kernel modules that run micro-kernels: the per-ISA objects are linked into them.
-UKERNEL_USERS = {"winograd", "igemm", "direct", "_ukernels"}
+UKERNEL_USERS = {"winograd", "igemm", "_ukernels"}
 UKERNEL_DIR = os.path.join("engine", "kernels", "ukernels")
 # (source, ISA flags on top of the portable ones, macros): one object per ISA, so each
 # function is compiled for exactly its instruction set and the baseline object runs on
@@ -39,15 +39,12 @@ UKERNEL_OBJECTS = [
     ("dispatch.c", [], []),
     ("sgemm_scalar.c", [], []),
     ("winograd_generic.c", [], [("UK_SUFFIX", "scalar")]),
-    ("dwconv_generic.c", [], [("UK_SUFFIX", "scalar")]),
 ]
 UKERNEL_X86_OBJECTS = [
     ("sgemm_avx2_fma.c", ["-mavx2", "-mfma"], []),
     ("winograd_avx2.c", ["-mavx2", "-mfma"], []),
-    ("dwconv_generic.c", ["-mavx2", "-mfma"], [("UK_SUFFIX", "avx2_fma")]),
     ("sgemm_avx512f.c", ["-mavx512f", "-mavx2", "-mfma"], []),
     ("winograd_avx512f.c", ["-mavx512f", "-mavx2", "-mfma"], []),
-    ("dwconv_generic.c", ["-mavx512f", "-mavx2", "-mfma"], [("UK_SUFFIX", "avx512f")]),
 ]
 
 

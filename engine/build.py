@@ -31,7 +31,7 @@ def build_info():
 def _ukernel_line(u):
     cap = f", capped by CONVTUNE_ISA={u['cap']}" if u["cap"] else ""
     return (f"{u['active']} (CPU supports {', '.join(u['available'])}{cap}): "
-            f"{u['sgemm']}, {u['winograd']}, {u['dwconv']}")
+            f"{u['sgemm']}, {u['winograd']}")
 
 
 def format_build_info(info=None):

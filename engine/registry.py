@@ -132,18 +132,11 @@ class Direct(Algorithm):
     def kernel_name(self, p):
         return "conv2d_depthwise" if p.is_depthwise else "conv2d_direct"
 
-    def kernels(self, p):
-        if not (p.is_depthwise and p.dtype == "float32"):
-            return {"kernel": self.kernel_name(p)}
-        uk = _isa.kernels()
-        return {"kernel": "conv2d_depthwise", "isa": uk["isa"], "line": uk["dwconv"]}
-
     def run(self, x, w, bias, out, p, num_threads, relu=False, params=None):
         top, left = _kernel_pads(p)
         if p.is_depthwise:
             _direct.conv2d_depthwise(x, w, bias, out, p.stride[0], p.stride[1], top, left,
-                                     p.dilation[0], p.dilation[1], num_threads, relu,
-                                     isa=_isa.level())
+                                     p.dilation[0], p.dilation[1], num_threads, relu)
         else:
             _direct.conv2d_direct(x, w, bias, out, p.stride[0], p.stride[1], top, left,
                                   p.dilation[0], p.dilation[1], p.groups, num_threads, relu)

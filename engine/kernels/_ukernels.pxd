@@ -39,9 +39,6 @@ cdef extern from "ukernels/ukernels.h" nogil:
                                  Py_ssize_t nc, float* Bb, float* Cb) noexcept nogil
     ctypedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
                                         int nq, const int* boff, float* Cb) noexcept nogil
-    ctypedef void (*uk_dwconv_line_fn)(float* dst, const float* src, Py_ssize_t n, Py_ssize_t sw,
-                                       Py_ssize_t PW, Py_ssize_t dh, Py_ssize_t dw, const float* w,
-                                       int kh, int kw, float b, int relu) noexcept nogil
     ctypedef struct uk_kernels_t:
         const char* isa
         int sgemm_mr
@@ -59,8 +56,6 @@ cdef extern from "ukernels/ukernels.h" nogil:
         uk_igemm_pack_fn igemm_pack
         uk_igemm_fn igemm
         uk_igemm_padded_fn igemm_padded
-        const char* dwconv_name
-        uk_dwconv_line_fn dwconv_line
 
     int uk_cpu_isa() noexcept
     const uk_kernels_t* uk_kernels(int isa) noexcept

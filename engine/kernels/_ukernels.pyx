@@ -29,8 +29,7 @@ def kernel_info(int isa):
     cdef const uk_kernels_t* t = _table(isa)
     return {"isa": t.isa.decode(), "sgemm": t.sgemm_name.decode(),
             "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "winograd": t.wg_name.decode(),
-            "igemm": t.igemm_name.decode(), "igemm_kc": t.igemm_kc,
-            "dwconv": t.dwconv_name.decode()}
+            "igemm": t.igemm_name.decode(), "igemm_kc": t.igemm_kc}
 
 
 cdef const uk_kernels_t* _table(int isa) except NULL:
@@ -142,33 +141,3 @@ def _rows(arr, name, writeable=False):
     if writeable and not arr.flags.writeable:
         raise ValueError(f"sgemm: {name} must be writeable")
     return arr
-
-
-def dwconv_line(int isa, dst, src, weight, Py_ssize_t n, Py_ssize_t stride, Py_ssize_t row_stride,
-                dilation=(1, 1), float bias=0.0, bint relu=False):
-    """ISA ``isa``'s depthwise line kernel (dwconv_line__<isa>) on numpy arrays, in place:
-        dst[i] = bias + sum_{r, c} weight[r][c] * src[i*stride + r*dh*row_stride + c*dw]
-    for i < n (then max(0, .) when ``relu``), (dh, dw) = ``dilation``; dst[n:] is left
-    as it was. dst, src: 1-D float32, weight[kh][kw] float32, all C-contiguous; every
-    tap of every i must lie inside src (checked here: the kernel does not check)."""
-    cdef const uk_kernels_t* t = _table(isa)
-    for name, arr, ndim in (("dst", dst, 1), ("src", src, 1), ("weight", weight, 2)):
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != ndim \
-                or not arr.flags.c_contiguous:
-            raise TypeError(f"dwconv_line: {name} must be a C-contiguous {ndim}-D float32 ndarray")
-    cdef float[::1] d = dst
-    cdef const float[::1] s = src
-    cdef const float[:, ::1] w = weight
-    cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
-    cdef int kh = w.shape[0], kw = w.shape[1]
-    if n < 0 or n > d.shape[0] or kh < 1 or kw < 1 or stride < 1 or dh < 1 or dw < 1:
-        raise ValueError(f"dwconv_line: need 0 <= n <= len(dst), a non-empty weight and "
-                         f"stride, dilation >= 1 (n={n}, weight {kh}x{kw}, stride {stride}, "
-                         f"dilation {dilation})")
-    if n and (n - 1) * stride + (kh - 1) * dh * row_stride + (kw - 1) * dw >= s.shape[0]:
-        raise ValueError("dwconv_line: the last tap of the last output lies past the end of src")
-    if n == 0:
-        return dst
-    with nogil:
-        t.dwconv_line(&d[0], &s[0], n, stride, row_stride, dh, dw, &w[0, 0], kh, kw, bias, relu)
-    return dst

@@ -17,10 +17,7 @@ conv2d_depthwise  groups == C_in (depth multiplier m = C_out / C_in). Each input
                   columns ow >= OW computed and dropped, the length rounded up to whole
                   vectors), so the vector loop is long and has no scalar remainder even
                   for 7x7 outputs. 3x3 is specialised (9 weights in registers, one pass,
-                  stride 1 and 2 unrolled). The line itself is, for float32, the
-                  micro-kernel dwconv_line__<isa> of the active ISA (ukernels/
-                  dwconv_generic.c, compiled per ISA); float64 runs _dw_line, the same
-                  loops in Cython.
+                  stride 1 and 2 unrolled).
 
 Both accumulate in the input dtype with plain multiply-add (NaN/inf propagate as in
 torch). Output size, per dimension:  OH = (H + pt + pb - dh*(kH-1) - 1) // sh + 1.
@@ -33,7 +30,6 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 from ._ranges cimport _ceil_div, _tap_range
-from ._ukernels cimport uk_kernels, uk_cpu_isa, uk_dwconv_line_fn, UK_ISA_COUNT
 
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
@@ -331,9 +327,7 @@ cdef void _dw_line(floating* dst, const floating* src, Py_ssize_t n, Py_ssize_t 
     """dst[i] = b + sum_{kh,kw} w[kh][kw] * src[i*sw + kh*dh*PW + kw*dw], i < n (then relu).
 
     ``src`` is a zero-padded block with row stride PW: every tap is in bounds, so the
-    loops have no branches and vectorise along i. conv2d_depthwise runs it for float64;
-    float32 runs the micro-kernel dwconv_line__<isa> (ukernels/dwconv_generic.c), which
-    computes the same sums in the same order.
+    loops have no branches and vectorise along i.
     """
     cdef Py_ssize_t i, kh, kw
     cdef floating s, v
@@ -389,10 +383,8 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
                    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t mult,
                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kH, Py_ssize_t kW,
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t PW, bint relu,
-                   uk_dwconv_line_fn line) noexcept nogil:
-    """Output rows [oh0, oh1) of channels c*mult .. c*mult+mult-1, image n; ``line``
-    computes each wide line for float32 (the ISA's micro-kernel), _dw_line for float64.
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t PW, bint relu) noexcept nogil:
+    """Output rows [oh0, oh1) of channels c*mult .. c*mult+mult-1, image n.
 
     blk = zero-padded input rows R in [oh0*sh, (oh1-1)*sh + (kH-1)*dh] (padded
     coordinates, row stride PW):  blk[R - oh0*sh][pl + iw] = x[n][c][R - pt][iw].
@@ -425,10 +417,7 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
         # dropped (so the vector loop has no scalar remainder).
         Q = (oh1 - oh0 - 1) * WW + OW
         Q = _ceil_div(Q, DW_VEC) * DW_VEC
-        if floating is float:
-            line(wide, blk, Q, sw, PW, dh, dw, wt + oc * kH * kW, <int>kH, <int>kW, bv, relu)
-        else:
-            _dw_line(wide, blk, Q, sw, PW, dh, dw, wt + oc * kH * kW, kH, kW, bv, relu)
+        _dw_line(wide, blk, Q, sw, PW, dh, dw, wt + oc * kH * kW, kH, kW, bv, relu)
         if OW <= 32:
             for oh in range(oh1 - oh0):
                 for j in range(OW):
@@ -438,21 +427,10 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
                 memcpy(dst + oh * OW, wide + oh * WW, <size_t>OW * sizeof(floating))
 
 
-cdef uk_dwconv_line_fn _dwconv_line(isa) except NULL:
-    """The depthwise line micro-kernel of ISA index ``isa`` (None: engine.isa.level())."""
-    if isa is None:
-        from .. import isa as _isa
-        isa = _isa.level()
-    if not isinstance(isa, int) or not 0 <= isa < UK_ISA_COUNT or uk_kernels(isa) == NULL \
-            or isa > uk_cpu_isa():
-        raise ValueError(f"conv2d_depthwise: no micro-kernels for ISA index {isa!r} on this CPU")
-    return uk_kernels(isa).dwconv_line
-
-
 def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight, bias,
                      floating[:, :, :, ::1] out, int stride_h, int stride_w, int pad_top,
                      int pad_left, int dilation_h, int dilation_w, int num_threads,
-                     bint relu=False, isa=None):
+                     bint relu=False):
     """Depthwise 2-D convolution: groups == C_in, depth multiplier m = C_out / C_in.
 
     IN   x[N][C_in][H][W]
@@ -466,8 +444,6 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
          with zero padding; relu: out = max(out, 0) in the same write.
     Parallel (static) over (n, input channel, band of output rows); each task pads its
     input band once into per-thread scratch and computes all m output channels from it.
-    ``isa``: for float32, index of the micro-kernel ISA (engine.isa.NAMES) whose
-    dwconv_line runs each line, default ``engine.isa.level()``; float64 ignores it.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Cout = out.shape[1], OH = out.shape[2], OW = out.shape[3]
@@ -481,9 +457,6 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef floating* blk = NULL
     cdef floating* wide = NULL
     cdef int nfail = 0
-    cdef uk_dwconv_line_fn line = NULL
-    if floating is float:
-        line = _dwconv_line(isa)
     if N == 0 or Cout == 0 or OH == 0 or OW == 0:
         return
     if num_threads < 1:
@@ -540,8 +513,7 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
             if oh1 > OH:
                 oh1 = OH
             _dw_task(xp, wp, bp, op, blk, wide, n, c, oh0, oh1, C, H, W, mult, OH, OW,
-                     kH, kW, sh, sw, pad_top, pad_left, dilation_h, dilation_w, PW, relu,
-                     line)
+                     kH, kW, sh, sw, pad_top, pad_left, dilation_h, dilation_w, PW, relu)
         free(blk)
         free(wide)
     if nfail:

@@ -101,16 +101,6 @@ typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_
 typedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
                                    int nq, const int* boff, float* Cb);
 
-/* Depthwise convolution of one output line (dwconv_generic.c, which states the math):
-     dst[i] = b + sum_{r<kh, c<kw} w[r*kw + c] * src[i*sw + r*dh*PW + c*dw], i < n,
-   then max(0, .) if relu (NaN and -0.0 pass); src a zero-padded block of row stride
-   PW in which every tap lies, w the channel's kh x kw filter; only dst[0 .. n) is
-   written. 3x3 sums in one pass, other kernels tap by tap in row-major order: the
-   float32 inner loop of direct.pyx's conv2d_depthwise. */
-typedef void (*uk_dwconv_line_fn)(float* dst, const float* src, ptrdiff_t n, ptrdiff_t sw,
-                                  ptrdiff_t PW, ptrdiff_t dh, ptrdiff_t dw, const float* w,
-                                  int kh, int kw, float b, int relu);
-
 typedef struct {
     const char* isa;              /* "baseline", "avx2", "avx512" */
     int sgemm_mr, sgemm_nr;       /* the register tile of sgemm_tile */
@@ -127,8 +117,6 @@ typedef struct {
     uk_igemm_pack_fn igemm_pack;
     uk_igemm_fn igemm;
     uk_igemm_padded_fn igemm_padded;
-    const char* dwconv_name;      /* e.g. "dwconv_line__avx2_fma" */
-    uk_dwconv_line_fn dwconv_line;
 } uk_kernels_t;
 
 /* Highest ISA this CPU (and its OS, for the AVX register state) supports. */
@@ -173,9 +161,7 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
     UK_API void igemm_pack__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, int, float*); \
     UK_API void igemm__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, ptrdiff_t, float*, float*); \
-    UK_API void igemm_padded__##SUFFIX(const uk_conv_t*, int, int, int, int, int, int, const int*, float*); \
-    UK_API void dwconv_line__##SUFFIX(float*, const float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, \
-                                      ptrdiff_t, ptrdiff_t, const float*, int, int, float, int);
+    UK_API void igemm_padded__##SUFFIX(const uk_conv_t*, int, int, int, int, int, int, const int*, float*);
 
 UK_DECLARE(scalar, 4, 16)
 #if defined(__x86_64__) || defined(__i386__)
