@@ -332,6 +332,7 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
     const int K = cv->K;
     const ptrdiff_t nblk = (cv->Mg + IG_MR - 1) / IG_MR, blk = (ptrdiff_t)K * IG_MR;
     const float* Ag = cv->w + ((ptrdiff_t)g * nblk + m0 / IG_MR) * blk;   /* Ap[g][m0/MR] */
+    if (nc <= 0) return;
     if (nc > IG_NR) {
         /* several panels: gather all their K rows at once (Bb holds np x K x NR), then
            finish one MR x NR tile at a time, MR rows across all the panels: A's MR
@@ -350,7 +351,8 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
            lie in K planes, too many streams for the hardware prefetchers */
         const ptrdiff_t total = (ptrdiff_t)cv->N * cv->OH * cv->OW, cn = c0 + nc;
         const ptrdiff_t pf_len = cv->kh == 1 && cv->kw == 1 && cv->sh == 1 && cv->sw == 1
-                                 && cv->H == 1 && cv->OH == 1 && cn < total
+                                 && cv->pt == 0 && cv->pl == 0 && cv->H == 1 && cv->OH == 1
+                                 && cv->OW == cv->W && cn < total
                                  ? (total - cn < nc ? total - cn : nc) : 0;
         const int n_tiles = (mb + IG_MR - 1) / IG_MR * np;
         int t = 0;
