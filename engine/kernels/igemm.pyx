@@ -54,8 +54,9 @@ import numpy as np
 
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
+from ._rows cimport _copy_strided
 from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX
 
 cdef extern from "stdlib.h" nogil:
@@ -410,7 +411,7 @@ cdef void _pad_phase(const float* x, float* xp, Py_ssize_t item, Py_ssize_t H,
 
     and every float of the plane past Hq*Wq is 0."""
     cdef Py_ssize_t p = item // (nh * nw), ai = (item // nw) % nh, bi = item % nw
-    cdef Py_ssize_t a = ph_h[ai], b = ph_w[bi], u, v, r, v_lo, v_hi
+    cdef Py_ssize_t a = ph_h[ai], b = ph_w[bi], u, r, v_lo, v_hi
     cdef float* d = xp + item * PS
     cdef const float* src
     # the columns v whose source column v*sw + b - pl lies in [0, W)
@@ -428,15 +429,7 @@ cdef void _pad_phase(const float* x, float* xp, Py_ssize_t item, Py_ssize_t H,
             continue
         src = x + (p * H + r) * W + b - pl
         memset(d + u * Wq, 0, v_lo * sizeof(float))
-        if sw == 1:
-            memcpy(d + u * Wq + v_lo, src + v_lo, (v_hi - v_lo) * sizeof(float))
-        elif sw == 2:
-            # a constant stride, which the compiler vectorises (even-lane shuffles)
-            for v in range(v_lo, v_hi):
-                d[u * Wq + v] = src[2 * v]
-        else:
-            for v in range(v_lo, v_hi):
-                d[u * Wq + v] = src[v * sw]
+        _copy_strided(d + u * Wq + v_lo, 1, src + v_lo * sw, sw, v_hi - v_lo)
         memset(d + u * Wq + v_hi, 0, (Wq - v_hi) * sizeof(float))
     memset(d + Hq * Wq, 0, (PS - Hq * Wq) * sizeof(float))
 

@@ -28,11 +28,10 @@ and run in parallel over the N*C source / destination planes (OpenMP, static).
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return (a + b - 1) // b
+from ._ranges cimport _ceil_div
+from ._rows cimport _copy_strided
 
 
 def split(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xs, int dh, int dw,
@@ -48,7 +47,7 @@ def split(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xs, int dh, int
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t Hs = xs.shape[2], Ws = xs.shape[3]
-    cdef Py_ssize_t planes = N * C, pl, n, c, y, t, v, a, b, nv, nt
+    cdef Py_ssize_t planes = N * C, pl, n, c, y, t, a, b, nv, nt
     cdef Py_ssize_t dd = <Py_ssize_t>dh * dw, plane_s = Hs * Ws
     cdef const floating* xp
     cdef const floating* src
@@ -77,12 +76,7 @@ def split(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xs, int dh, int
                 for b in range(dw):
                     dst = xsp + (((n * dd + a * dw + b) * C + c) * Hs + t) * Ws
                     nv = _ceil_div(W - b, dw) if b < W else 0     # columns b, b+dw, ... < W
-                    if dw == 1:
-                        if nv > 0:
-                            memcpy(dst, src, <size_t>nv * sizeof(floating))
-                    else:
-                        for v in range(nv):
-                            dst[v] = src[b + dw * v]
+                    _copy_strided(dst, 1, src + b, dw, nv)
                     if Ws > nv:
                         memset(dst + nv, 0, <size_t>(Ws - nv) * sizeof(floating))
             # rows t of component a with dh*t + a >= H (and all rows past ceil(H/dh))
@@ -106,7 +100,7 @@ def scatter(const floating[:, :, :, ::1] outs, floating[:, :, :, ::1] out, int d
     """
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t OHs = outs.shape[2], OWs = outs.shape[3]
-    cdef Py_ssize_t planes = N * C, pl, n, c, y, u, v, a, b, nv
+    cdef Py_ssize_t planes = N * C, pl, n, c, y, u, a, b, nv
     cdef Py_ssize_t dd = <Py_ssize_t>dh * dw
     cdef const floating* op
     cdef const floating* src
@@ -136,8 +130,4 @@ def scatter(const floating[:, :, :, ::1] outs, floating[:, :, :, ::1] out, int d
                 for b in range(dw):
                     src = op + (((n * dd + a * dw + b) * C + c) * OHs + u) * OWs
                     nv = _ceil_div(OW - b, dw) if b < OW else 0
-                    if dw == 1:
-                        memcpy(dst, src, <size_t>nv * sizeof(floating))
-                    else:
-                        for v in range(nv):
-                            dst[b + dw * v] = src[v]
+                    _copy_strided(dst + b, dw, src, 1, nv)
