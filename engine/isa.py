@@ -39,6 +39,12 @@ def cpu():
     return NAMES[_cpu_level]
 
 
+def vendor():
+    """The CPU's vendor: "amd", "intel" or "other" (where two correct kernels are fast on
+    different cores, e.g. Winograd's tile transforms, kernels.winograd.auto_transforms)."""
+    return _ukernels.cpu_vendor()
+
+
 def available():
     """The ISAs whose kernels can run here, lowest first (what tests iterate over)."""
     return list(NAMES[:_cpu_level + 1])

@@ -249,8 +249,10 @@ class Winograd(Algorithm):
     batch of N*dh*dw sub-images, runs the same kernel on them with the same transformed
     weights, padding (top/dh, left/dw), bias and relu, and scatters the sub-outputs
     back. That needs the top/left zero padding to be multiples of the dilation."""
-    # Tiles per block (automatic: sized from a per-thread workspace budget).
-    tunables = {"tile_block": [16, 32, 64, 128, 256]}
+    # Tiles per block (automatic: sized from a per-thread workspace budget); how the
+    # float32 tile transforms move tiles on AVX-512 (winograd.TRANSFORMS; automatic:
+    # winograd.auto_transforms, by CPU vendor).
+    tunables = {"tile_block": [16, 32, 64, 128, 256], "transforms": ["gather", "rows"]}
 
     def __init__(self, m):
         self.m = m
@@ -300,6 +302,10 @@ class Winograd(Algorithm):
                 return f"{self.name}'s tile offsets are 32-bit: the {what} is too large ({value} elements)"
         return None
 
+    def variant_applies(self, name, value, p):
+        # the two ways of moving tiles exist for float32 on AVX-512 only
+        return name != "transforms" or (p.dtype == "float32" and _isa.active() == "avx512")
+
     def prepare_weight(self, weight, p):
         return _winograd.transform_weight(weight, self.m)
 
@@ -311,8 +317,10 @@ class Winograd(Algorithm):
             k = {"kernel": "conv2d_winograd", "gemm": "BLAS dgemm"}
         else:
             uk = _isa.kernels()
+            rows = uk["isa"] == "avx512" and _winograd.auto_transforms(_isa.level()) == "rows"
+            tk = _isa.kernels("avx2") if rows else uk
             k = {"kernel": "conv2d_winograd", "isa": uk["isa"], "gemm": uk["sgemm"],
-                 "transforms": uk["winograd"].replace("{m}", str(self.m))}
+                 "transforms": tk["winograd"].replace("{m}", str(self.m))}
         if p.dilation != (1, 1):
             dh, dw = p.dilation
             k["polyphase"] = (f"polyphase.split / scatter: dilation {p.dilation} as "

@@ -131,15 +131,17 @@ CASES = {
 }
 
 
-def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False, isa=None):
+def run_kernel(x, w, b, pads, groups, m, threads, tile_block=0, relu=False, isa=None,
+               transforms="auto"):
     """The kernel into a NaN-filled output; ``isa`` names the float32 micro-kernels
-    (default: the active ones)."""
+    (default: the active ones), ``transforms`` how AVX-512 moves tiles."""
     pt, pl, pb, pr = pads
     N, C, H, W = x.shape
     out = np.full((N, w.shape[0], H + pt + pb - 2, W + pl + pr - 2), np.nan, x.dtype)
     U = wk.transform_weight(w, m)
     level = None if isa is None else engine_isa.NAMES.index(isa)
-    wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block, isa=level)
+    wk.conv2d_winograd(x, U, b, out, m, pt, pl, groups, threads, relu, tile_block, isa=level,
+                       transforms=transforms)
     return out
 
 
@@ -150,44 +152,48 @@ def _blas_one_thread():
         yield
 
 
-# float32 once per micro-kernel ISA (skipped, with the reason, where the CPU lacks it);
-# float64 has one path (BLAS).
-DTYPE_ISA = [pytest.param(np.float32, p.values[0], id=f"float32-{p.id}", marks=p.marks) for p in ISAS] \
-    + [pytest.param(np.float64, None, id="float64")]
+# float32 once per micro-kernel ISA (skipped, with the reason, where the CPU lacks it),
+# on AVX-512 once per way of moving tiles (winograd.TRANSFORMS: its gather/scatter
+# kernels, or AVX2's row loads and transposes beside its GEMM); float64 has one path (BLAS).
+DTYPE_ISA = [pytest.param(np.float32, p.values[0], t, id=f"float32-{p.id}" + (f"-{t}" if t != "auto" else ""),
+                          marks=p.marks)
+             for p in ISAS for t in (("gather", "rows") if p.values[0] == "avx512" else ("auto",))] \
+    + [pytest.param(np.float64, None, "auto", id="float64")]
 
 
-@pytest.mark.parametrize("dtype,isa", DTYPE_ISA)
+@pytest.mark.parametrize("dtype,isa,transforms", DTYPE_ISA)
 @pytest.mark.parametrize("m", VARIANTS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_kernel_vs_reference(case, m, dtype, isa):
+def test_kernel_vs_reference(case, m, dtype, isa, transforms):
     N, C, Co, H, W, pads, groups, has_bias = CASES[case]
     rng = np.random.default_rng(zlib.crc32(case.encode()))     # stable across runs
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((Co, C // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(Co).astype(dtype) if has_bias else None
     ref = ref_conv(x, w, b, *pads, groups)
-    out = run_kernel(x, w, b, pads, groups, m, threads=2, isa=isa)
+    out = run_kernel(x, w, b, pads, groups, m, threads=2, isa=isa, transforms=transforms)
     assert out.shape == ref.shape
     assert not np.isnan(out).any(), "unwritten output elements"
     err = np.abs(out - ref).max() / (1 + np.abs(ref).max())
     assert err <= TOL[dtype][m], err
 
 
-@pytest.mark.parametrize("dtype,isa", DTYPE_ISA)
+@pytest.mark.parametrize("dtype,isa,transforms", DTYPE_ISA)
 @pytest.mark.parametrize("m", VARIANTS)
-def test_threads_tile_block_and_relu_invariance(m, dtype, isa):
+def test_threads_tile_block_and_relu_invariance(m, dtype, isa, transforms):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 9, 25, 23)).astype(dtype)
     w = rng.standard_normal((20, 9, 3, 3)).astype(dtype)
     b = rng.standard_normal(20).astype(dtype)
     pads = (1, 2, 0, 1)
     ref = ref_conv(x, w, b, *pads, 1)
-    outs = [run_kernel(x, w, b, pads, 1, m, t, tb, isa=isa) for t in (1, 2) for tb in (0, 16, 48)]
+    outs = [run_kernel(x, w, b, pads, 1, m, t, tb, isa=isa, transforms=transforms)
+            for t in (1, 2) for tb in (0, 16, 48)]
     scale = 1 + np.abs(ref).max()
     for o in outs:
         assert np.abs(o - ref).max() / scale <= TOL[dtype][m]
         assert np.abs(o - outs[0]).max() / scale <= TOL[dtype][m]
-    r = run_kernel(x, w, b, pads, 1, m, 2, relu=True, isa=isa)
+    r = run_kernel(x, w, b, pads, 1, m, 2, relu=True, isa=isa, transforms=transforms)
     assert np.abs(r - np.maximum(ref, 0)).max() / scale <= TOL[dtype][m]
     assert (r >= 0).all()
 
@@ -216,6 +222,50 @@ def test_chunks_spanning_images(isa):
     for m in VARIANTS:
         out = run_kernel(x, w, None, (1, 1, 1, 1), 1, m, 2, isa=isa)
         assert np.abs(out - ref).max() / (1 + np.abs(ref).max()) <= TOL[np.float32][m]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_transforms_choice_is_checked_and_documented(isa):
+    """"auto" is auto_transforms: gather/scatter only on a non-AMD AVX-512 CPU, rows
+    elsewhere (the only way off AVX-512); an unknown choice is a ValueError."""
+    level = engine_isa.NAMES.index(isa)
+    expected = "gather" if isa == "avx512" and engine_isa.vendor() != "amd" else "rows"
+    assert wk.auto_transforms(level) == expected
+    assert engine_isa.vendor() in ("amd", "intel", "other")
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    U = wk.transform_weight(np.zeros((1, 1, 3, 3), np.float32), 2)
+    with pytest.raises(ValueError, match="transforms must be one of auto, gather, rows"):
+        wk.conv2d_winograd(x, U, None, np.zeros((1, 1, 1, 1), np.float32), 2, 0, 0, 1, 1,
+                           isa=level, transforms="scatter")
+
+
+def test_tuner_tries_both_transforms_on_avx512_only(use_isa):
+    """The exhaustive candidates hold each way of moving tiles where there are two
+    (float32 on AVX-512), a forced choice runs and matches the reference, and explain
+    names the transform kernels "auto" runs."""
+    import engine
+    from engine import dispatch, operator, registry, shapes
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    p = shapes.conv_params(x.shape, w.shape, 1, 1, 1, 1, "zeros", "float32")
+    expected = ref_conv(x, w, None, 1, 1, 1, 1, 1)
+    for name in engine_isa.available():
+        use_isa(name)
+        tried = [params for algo, params in registry.candidates(p, exhaustive=True)
+                 if algo == "winograd_f4x3" and "transforms" in params]
+        assert tried == ([{"transforms": "gather"}, {"transforms": "rows"}] if name == "avx512" else []), name
+        for t in ("gather", "rows"):
+            out = operator.create(p, dispatch.Choice("winograd_f4x3", "forced", "test", {"transforms": t}),
+                                  weight=w)(x)
+            assert np.abs(out - expected).max() / (1 + np.abs(expected).max()) <= TOL[np.float32][4], (name, t)
+        runs = engine.explain(dict(in_channels=8, out_channels=8, kernel_size=3, padding=1,
+                                   algorithm="winograd_f4x3"), x.shape)["kernels"]["transforms"]
+        rows = wk.auto_transforms(engine_isa.level()) == "rows"
+        suffix = {"baseline": "scalar", "avx2": "avx2_fma", "avx512": "avx2_fma" if rows else "avx512f"}[name]
+        assert runs == f"winograd_f4x3_{{input,output}}__{suffix}", (name, runs)
+    f64 = shapes.conv_params(x.shape, w.shape, 1, 1, 1, 1, "zeros", "float64")
+    assert not any("transforms" in params for _, params in registry.candidates(f64, exhaustive=True))
 
 
 def test_kernel_refuses_an_isa_index_it_has_no_kernels_for():

@@ -10,6 +10,9 @@ cdef extern from "ukernels/ukernels.h" nogil:
         UK_ISA_COUNT
         UK_WG_LANES
         IG_WIDE_MAX
+        UK_VENDOR_OTHER
+        UK_VENDOR_AMD
+        UK_VENDOR_INTEL
     ctypedef void (*uk_sgemm_tile_fn)(int mr, int nr, int k, const float* A, int lda,
                                       const float* B, int ldb, float* C, int ldc, int acc) noexcept nogil
     ctypedef void (*uk_sgemm_tile_pa_fn)(int mr, int nr, int k, const float* Ap, const float* B,
@@ -58,4 +61,5 @@ cdef extern from "ukernels/ukernels.h" nogil:
         uk_igemm_padded_fn igemm_padded
 
     int uk_cpu_isa() noexcept
+    int uk_cpu_vendor() noexcept
     const uk_kernels_t* uk_kernels(int isa) noexcept

@@ -8,7 +8,8 @@ runs what it is told to.
 """
 import numpy as np
 
-from ._ukernels cimport uk_cpu_isa, uk_kernels, uk_kernels_t, UK_ISA_COUNT
+from ._ukernels cimport (uk_cpu_isa, uk_cpu_vendor, uk_kernels, uk_kernels_t, UK_ISA_COUNT,
+                        UK_VENDOR_AMD, UK_VENDOR_INTEL)
 
 ISA_NAMES = ("baseline", "avx2", "avx512")
 assert len(ISA_NAMES) == UK_ISA_COUNT
@@ -17,6 +18,12 @@ assert len(ISA_NAMES) == UK_ISA_COUNT
 def cpu_isa():
     """Index into ISA_NAMES of the best ISA this CPU and OS support (cpuid)."""
     return uk_cpu_isa()
+
+
+def cpu_vendor():
+    """"amd", "intel" or "other" (cpuid's vendor string)."""
+    v = uk_cpu_vendor()
+    return "amd" if v == UK_VENDOR_AMD else "intel" if v == UK_VENDOR_INTEL else "other"
 
 
 def compiled():

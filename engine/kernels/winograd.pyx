@@ -40,7 +40,9 @@ TB chosen from a per-thread byte budget (WORKSPACE_BYTES), independent of N.
 
 float32 runs entirely on the micro-kernels of the ISA it is given (``isa``, from
 ``engine.isa``; ukernels/ukernels.h): winograd_f{m}x3_input / _output (AVX-512: masked
-gathers and scatters; AVX2 and baseline: row copies and clipped stores) and the
+gathers and scatters, or with ``transforms="rows"`` the AVX2 kernels' row loads and
+8 x 8 register transposes, ``auto_transforms``; AVX2 and baseline: row copies and
+clipped stores) and the
 packed-panel GEMM (sgemm_8x48__avx512f, sgemm_6x16__avx2_fma, sgemm_4x16__scalar: V[a]
 is already the [K][tiles] panel a BLAS would build and U's rows are contiguous in K,
 so nothing is re-packed per call, where OpenBLAS re-packs U on every call). No BLAS in
@@ -57,7 +59,8 @@ from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 
 from .. import winograd_transforms as _wt
 
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, UK_ISA_COUNT, UK_WG_LANES
+from ._ukernels cimport (uk_kernels, uk_kernels_t, uk_cpu_isa, uk_cpu_vendor, UK_ISA_COUNT,
+                        UK_ISA_AVX2, UK_ISA_AVX512, UK_VENDOR_AMD, UK_WG_LANES)
 
 # float64 tile transforms: the same 16-lane template the float32 micro-kernels use
 # (ukernels/winograd_transform.h), here on double vectors.
@@ -102,9 +105,31 @@ MIN_TILES_PER_THREAD = 48     # fewer tiles per thread than this: split C_out in
 
 _G = {}        # m -> G (float64), for transform_weight: derived once, not per call
 
-
 for _m in (2, 4, 6):
     _G[_m] = _wt.transform_matrices(_m, 3)[1]
+
+
+# How the float32 tile transforms move tiles between the image and the 16-lane vectors
+# on AVX-512 (on AVX2 and baseline each ISA has one way, row loads, used whatever is
+# asked): "gather", the AVX-512 kernels' masked vpgatherdps / vpscatterdps, one
+# instruction per tile element; "rows", the AVX2 kernels (row loads and 8 x 8 register
+# transposes: AVX-512F CPUs run AVX2 + FMA, engine.isa), beside the AVX-512 GEMM.
+# "auto" is ``auto_transforms``.
+TRANSFORMS = ("auto", "gather", "rows")
+
+
+cpdef str auto_transforms(int isa):
+    """What ``transforms="auto"`` runs on ISA ``isa``: "rows" on AMD's AVX-512 (Zen 4),
+    where the gathers and scatters cost more than the transposes, and off AVX-512 (the
+    only way there); "gather" on the other AVX-512 CPUs (Intel's: the kernels measured
+    on a Sapphire Rapids before "rows" could run there; the tuner tries both at
+    --level exhaustive). Rows / gather time on an AMD EPYC Zen 4, one thread, CPU time,
+    best of 7 (F(4x4), F(6x6)): 0.83, 0.80 on 64 channels at 224x224; 0.83, 0.84 on 128
+    at 112x112; 0.95, 0.89 on 256 at 56x56; 0.94, 0.94 on 512 at 28x28; 0.99, 0.98 on 512
+    at 14x14; 0.73, 0.71 on 64 at 56x56 batch 8 (2 threads, medians: 0.72-1.01)."""
+    if isa == UK_ISA_AVX512 and uk_cpu_vendor() != UK_VENDOR_AMD:
+        return "gather"
+    return "rows"
 
 
 def kernel_matrices(int m):
@@ -286,7 +311,7 @@ def _blocking(Py_ssize_t n_tiles, int m, Py_ssize_t C_in, Py_ssize_t C_out,
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U, bias,
                     floating[:, :, :, ::1] out, int m, int pad_top, int pad_left,
                     int groups, int num_threads, bint relu=False,
-                    Py_ssize_t tile_block=0, isa=None):
+                    Py_ssize_t tile_block=0, isa=None, transforms="auto"):
     """out = conv2d(x, weight, bias, stride 1, dilation 1, zero padding) via F(m x m, 3 x 3).
 
     IN:  x[N][C_in][H][W]; U[alpha*alpha][C_out][C_in/groups] = transform_weight(w, m);
@@ -295,7 +320,8 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     OUT: out[N][C_out][OH][OW], every element overwritten (+ bias, relu if asked).
     ``tile_block``: tiles per block (rounded up to a multiple of 16), 0 = automatic
     (``choose_blocking``). ``isa``: index of the micro-kernel ISA (engine.isa.NAMES)
-    for float32, default ``engine.isa.level()``. float64 calls BLAS, and the caller
+    for float32, default ``engine.isa.level()``. ``transforms``: how AVX-512 moves tiles
+    (``TRANSFORMS``; "auto" = ``auto_transforms(isa)``). float64 calls BLAS, and the caller
     holds BLAS at one thread while this runs. The image planes must keep their tile
     offsets in 32 bits: (H + 8) * (W + 8) and (OH + 8) * (OW + 8) below 2^31
     (``Winograd.why_not`` checks it).
@@ -317,7 +343,8 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef Py_ssize_t n_tiles = N * TH * TW
     cdef Py_ssize_t TB, ncb, cbs, nTB, w, MR
     cdef int nthr = num_threads if num_threads > 0 else 1
-    cdef const uk_kernels_t* uk = NULL
+    cdef const uk_kernels_t* uk = NULL     # the GEMM's kernels
+    cdef const uk_kernels_t* tk = NULL     # the tile transforms' kernels
     cdef const floating* xp
     cdef const floating* Up
     cdef floating* outp
@@ -344,6 +371,12 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
         uk = uk_kernels(isa) if 0 <= isa < UK_ISA_COUNT else NULL
         if uk == NULL or isa > uk_cpu_isa():
             raise ValueError(f"winograd: no micro-kernels for ISA index {isa!r} on this CPU")
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"winograd: transforms must be one of {', '.join(TRANSFORMS)}, got {transforms!r}")
+    if floating is float:
+        tk = uk
+        if isa == UK_ISA_AVX512 and (auto_transforms(isa) if transforms == "auto" else transforms) == "rows":
+            tk = uk_kernels(UK_ISA_AVX2)
     if n_tiles == 0 or Cout == 0:
         return
     if bias is not None:
@@ -374,7 +407,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
             else:
                 _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
                            C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
-                           groups, Cig, Cog, m, pad_top, pad_left, relu, uk, nTB)
+                           groups, Cig, Cog, m, pad_top, pad_left, relu, uk, tk, nTB)
         free(V)
         free(Mw)
         free(tinfo)
@@ -391,9 +424,11 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                      Py_ssize_t Cout, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t TH,
                      Py_ssize_t TW, Py_ssize_t n_tiles, Py_ssize_t TB, Py_ssize_t cbs,
                      Py_ssize_t MR, int groups, Py_ssize_t Cig, Py_ssize_t Cog, int m,
-                     int pad_top, int pad_left, bint relu, const uk_kernels_t* uk, Py_ssize_t nTB) noexcept nogil:
+                     int pad_top, int pad_left, bint relu, const uk_kernels_t* uk,
+                     const uk_kernels_t* tk, Py_ssize_t nTB) noexcept nogil:
     """One (tile block tb, C_out slice cb) item on the calling thread's workspace.
-    ``uk``: the float32 micro-kernels (unused for float64)."""
+    ``uk``: the float32 GEMM's micro-kernels, ``tk``: the tile transforms' (both unused
+    for float64)."""
     cdef int alpha = m + 2, aa = (m + 2) * (m + 2), idx = m // 2 - 1
     # block tb: 16-tile chunks [tb*nch/nTB, (tb+1)*nch/nTB), at most TB tiles
     cdef Py_ssize_t nch = (n_tiles + VL - 1) // VL
@@ -432,7 +467,7 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                 nl = VL
             for c in range(C):
                 if floating is float:
-                    uk.wg_input[idx](x + c * H * W, C * H * W, tn + lane0, iy + lane0,
+                    tk.wg_input[idx](x + c * H * W, C * H * W, tn + lane0, iy + lane0,
                                      ix + lane0, nl, <int>H, <int>W,
                                      V + c * TB + lane0, C * TB)
                 else:
@@ -468,7 +503,7 @@ cdef void _work_item(const floating* x, const floating* U, const floating* bp, f
                 if nl > VL:
                     nl = VL
                 if floating is float:
-                    uk.wg_output[idx](Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, bval,
+                    tk.wg_output[idx](Mw + (g * cbs + r - r0) * TB + lane0, MR * TB, bval,
                                       relu, out + oc * OH * OW, Cout * OH * OW, tn + lane0,
                                       ty + lane0, tx + lane0, nl, <int>OH, <int>OW)
                 else:

@@ -6,10 +6,22 @@ UK_API int uk_cpu_isa(void) {
 #if UK_HAVE_X86
     /* __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 state. */
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return UK_ISA_AVX512;
+    /* AVX-512 also needs AVX2 + FMA: its objects are compiled with them, and Winograd
+       can run the AVX2 tile transforms beside the AVX-512 GEMM (winograd.pyx) */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
+        && __builtin_cpu_supports("fma")) return UK_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return UK_ISA_AVX2;
 #endif
     return UK_ISA_BASELINE;
+}
+
+UK_API int uk_cpu_vendor(void) {
+#if UK_HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("amd")) return UK_VENDOR_AMD;
+    if (__builtin_cpu_is("intel")) return UK_VENDOR_INTEL;
+#endif
+    return UK_VENDOR_OTHER;
 }
 
 #define UK_TABLE(ISA, SUFFIX, MR, NR)                                                       \

@@ -121,6 +121,10 @@ typedef struct {
 
 /* Highest ISA this CPU (and its OS, for the AVX register state) supports. */
 UK_API int uk_cpu_isa(void);
+/* The CPU's vendor (cpuid), for choices between kernels that are both correct but fast
+   on different cores (engine.kernels.winograd.auto_transforms). */
+enum { UK_VENDOR_OTHER = 0, UK_VENDOR_AMD = 1, UK_VENDOR_INTEL = 2 };
+UK_API int uk_cpu_vendor(void);
 /* The function table of `isa` (0 <= isa < UK_ISA_COUNT), or NULL when this build did
    not compile that ISA (a non-x86 machine: only baseline). */
 UK_API const uk_kernels_t* uk_kernels(int isa);
