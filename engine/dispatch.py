@@ -52,7 +52,15 @@ class Choice:
 # (F(4) ahead of im2col in every run, also the disturbed ones.)
 # float64 (BLAS GEMMs) had a single undisturbed run (F(4) 8.2 ms vs im2col 11.8 on d2,
 # 9.8 vs 14.7 on d4, batch 1, AVX-512): too little to move it, it stays on im2col.
-_RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14}
+# F(6x6) instead of F(4x4) on large planes with few channels, where the transforms'
+# memory traffic outweighs the GEMM (F(6x6) moves 64/36 transformed values per output,
+# F(4x4) 36/16): output planes of at least f6_min_plane pixels per image, at most
+# f6_max_channels per group in and out. F(6x6) / F(4x4) time, 2 threads, batch 1:
+# VGG conv1_2 (64ch 224x224) 0.80-0.85 and conv2_2 (128ch 112x112) 0.85-0.88 on an AMD
+# EPYC Zen 4, 0.87-0.94 on the Sapphire Rapids (bench_layers); 256 channels at 56x56
+# 1.0-1.1 and 64 at 56x56 1.0-1.1, where F(4x4) stays.
+_RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14,
+         "f6_min_plane": 112 * 112, "f6_max_channels": 128}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
 
 
@@ -87,8 +95,10 @@ def heuristic(p):
       grouped) and an output of at least 6x6 (``WINOGRAD_RULE``, per ISA): Winograd,
       F(4x4) when the batch holds at least 14*14 output pixels per channel, else F(2x2)
       (on a 7x7 image at batch 1 F(4x4) has 4 mostly-padded tiles and its big
-      transformed weights dominate); F(6x6) is left to the tuner (it wins VGG conv1_2/conv2_2 by 4-15%,
-      seldom elsewhere, with 5x the float32 error); not for float32 on ``baseline``;
+      transformed weights dominate), and F(6x6) on output planes of 112x112 and more
+      with at most 128 channels per group (VGG conv1_2/conv2_2: 6-20% faster than
+      F(4x4); 5x its float32 error, within the default tolerance); not for float32 on
+      ``baseline``;
     - the same for float32 3x3 stride-1 layers with dilation d whose top/left padding
       are multiples of d, applied to the batch of N*dh*dw polyphase sub-images Winograd
       runs for them (sub-outputs ceil(OH/dh) x ceil(OW/dw)): 1.3-2x faster than igemm
@@ -105,8 +115,7 @@ def heuristic(p):
     Known misses (default over best forced, bench_layers at batch 1): the 3-channel
     seed.conv1 at 32x32 (igemm 0.030 ms, F(4x4) 0.024 ms: fewer than 8 input channels
     go to igemm or im2col, which win them on large images, e.g. 3->64 at 224x224 by
-    2x), VGG conv1_2 (F(4x4) 7-15% behind F(6x6)) and, on AVX2, ResNet-18's strided 3x3
-    (im2col 1.2x behind igemm).
+    2x) and, on AVX2, ResNet-18's strided 3x3 (im2col 1.2x behind igemm).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     Pooling (PoolParams): ``pool``, its only algorithm.
@@ -133,6 +142,9 @@ def heuristic(p):
     if (winograd_ok and min(cin_g, cout_g) >= min_channels
             and min(out_h, out_w) >= rule["min_output"]):
         m = 4 if n_s * out_h * out_w >= rule["f4_min_pixels"] else 2
+        if (out_h * out_w >= rule["f6_min_plane"] and max(cin_g, cout_g) <= rule["f6_max_channels"]
+                and _registry.tolerance("winograd_f6x3", p.dtype) <= _registry.DEFAULT_TOLERANCE[p.dtype]):
+            m = 6
         name = f"winograd_f{m}x3"
         if _registry.tolerance(name, p.dtype) <= _registry.DEFAULT_TOLERANCE[p.dtype]:
             if p.dilation != (1, 1):

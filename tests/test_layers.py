@@ -301,6 +301,11 @@ def test_thread_count_api():
     ((1, 32, 112, 112), dict(in_channels=32, out_channels=32, kernel_size=3, padding=1, groups=32), "direct"),
     ((1, 32, 56, 56), dict(in_channels=32, out_channels=64, kernel_size=3, padding=1, groups=32), "direct"),
     ((1, 64, 56, 56), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1), "winograd_f4x3"),
+    # large planes with few channels: F(6x6)
+    ((1, 64, 224, 224), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1), "winograd_f6x3"),
+    ((2, 128, 112, 112), dict(in_channels=128, out_channels=128, kernel_size=3, padding=1), "winograd_f6x3"),
+    ((1, 64, 111, 112), dict(in_channels=64, out_channels=64, kernel_size=3, padding=1), "winograd_f4x3"),
+    ((1, 128, 112, 112), dict(in_channels=128, out_channels=256, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 256, 14, 14), dict(in_channels=256, out_channels=256, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f2x3"),
     ((8, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f4x3"),
