@@ -56,9 +56,9 @@ class Choice:
 # memory traffic outweighs the GEMM (F(6x6) moves 64/36 transformed values per output,
 # F(4x4) 36/16): output planes of at least f6_min_plane pixels per image, at most
 # f6_max_channels per group in and out. F(6x6) / F(4x4) time, 2 threads, batch 1:
-# VGG conv1_2 (64ch 224x224) 0.80-0.85 and conv2_2 (128ch 112x112) 0.85-0.88 on an AMD
-# EPYC Zen 4, 0.87-0.94 on the Sapphire Rapids (bench_layers); 256 channels at 56x56
-# 1.0-1.1 and 64 at 56x56 1.0-1.1, where F(4x4) stays.
+# VGG conv1_2 (64ch 224x224) 0.80-0.92 and conv2_2 (128ch 112x112) 0.85-0.97 on an AMD
+# EPYC Zen 4 (bench_layers and A/B runs), 0.85-0.94 on the Sapphire Rapids (bench_layers);
+# 256 channels at 56x56 1.0-1.1 and 64 at 56x56 1.0-1.1, where F(4x4) stays.
 _RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_output": 6, "f4_min_pixels": 14 * 14,
          "f6_min_plane": 112 * 112, "f6_max_channels": 128}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
@@ -96,7 +96,7 @@ def heuristic(p):
       F(4x4) when the batch holds at least 14*14 output pixels per channel, else F(2x2)
       (on a 7x7 image at batch 1 F(4x4) has 4 mostly-padded tiles and its big
       transformed weights dominate), and F(6x6) on output planes of 112x112 and more
-      with at most 128 channels per group (VGG conv1_2/conv2_2: 6-20% faster than
+      with at most 128 channels per group (VGG conv1_2/conv2_2: 3-20% faster than
       F(4x4); 5x its float32 error, within the default tolerance); not for float32 on
       ``baseline``;
     - the same for float32 3x3 stride-1 layers with dilation d whose top/left padding
