@@ -317,8 +317,7 @@ class Winograd(Algorithm):
             k = {"kernel": "conv2d_winograd", "gemm": "BLAS dgemm"}
         else:
             uk = _isa.kernels()
-            rows = uk["isa"] == "avx512" and _winograd.auto_transforms(_isa.level()) == "rows"
-            tk = _isa.kernels("avx2") if rows else uk
+            tk = _isa.kernels(_isa.NAMES[_winograd.transforms_isa(_isa.level())])
             k = {"kernel": "conv2d_winograd", "isa": uk["isa"], "gemm": uk["sgemm"],
                  "transforms": tk["winograd"].replace("{m}", str(self.m))}
         if p.dilation != (1, 1):

@@ -389,7 +389,8 @@ def test_explain_names_the_kernels_that_run(isa, use_isa):
     uk = engine.isa.kernels(isa)
     # AVX-512 runs AVX2's tile transforms where auto_transforms says rows (AMD's)
     from engine.kernels.winograd import auto_transforms
-    tk = engine.isa.kernels("avx2") if isa == "avx512" and auto_transforms(engine.isa.level()) == "rows" else uk
+    rows = isa == "avx512" and auto_transforms(engine.isa.level()) == "rows"
+    tk = engine.isa.kernels("avx2") if rows else uk
     assert info["kernels"] == {"kernel": "conv2d_winograd", "isa": isa, "gemm": uk["sgemm"],
                                "transforms": f"winograd_f4x3_{{input,output}}__{tk['sgemm'].split('__')[1]}"}
     info = engine.explain(dict(in_channels=16, out_channels=16, kernel_size=1, algorithm="im2col"),

@@ -231,12 +231,19 @@ def test_transforms_choice_is_checked_and_documented(isa):
     level = engine_isa.NAMES.index(isa)
     expected = "gather" if isa == "avx512" and engine_isa.vendor() != "amd" else "rows"
     assert wk.auto_transforms(level) == expected
+    avx2 = engine_isa.NAMES.index("avx2")
+    assert wk.transforms_isa(level, "rows") == (avx2 if isa == "avx512" else level)
+    assert wk.transforms_isa(level, "gather") == level
+    assert wk.transforms_isa(level) == (avx2 if isa == "avx512" and expected == "rows" else level)
     assert engine_isa.vendor() in ("amd", "intel", "other")
     x = np.zeros((1, 1, 3, 3), np.float32)
     U = wk.transform_weight(np.zeros((1, 1, 3, 3), np.float32), 2)
     with pytest.raises(ValueError, match="transforms must be one of auto, gather, rows"):
         wk.conv2d_winograd(x, U, None, np.zeros((1, 1, 1, 1), np.float32), 2, 0, 0, 1, 1,
                            isa=level, transforms="scatter")
+    with pytest.raises(ValueError, match="transforms must be one of"):
+        wk.conv2d_winograd(x.astype(np.float64), U.astype(np.float64), None,
+                           np.zeros((1, 1, 1, 1)), 2, 0, 0, 1, 1, transforms="scatter")
 
 
 def test_tuner_tries_both_transforms_on_avx512_only(use_isa):

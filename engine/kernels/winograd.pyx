@@ -60,7 +60,7 @@ from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 from .. import winograd_transforms as _wt
 
 from ._ukernels cimport (uk_kernels, uk_kernels_t, uk_cpu_isa, uk_cpu_vendor, UK_ISA_COUNT,
-                        UK_ISA_AVX2, UK_ISA_AVX512, UK_VENDOR_AMD, UK_WG_LANES)
+                        UK_ISA_BASELINE, UK_ISA_AVX2, UK_ISA_AVX512, UK_VENDOR_AMD, UK_WG_LANES)
 
 # float64 tile transforms: the same 16-lane template the float32 micro-kernels use
 # (ukernels/winograd_transform.h), here on double vectors.
@@ -130,6 +130,16 @@ cpdef str auto_transforms(int isa):
     if isa == UK_ISA_AVX512 and uk_cpu_vendor() != UK_VENDOR_AMD:
         return "gather"
     return "rows"
+
+
+cpdef int transforms_isa(int isa, str transforms="auto"):
+    """The ISA whose tile-transform kernels run beside ISA ``isa``'s GEMM: AVX2's for
+    "rows" on AVX-512, else ``isa``'s own."""
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"winograd: transforms must be one of {', '.join(TRANSFORMS)}, got {transforms!r}")
+    if isa == UK_ISA_AVX512 and (auto_transforms(isa) if transforms == "auto" else transforms) == "rows":
+        return UK_ISA_AVX2
+    return isa
 
 
 def kernel_matrices(int m):
@@ -345,6 +355,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     cdef int nthr = num_threads if num_threads > 0 else 1
     cdef const uk_kernels_t* uk = NULL     # the GEMM's kernels
     cdef const uk_kernels_t* tk = NULL     # the tile transforms' kernels
+    cdef int tisa
     cdef const floating* xp
     cdef const floating* Up
     cdef floating* outp
@@ -371,12 +382,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
         uk = uk_kernels(isa) if 0 <= isa < UK_ISA_COUNT else NULL
         if uk == NULL or isa > uk_cpu_isa():
             raise ValueError(f"winograd: no micro-kernels for ISA index {isa!r} on this CPU")
-    if transforms not in TRANSFORMS:
-        raise ValueError(f"winograd: transforms must be one of {', '.join(TRANSFORMS)}, got {transforms!r}")
+    # checks ``transforms`` for float64 too (whose C transforms ignore it)
+    tisa = transforms_isa(isa if floating is float else UK_ISA_BASELINE, transforms)
     if floating is float:
-        tk = uk
-        if isa == UK_ISA_AVX512 and (auto_transforms(isa) if transforms == "auto" else transforms) == "rows":
-            tk = uk_kernels(UK_ISA_AVX2)
+        tk = uk_kernels(tisa)
     if n_tiles == 0 or Cout == 0:
         return
     if bias is not None:
