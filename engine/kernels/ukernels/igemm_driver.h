@@ -275,13 +275,13 @@ static inline void ig_epilogue(const uk_conv_t* cv, int g, int m, int mr, const 
    across all the panels: row k's sources for consecutive panels are consecutive in x
    (one long run per output row for a 1x1 or stride-1 layer), which the hardware
    prefetchers follow; a panel at a time reads K short runs from K planes, as many
-   streams as rows, which they do not. */
+   streams as rows, which they do not. seg[j] / ns[j]: panel j's output segments
+   (ig_segments), which the caller's epilogue uses too. */
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
-static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t c0, ptrdiff_t nc,
-                         float* Bw) {
-    ig_seg_t seg[IG_WIDE_MAX][IG_NR];
+static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t nc,
+                         ig_seg_t seg[][IG_NR], const int* ns, float* Bw) {
     ig_run_t cp[IG_WIDE_MAX][IG_NR + 1], zr[IG_WIDE_MAX][2 * IG_NR + 2];
-    int ns[IG_WIDE_MAX], ncp[IG_WIDE_MAX], nz[IG_WIDE_MAX], nrj[IG_WIDE_MAX];
+    int ncp[IG_WIDE_MAX], nz[IG_WIDE_MAX], nrj[IG_WIDE_MAX];
     const int K = cv->K;
     if (K <= 0) return;
     const ptrdiff_t HW = (ptrdiff_t)cv->H * cv->W;
@@ -289,7 +289,6 @@ static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t c0, ptrdi
     for (int j = 0; j < np; j++) {
         const ptrdiff_t left = nc - (ptrdiff_t)j * IG_NR;
         nrj[j] = left < IG_NR ? (int)left : IG_NR;
-        ns[j] = ig_segments(cv, c0 + (ptrdiff_t)j * IG_NR, nrj[j], seg[j]);
     }
     int t = 0, ic = 0;
     for (int k = 0; k < K; k++) {
@@ -341,11 +340,11 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
         ig_seg_t seg[IG_WIDE_MAX][IG_NR];
         int ns[IG_WIDE_MAX];
         const int np = (int)((nc + IG_NR - 1) / IG_NR);
-        ig_pack_wide(cv, g, np, c0, nc, Bb);
         for (int j = 0; j < np; j++) {
             const ptrdiff_t c = c0 + (ptrdiff_t)j * IG_NR;
             ns[j] = ig_segments(cv, c, c0 + nc - c < IG_NR ? (int)(c0 + nc - c) : IG_NR, seg[j]);
         }
+        ig_pack_wide(cv, g, np, nc, seg, ns, Bb);
         /* a 1x1 layer's next item (the next nc columns, which the caller most often
            gives this thread next) is fetched into L2 a slice of rows per tile: its rows
            lie in K planes, too many streams for the hardware prefetchers */
