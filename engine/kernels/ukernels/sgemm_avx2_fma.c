@@ -27,12 +27,15 @@
 #define ROW_INIT(r) if (R > r && acc_in) { c##r##0 = LOADC(r, 0); if (NV > 1) c##r##1 = LOADC(r, 1); }
 #define ROW_FMA(r) if (R > r) { const __m256 a_ = _mm256_broadcast_ss(A + (ptrdiff_t)(r) * lda + (ptrdiff_t)p * AK); \
     c##r##0 = _mm256_fmadd_ps(a_, b0, c##r##0); if (NV > 1) c##r##1 = _mm256_fmadd_ps(a_, b1, c##r##1); }
+#define ROW_EP(r) if (R > r && EP) { const __m256 b_ = _mm256_set1_ps(bias ? bias[r] : 0.0f);      \
+    c##r##0 = _mm256_add_ps(c##r##0, b_); if (NV > 1) c##r##1 = _mm256_add_ps(c##r##1, b_);        \
+    if (relu) { c##r##0 = _mm256_max_ps(z, c##r##0); if (NV > 1) c##r##1 = _mm256_max_ps(z, c##r##1); } }
 #define ROW_STORE(r) if (R > r) { STOREC(r, 0, c##r##0); if (NV > 1) STOREC(r, 1, c##r##1); }
 
 static inline __attribute__((always_inline)) void tile_6x16(
         int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
         const int* boff, float* C, int ldc, int acc_in, const int R, const int NV, const int masked,
-        __m256i last) {
+        __m256i last, const int EP, const float* bias, int relu) {
     const __m256 z = _mm256_setzero_ps();
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z,
            c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
@@ -45,46 +48,63 @@ static inline __attribute__((always_inline)) void tile_6x16(
         const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8);
         ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
     }
+    ROW_EP(0) ROW_EP(1) ROW_EP(2) ROW_EP(3) ROW_EP(4) ROW_EP(5)
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
 }
 
 /* A(r, p) = A[r*LDA + p*AK]: row-major A (LDA = lda, AK = 1) or an MR-packed panel
    (LDA = 1, AK = 6: A[p][6], one contiguous stream of 24 bytes per k). B row p is at
    B + p*ldb, or at B + boff[p] when IB (a constant: the other path folds away). */
-#define TILE_NV(R, LDA, AK, IB)                                                                 \
-    if (nr == 16) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 0, last);             \
-    else if (nr > 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 1, last);          \
-    else if (nr == 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 0, last);         \
-    else tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 1, last);
-#define TILE_MR(LDA, AK, IB)                                                                    \
+#define TILE_NV(R, LDA, AK, IB, EP)                                                             \
+    if (nr == 16) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 0, last, EP, bias, relu);    \
+    else if (nr > 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, 1, last, EP, bias, relu); \
+    else if (nr == 8) tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 0, last, EP, bias, relu); \
+    else tile_6x16(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, 1, last, EP, bias, relu);
+#define TILE_MR(LDA, AK, IB, EP)                                                                \
     const int tail = nr > 8 ? nr - 8 : nr;       /* lanes used in the last vector */        \
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                         \
     const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lane);                 \
     switch (mr) {                                                                           \
-        case 1: TILE_NV(1, LDA, AK, IB) break;                                                  \
-        case 2: TILE_NV(2, LDA, AK, IB) break;                                                  \
-        case 3: TILE_NV(3, LDA, AK, IB) break;                                                  \
-        case 4: TILE_NV(4, LDA, AK, IB) break;                                                  \
-        case 5: TILE_NV(5, LDA, AK, IB) break;                                                  \
-        default: TILE_NV(6, LDA, AK, IB) break;                                                 \
+        case 1: TILE_NV(1, LDA, AK, IB, EP) break;                                                  \
+        case 2: TILE_NV(2, LDA, AK, IB, EP) break;                                                  \
+        case 3: TILE_NV(3, LDA, AK, IB, EP) break;                                                  \
+        case 4: TILE_NV(4, LDA, AK, IB, EP) break;                                                  \
+        case 5: TILE_NV(5, LDA, AK, IB, EP) break;                                                  \
+        default: TILE_NV(6, LDA, AK, IB, EP) break;                                                 \
     }
 
 UK_API void sgemm_6x16__avx2_fma(int mr, int nr, int k, const float* A, int lda,
                                  const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(lda, 1, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(lda, 1, 0, 0)
 }
 
 UK_API void sgemm_6x16_pa__avx2_fma(int mr, int nr, int k, const float* A,
                                     const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(1, 6, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 6, 0, 0)
+}
+
+/* The packed-A tile with the convolution's epilogue fused into its store (the igemm
+   driver's, for C tiles that are runs of the output itself): C = relu?(A @ B (+ C when
+   acc) + bias[r]) row by row, bias NULL adding 0 (as the driver's ig_store_run). */
+static void sgemm_6x16_pa_ep__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
+                                       int ldb, float* C, int ldc, int acc, const float* bias,
+                                       int relu) {
+    const int* boff = 0;
+    TILE_MR(1, 6, 0, 1)
 }
 
 UK_API void sgemm_6x16_pa_ib__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
                                        const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
-    TILE_MR(1, 6, 1)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 6, 1, 0)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
@@ -93,6 +113,7 @@ UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
 #define IG_SUFFIX avx2_fma
 #define IG_TILE sgemm_6x16_pa__avx2_fma
 #define IG_TILE_IB sgemm_6x16_pa_ib__avx2_fma
+#define IG_TILE_EP sgemm_6x16_pa_ep__avx2_fma
 #define IG_MR 6
 #define IG_NR 16
 #define IG_KC UK_KC_avx2_fma

@@ -30,6 +30,15 @@
     c##r##0 = _mm512_fmadd_ps(a_, b0, c##r##0);                                                  \
     if (NV > 1) c##r##1 = _mm512_fmadd_ps(a_, b1, c##r##1);                                      \
     if (NV > 2) c##r##2 = _mm512_fmadd_ps(a_, b2, c##r##2); }
+#define ROW_EP(r) if (R > r && EP) {                                                            \
+    const __m512 b_ = _mm512_set1_ps(bias ? bias[r] : 0.0f);                                     \
+    c##r##0 = _mm512_add_ps(c##r##0, b_);                                                        \
+    if (NV > 1) c##r##1 = _mm512_add_ps(c##r##1, b_);                                            \
+    if (NV > 2) c##r##2 = _mm512_add_ps(c##r##2, b_);                                            \
+    if (relu) {                                                                                  \
+        c##r##0 = _mm512_max_ps(z, c##r##0);                                                     \
+        if (NV > 1) c##r##1 = _mm512_max_ps(z, c##r##1);                                         \
+        if (NV > 2) c##r##2 = _mm512_max_ps(z, c##r##2); } }
 #define ROW_STORE(r) if (R > r) {                                                               \
     _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc, MK(0), c##r##0);                             \
     if (NV > 1) _mm512_mask_storeu_ps(C + (ptrdiff_t)(r) * ldc + 16, MK(1), c##r##1);            \
@@ -37,7 +46,8 @@
 
 static inline __attribute__((always_inline)) void tile_8x48(
         int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
-        const int* boff, float* C, int ldc, int acc_in, const int R, const int NV, __mmask16 last) {
+        const int* boff, float* C, int ldc, int acc_in, const int R, const int NV, __mmask16 last,
+        const int EP, const float* bias, int relu) {
     const __m512 z = _mm512_setzero_ps();
     __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z,
            c30 = z, c31 = z, c32 = z, c40 = z, c41 = z, c42 = z, c50 = z, c51 = z, c52 = z,
@@ -52,49 +62,66 @@ static inline __attribute__((always_inline)) void tile_8x48(
         const __m512 b2 = NV > 2 ? _mm512_maskz_loadu_ps(MK(2), bp + 32) : z;
         ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5) ROW_FMA(6) ROW_FMA(7)
     }
+    ROW_EP(0) ROW_EP(1) ROW_EP(2) ROW_EP(3) ROW_EP(4) ROW_EP(5) ROW_EP(6) ROW_EP(7)
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5) ROW_STORE(6) ROW_STORE(7)
 }
 
 /* A(r, p) = A[r*LDA + p*AK]: row-major A (LDA = lda, AK = 1) or an MR-packed panel
    (LDA = 1, AK = 8: A[p][8], one contiguous stream of 32 bytes per k). B row p is at
    B + p*ldb, or at B + boff[p] when IB (a constant: the other path folds away). */
-#define TILE_NV(R, LDA, AK, IB)                                                           \
+#define TILE_NV(R, LDA, AK, IB, EP)                                                       \
     switch (nv) {                                                                           \
-        case 1: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, last); break;     \
-        case 2: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, last); break;     \
-        default: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 3, last); break;    \
+        case 1: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 1, last, EP, bias, relu); break; \
+        case 2: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 2, last, EP, bias, relu); break; \
+        default: tile_8x48(k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, R, 3, last, EP, bias, relu); break; \
     }
-#define TILE_MR(LDA, AK, IB)                                                              \
+#define TILE_MR(LDA, AK, IB, EP)                                                          \
     const int nv = (nr + 15) / 16;                                                          \
     const int tail = nr - 16 * (nv - 1);                                                    \
     const __mmask16 last = (__mmask16)(tail >= 16 ? 0xFFFFu : (1u << tail) - 1u);           \
     switch (mr) {                                                                           \
-        case 1: TILE_NV(1, LDA, AK, IB) break;                                                  \
-        case 2: TILE_NV(2, LDA, AK, IB) break;                                                  \
-        case 3: TILE_NV(3, LDA, AK, IB) break;                                                  \
-        case 4: TILE_NV(4, LDA, AK, IB) break;                                                  \
-        case 5: TILE_NV(5, LDA, AK, IB) break;                                                  \
-        case 6: TILE_NV(6, LDA, AK, IB) break;                                                  \
-        case 7: TILE_NV(7, LDA, AK, IB) break;                                                  \
-        default: TILE_NV(8, LDA, AK, IB) break;                                                 \
+        case 1: TILE_NV(1, LDA, AK, IB, EP) break;                                                  \
+        case 2: TILE_NV(2, LDA, AK, IB, EP) break;                                                  \
+        case 3: TILE_NV(3, LDA, AK, IB, EP) break;                                                  \
+        case 4: TILE_NV(4, LDA, AK, IB, EP) break;                                                  \
+        case 5: TILE_NV(5, LDA, AK, IB, EP) break;                                                  \
+        case 6: TILE_NV(6, LDA, AK, IB, EP) break;                                                  \
+        case 7: TILE_NV(7, LDA, AK, IB, EP) break;                                                  \
+        default: TILE_NV(8, LDA, AK, IB, EP) break;                                                 \
     }
 
 UK_API void sgemm_8x48__avx512f(int mr, int nr, int k, const float* A, int lda,
                                 const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(lda, 1, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(lda, 1, 0, 0)
 }
 
 UK_API void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
                                    const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(1, 8, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 8, 0, 0)
+}
+
+/* The packed-A tile with the convolution's epilogue fused into its store (the igemm
+   driver's, for C tiles that are runs of the output itself): C = relu?(A @ B (+ C when
+   acc) + bias[r]) row by row, bias NULL adding 0 (as the driver's ig_store_run). */
+static void sgemm_8x48_pa_ep__avx512f(int mr, int nr, int k, const float* A, const float* B,
+                                      int ldb, float* C, int ldc, int acc, const float* bias,
+                                      int relu) {
+    const int* boff = 0;
+    TILE_MR(1, 8, 0, 1)
 }
 
 UK_API void sgemm_8x48_pa_ib__avx512f(int mr, int nr, int k, const float* A, const float* B,
                                       const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
-    TILE_MR(1, 8, 1)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 8, 1, 0)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
@@ -103,6 +130,7 @@ UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
 #define IG_SUFFIX avx512f
 #define IG_TILE sgemm_8x48_pa__avx512f
 #define IG_TILE_IB sgemm_8x48_pa_ib__avx512f
+#define IG_TILE_EP sgemm_8x48_pa_ep__avx512f
 #define IG_MR 8
 #define IG_NR 48
 #define IG_KC UK_KC_avx512f

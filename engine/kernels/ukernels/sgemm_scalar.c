@@ -15,7 +15,8 @@ typedef float uk_v16 __attribute__((vector_size(64)));
    past nr are staged through a zero-padded copy, so the vector loads stay in bounds. */
 static inline __attribute__((always_inline)) void tile_4x16(
         int nr, int k, const float* A, int lda, const int AK, const float* B, int ldb, const int IB,
-        const int* boff, float* C, int ldc, int acc, const int R) {
+        const int* boff, float* C, int ldc, int acc, const int R, const int EP, const float* bias,
+        int relu) {
     uk_v16 t[4];
     for (int r = 0; r < R; r++) {
         float row[16] = {0};
@@ -37,38 +38,61 @@ static inline __attribute__((always_inline)) void tile_4x16(
     for (int r = 0; r < R; r++) {
         float row[16];
         __builtin_memcpy(row, &t[r], sizeof(uk_v16));
+        if (EP) {
+            /* the driver's epilogue (ig_store_run): + bias (0 without), then v < 0 ? 0 : v */
+            const float b = bias ? bias[r] : 0.0f;
+            for (int c = 0; c < nr; c++) {
+                const float v = row[c] + b;
+                row[c] = relu && v < 0.0f ? 0.0f : v;
+            }
+        }
         for (int c = 0; c < nr; c++) C[(ptrdiff_t)r * ldc + c] = row[c];
     }
 }
 
 /* A(r, p) = A[r*LDA + p*AK]: row-major (LDA = lda, AK = 1) or packed Ap[k][4] (1, 4);
    B row p at B + p*ldb, or at B + boff[p] when IB. */
-#define TILE_MR(LDA, AK, IB)                                                                    \
+#define TILE_MR(LDA, AK, IB, EP)                                                                \
     switch (mr) {                                                                           \
-        case 1: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 1); break;                \
-        case 2: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 2); break;                \
-        case 3: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 3); break;                \
-        default: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 4); break;               \
+        case 1: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 1, EP, bias, relu); break;  \
+        case 2: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 2, EP, bias, relu); break;  \
+        case 3: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 3, EP, bias, relu); break;  \
+        default: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 4, EP, bias, relu); break; \
     }
 
 UK_API void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
                                const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(lda, 1, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(lda, 1, 0, 0)
 }
 
 /* the same tile with A packed as a panel Ap[k][4] (the igemm driver's packed weights) */
 UK_API void sgemm_4x16_pa__scalar(int mr, int nr, int k, const float* A,
                                   const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
-    TILE_MR(1, 4, 0)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 4, 0, 0)
+}
+
+/* ... with the convolution's epilogue fused into its store (the igemm driver's, for C
+   tiles that are runs of the output): C = relu?(A @ B (+ C when acc) + bias[r]) */
+static void sgemm_4x16_pa_ep__scalar(int mr, int nr, int k, const float* A, const float* B,
+                                     int ldb, float* C, int ldc, int acc, const float* bias,
+                                     int relu) {
+    const int* boff = 0;
+    TILE_MR(1, 4, 0, 1)
 }
 
 /* ... and B read indirectly, row p at B + boff[p] (the igemm driver's padded mode) */
 UK_API void sgemm_4x16_pa_ib__scalar(int mr, int nr, int k, const float* A, const float* B,
                                      const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
-    TILE_MR(1, 4, 1)
+    const float* bias = 0;
+    const int relu = 0;
+    TILE_MR(1, 4, 1, 0)
 }
 
 UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
@@ -77,6 +101,7 @@ UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
 #define IG_SUFFIX scalar
 #define IG_TILE sgemm_4x16_pa__scalar
 #define IG_TILE_IB sgemm_4x16_pa_ib__scalar
+#define IG_TILE_EP sgemm_4x16_pa_ep__scalar
 #define IG_MR 4
 #define IG_NR 16
 #define IG_KC UK_KC_scalar
