@@ -210,6 +210,13 @@ CONV_CASES = [
     C("wino_in1x1_pad1", (1, 2, 1, 1), (3, 2, 3, 3), padding=1),
     C("wino_in2x2_pad3", (1, 2, 2, 2), (2, 2, 3, 3), padding=3),
     C("depthwise_ow41_s2", (1, 3, 5, 81), (3, 1, 3, 3), groups=3, stride=2, padding=1),
+    # 3x3 stride 2 on even/odd column planes: both parities of the left pad, dilations
+    # that land taps on either plane, stride 2 along one axis only, 1-2 columns
+    C("depthwise_s2_pad0_odd", (1, 3, 11, 13), (3, 1, 3, 3), groups=3, stride=2),
+    C("depthwise_s2_dil3_pad2", (2, 2, 14, 15), (4, 1, 3, 3), groups=2, stride=2, padding=2, dilation=3),
+    C("depthwise_s12_dil2", (1, 3, 9, 10), (3, 1, 3, 3), groups=3, stride=(1, 2), padding=(1, 2), dilation=2),
+    C("depthwise_s2_narrow", (1, 2, 6, 2), (2, 1, 3, 3), groups=2, stride=2, padding=1),
+    C("depthwise_s2_one_column", (1, 2, 5, 1), (2, 1, 3, 3), groups=2, stride=2, padding=1),
     # --- value ranges, NaN and infinities
     C("big_values", (1, 3, 8, 8), (4, 3, 3, 3), padding=1, fill="big"),
     C("nan_input", (1, 3, 8, 8), (4, 3, 3, 3), padding=1, fill="nan"),
