@@ -39,6 +39,7 @@ CONV_SHAPES = [
     ("resnet50.layer1.expand", 64, 56, 256, 1, 1, 0, 1),
     ("resnet50.layer2.reduce", 512, 28, 128, 1, 1, 0, 1),
     ("resnet50.layer3.expand", 256, 14, 1024, 1, 1, 0, 1),
+    ("resnet50.layer3.reduce", 1024, 14, 256, 1, 1, 0, 1),
     ("resnet50.layer4.reduce", 2048, 7, 512, 1, 1, 0, 1),
     ("resnet50.downsample", 256, 56, 512, 1, 2, 0, 1),
     ("resnet18.layer2.s2", 64, 56, 128, 3, 2, 1, 1),
