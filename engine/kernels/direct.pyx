@@ -35,6 +35,18 @@ from libc.string cimport memcpy, memset
 
 from ._ranges cimport _ceil_div, _tap_range
 
+cdef extern from "_short_rows.h" nogil:
+    void short_copy_f32(float* d, const float* s, Py_ssize_t n)
+    void short_copy_f64(double* d, const double* s, Py_ssize_t n)
+
+
+cdef inline void _short_copy(floating* d, const floating* s, Py_ssize_t n) noexcept nogil:
+    """d[i] = s[i], i < n, for rows too short for a memcpy call (_short_rows.h)."""
+    if floating is float:
+        short_copy_f32(d, s, n)
+    else:
+        short_copy_f64(d, s, n)
+
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
     OCB = 4
@@ -334,7 +346,7 @@ cdef void _dw_line(floating* dst, const floating* src, Py_ssize_t n, Py_ssize_t 
     loops have no branches and vectorise along i.
     """
     cdef Py_ssize_t i, kh, kw
-    cdef floating s, v
+    cdef floating s, t, u, v
     cdef const floating* r0
     cdef const floating* r1
     cdef const floating* r2
@@ -351,11 +363,13 @@ cdef void _dw_line(floating* dst, const floating* src, Py_ssize_t n, Py_ssize_t 
         w3 = w[3]; w4 = w[4]; w5 = w[5]
         w6 = w[6]; w7 = w[7]; w8 = w[8]
         if sw == 1:
+            # one sum per kernel row, then added: three chains of three FMAs instead of
+            # one of nine, whose latency bound short lines (a 14x14 plane's 14 vectors)
             for i in range(n):
-                s = (b + w0 * r0[i] + w1 * r0[i + d1] + w2 * r0[i + d2]
-                     + w3 * r1[i] + w4 * r1[i + d1] + w5 * r1[i + d2]
-                     + w6 * r2[i] + w7 * r2[i + d1] + w8 * r2[i + d2])
-                dst[i] = s
+                s = b + w0 * r0[i] + w1 * r0[i + d1] + w2 * r0[i + d2]
+                t = w3 * r1[i] + w4 * r1[i + d1] + w5 * r1[i + d2]
+                u = w6 * r2[i] + w7 * r2[i + d1] + w8 * r2[i + d2]
+                dst[i] = s + t + u
         elif sw == 2:
             for i in range(n):
                 s = (b + w0 * r0[2 * i] + w1 * r0[2 * i + d1] + w2 * r0[2 * i + d2]
@@ -433,8 +447,8 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
     cdef Py_ssize_t o_lo = pl // 2, o_hi = (W - 2 + pl) // 2 + 1 if W + pl >= 2 else 0
     # src = x plane band, dst = padded block. blk was calloc'ed and its columns outside
     # [pl, pl + W) (their places) are never written, so only rows need zeroing (they
-    # may hold data of an earlier band). Short rows are copied by a plain loop: cheaper
-    # than a call.
+    # may hold data of an earlier band). Short rows are copied as masked vectors
+    # (_short_copy): cheaper than a call.
     for r in range(nrows):
         ih = R0 + r - pt
         if ih < 0 or ih >= H:
@@ -445,9 +459,8 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
                 blk[r * PW + u] = xplane[ih * W + 2 * u - pl]
             for u in range(o_lo, o_hi):
                 blk[r * PW + half + u] = xplane[ih * W + 2 * u + 1 - pl]
-        elif W <= 32:
-            for j in range(W):
-                blk[r * PW + pl + j] = xplane[ih * W + j]
+        elif W <= 64:
+            _short_copy(blk + r * PW + pl, xplane + ih * W, W)
         else:
             memcpy(blk + r * PW + pl, xplane + ih * W, <size_t>W * sizeof(floating))
     cdef Py_ssize_t WR = WW if sh == 1 and sw == 1 else _ceil_div(OW, DW_VEC) * DW_VEC
@@ -476,10 +489,9 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
                 else:
                     _dw_line(wide + oh * WR, blk + oh * sh * PW, WR, sw, PW, dh, dw,
                              wt + oc * kH * kW, kH, kW, bv, relu)
-        if OW <= 32:
+        if OW <= 64:
             for oh in range(oh1 - oh0):
-                for j in range(OW):
-                    dst[oh * OW + j] = wide[oh * WR + j]
+                _short_copy(dst + oh * OW, wide + oh * WR, OW)
         else:
             for oh in range(oh1 - oh0):
                 memcpy(dst + oh * OW, wide + oh * WR, <size_t>OW * sizeof(floating))
