@@ -1,6 +1,7 @@
 /* Copies of short rows (a few to a few dozen elements: a small plane's rows, e.g. the
  * depthwise kernel's 14-float rows of a 14x14 image) as whole vectors of the build's
- * ISA with a masked tail, instead of a call to memcpy or an element loop per row.
+ * ISA with a masked tail, instead of a call to memcpy or an element loop per row: the
+ * short-row case of _rows.pxd's _copy_strided.
  *
  *   short_copy_f32(d, s, n): d[i] = s[i] for i < n    (n >= 0; d and s do not overlap)
  *   short_copy_f64(d, s, n): the same for doubles

@@ -34,18 +34,7 @@ from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
 
 from ._ranges cimport _ceil_div, _tap_range
-
-cdef extern from "_short_rows.h" nogil:
-    void short_copy_f32(float* d, const float* s, Py_ssize_t n)
-    void short_copy_f64(double* d, const double* s, Py_ssize_t n)
-
-
-cdef inline void _short_copy(floating* d, const floating* s, Py_ssize_t n) noexcept nogil:
-    """d[i] = s[i], i < n, for rows too short for a memcpy call (_short_rows.h)."""
-    if floating is float:
-        short_copy_f32(d, s, n)
-    else:
-        short_copy_f64(d, s, n)
+from ._rows cimport _copy_strided
 
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
@@ -396,13 +385,15 @@ cdef void _dw_line(floating* dst, const floating* src, Py_ssize_t n, Py_ssize_t 
 
 
 cdef void _dw_line_s2(floating* dst, const floating* src, Py_ssize_t n, Py_ssize_t PW,
-                      Py_ssize_t dh, Py_ssize_t dw, const floating* w, floating b) noexcept nogil:
+                      Py_ssize_t dh, Py_ssize_t dw, const floating* w, floating b,
+                      bint relu) noexcept nogil:
     """The 3x3 stride-2 line on polyphase rows: dst[i] = b + sum_{kh,kw} w[kh][kw] *
     row_kh[2*i + kw*dw] for i < n, where padded row kh (src + kh*dh*PW) holds its even
     columns first and its odd ones PW/2 later (``_dw_task``): every tap is then a
     stride-1 run, row_kh[2*i + c] = src[kh*dh*PW + (c % 2)*PW/2 + c//2 + i], so the loop
     vectorises without the permutes of a stride-2 load. The three kernel rows are summed
-    separately (three short FMA chains instead of one of nine), then added.
+    separately (three short FMA chains instead of one of nine), then added; relu as
+    in _dw_line.
     """
     cdef Py_ssize_t i, half = PW // 2
     cdef Py_ssize_t o0 = 0, o1 = (dw % 2) * half + dw // 2, o2 = dw   # (2*dw: even, dw floats in)
@@ -411,12 +402,16 @@ cdef void _dw_line_s2(floating* dst, const floating* src, Py_ssize_t n, Py_ssize
     cdef const floating* r2 = src + 2 * dh * PW
     cdef floating w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5]
     cdef floating w6 = w[6], w7 = w[7], w8 = w[8]
-    cdef floating s0, s1, s2
+    cdef floating s0, s1, s2, v
     for i in range(n):
         s0 = b + w0 * r0[i + o0] + w1 * r0[i + o1] + w2 * r0[i + o2]
         s1 = w3 * r1[i + o0] + w4 * r1[i + o1] + w5 * r1[i + o2]
         s2 = w6 * r2[i + o0] + w7 * r2[i + o1] + w8 * r2[i + o2]
         dst[i] = s0 + s1 + s2
+    if relu:
+        for i in range(n):
+            v = dst[i]
+            dst[i] = 0 if v < 0 else v
 
 
 cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
@@ -433,7 +428,7 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
     """
     cdef Py_ssize_t R0 = oh0 * sh
     cdef Py_ssize_t nrows = (oh1 - oh0 - 1) * sh + (kH - 1) * dh + 1
-    cdef Py_ssize_t r, ih, m, oc, oh, j, Q
+    cdef Py_ssize_t r, ih, m, oc, oh, Q
     cdef Py_ssize_t WW = sh * PW // sw     # wide-row length: PW is a multiple of sw
     cdef const floating* xplane = x + (n * C + c) * H * W
     cdef floating* dst
@@ -441,28 +436,24 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
     # 3x3 stride 2: each padded row is stored split into its even and odd columns
     # (polyphase, _dw_line_s2), blk[r*PW + (pc % 2)*PW/2 + pc//2] = padded column pc
     cdef bint poly = kH == 3 and kW == 3 and sw == 2
-    cdef Py_ssize_t half = PW // 2, u
+    cdef Py_ssize_t half = PW // 2
     # the u whose input column 2u - pl (even) or 2u + 1 - pl (odd) lies in [0, W)
     cdef Py_ssize_t e_lo = (pl + 1) // 2, e_hi = (W - 1 + pl) // 2 + 1
     cdef Py_ssize_t o_lo = pl // 2, o_hi = (W - 2 + pl) // 2 + 1 if W + pl >= 2 else 0
     # src = x plane band, dst = padded block. blk was calloc'ed and its columns outside
     # [pl, pl + W) (their places) are never written, so only rows need zeroing (they
-    # may hold data of an earlier band). Short rows are copied as masked vectors
-    # (_short_copy): cheaper than a call.
+    # may hold data of an earlier band).
     for r in range(nrows):
         ih = R0 + r - pt
         if ih < 0 or ih >= H:
             memset(blk + r * PW + (0 if poly else pl), 0, <size_t>(PW if poly else W) * sizeof(floating))
         elif poly:
             # even padded columns 2u (input column 2u - pl), then odd ones 2u + 1
-            for u in range(e_lo, e_hi):
-                blk[r * PW + u] = xplane[ih * W + 2 * u - pl]
-            for u in range(o_lo, o_hi):
-                blk[r * PW + half + u] = xplane[ih * W + 2 * u + 1 - pl]
-        elif W <= 64:
-            _short_copy(blk + r * PW + pl, xplane + ih * W, W)
+            _copy_strided(blk + r * PW + e_lo, 1, xplane + ih * W + 2 * e_lo - pl, 2, e_hi - e_lo)
+            _copy_strided(blk + r * PW + half + o_lo, 1, xplane + ih * W + 2 * o_lo + 1 - pl, 2,
+                          o_hi - o_lo)
         else:
-            memcpy(blk + r * PW + pl, xplane + ih * W, <size_t>W * sizeof(floating))
+            _copy_strided(blk + r * PW + pl, 1, xplane + ih * W, 1, W)
     cdef Py_ssize_t WR = WW if sh == 1 and sw == 1 else _ceil_div(OW, DW_VEC) * DW_VEC
     for m in range(mult):
         oc = c * mult + m
@@ -482,19 +473,12 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
             for oh in range(oh1 - oh0):
                 if poly:
                     _dw_line_s2(wide + oh * WR, blk + oh * sh * PW, WR, PW, dh, dw,
-                                wt + oc * kH * kW, bv)
-                    if relu:
-                        for j in range(WR):
-                            wide[oh * WR + j] = 0 if wide[oh * WR + j] < 0 else wide[oh * WR + j]
+                                wt + oc * kH * kW, bv, relu)
                 else:
                     _dw_line(wide + oh * WR, blk + oh * sh * PW, WR, sw, PW, dh, dw,
                              wt + oc * kH * kW, kH, kW, bv, relu)
-        if OW <= 64:
-            for oh in range(oh1 - oh0):
-                _short_copy(dst + oh * OW, wide + oh * WR, OW)
-        else:
-            for oh in range(oh1 - oh0):
-                memcpy(dst + oh * OW, wide + oh * WR, <size_t>OW * sizeof(floating))
+        for oh in range(oh1 - oh0):
+            _copy_strided(dst + oh * OW, 1, wide + oh * WR, 1, OW)
 
 
 def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight, bias,
