@@ -35,13 +35,13 @@ cdef extern from "ukernels/ukernels.h" nogil:
         int N, C, H, W, M, OH, OW
         int kh, kw, sh, sw, pt, pl, dh, dw
         int G, Cg, Mg, K, relu
-        Py_ssize_t plane
     ctypedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, Py_ssize_t c0,
                                       int nc, float* Bp) noexcept nogil
     ctypedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, Py_ssize_t c0,
                                  Py_ssize_t nc, float* Bb, float* Cb) noexcept nogil
     ctypedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
-                                        int nq, const int* boff, float* Cb) noexcept nogil
+                                        int nq, int wq, const float* xg, const int* boff,
+                                        float* Cb) noexcept nogil
     ctypedef struct uk_kernels_t:
         const char* isa
         int sgemm_mr

@@ -64,18 +64,18 @@
  * Workspace (the caller's, per thread): Bb[IG_KC * IG_NR] (several panels: Bb[np * K *
  * IG_NR]) and Cb[mb * IG_NR] floats.
  *
- * Padded mode (igemm_padded__<suffix>): no gather at all. The caller zero-pads x once
- * per call into planes of H x W that lie cv->plane floats apart per input channel
- * (cv then has pt = pl = 0, sh = sw = 1), numbers an image's columns by their flat
- * position q = oh*W + ow in such a plane, and gives each row k of col its offset,
+ * Padded mode (igemm_padded__<suffix>): no gather at all. The caller zero-pads group g
+ * of image n into planes of rows W' floats long (xg; plane PS floats apart per input
+ * channel), numbers the image's columns by their flat position q = oh*W' + ow in such a
+ * plane, and gives each row k of col its offset,
  *
- *     col_g[k][q] = xp[(n*C + g*Cg)*plane + boff[k] + q]
+ *     col_g[k][q] = xg[boff[k] + q]
  *
- * (stride 1: boff[k] = ic*plane + i*dh*W + j*dw for k = (i*kw + j)*Cg + ic; a strided
- * layer is split into polyphase planes first, igemm.pyx, and boff picks the plane).
- * The B rows of NR consecutive columns are then nr floats of xp read in place by the
+ * (stride 1: boff[k] = ic*PS + i*dh*W' + j*dw for k = (i*kw + j)*Cg + ic; a strided
+ * layer is split into polyphase planes, igemm.pyx, and boff picks the plane).
+ * The B rows of NR consecutive columns are then nr floats of xg read in place by the
  * indirect tile IG_TILE_IB (B row p at B + boff[p]). Positions with ow >= OW (the
- * padded row's tail, (W - OW)/W of the columns) are computed and dropped by the
+ * padded row's tail, (W' - OW)/W' of the columns) are computed and dropped by the
  * epilogue. It pays one copy of the input instead of a gather per channel block, and
  * its B rows come from L1/L2 wherever a group's padded planes fit there (grouped and
  * small layers, where the gather's many short runs cost more than the tile's FMAs).
@@ -424,12 +424,11 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
 }
 
 UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0, int nq,
-                          const int* boff, float* Cb) {
+                          int wq, const float* xg, const int* boff, float* Cb) {
     ig_seg_t seg[IG_NR + 1];
-    const int K = cv->K, W = cv->W;
+    const int K = cv->K, W = wq;
     const ptrdiff_t nblk = (cv->Mg + IG_MR - 1) / IG_MR, blk = (ptrdiff_t)K * IG_MR;
     const float* Ag = cv->w + ((ptrdiff_t)g * nblk + m0 / IG_MR) * blk;   /* Ap[g][m0/MR] */
-    const float* xg = cv->x + ((ptrdiff_t)n * cv->C + (ptrdiff_t)g * cv->Cg) * cv->plane;
     for (int q = q0; q < q0 + nq; q += IG_NR) {
         const int nr = q0 + nq - q < IG_NR ? q0 + nq - q : IG_NR;
         /* the outputs among columns q .. q+nr: one run per padded row crossed */

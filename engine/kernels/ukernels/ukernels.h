@@ -77,8 +77,6 @@ typedef struct {
     int N, C, H, W, M, OH, OW;
     int kh, kw, sh, sw, pt, pl, dh, dw;
     int G, Cg, Mg, K, relu;
-    ptrdiff_t plane;   /* floats from one input channel to the next: H*W, or more in the
-                          padded mode (its planes, phases included: uk_igemm_padded_fn) */
 } uk_conv_t;
 /* Gather one packed B panel: Bp[kk][j] (row stride NR of the ISA) = im2col row k0+kk of
    group g at batch-wide column c0+j (c = n*OH*OW + oh*OW + ow), 0 outside the image,
@@ -91,15 +89,15 @@ typedef void (*uk_igemm_pack_fn)(const uk_conv_t* cv, int g, int k0, int kc, ptr
    rows of the item's ceil(nc / NR) panels are gathered at once, Bb[ceil(nc/NR) * K * NR]. */
 typedef void (*uk_igemm_fn)(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0,
                             ptrdiff_t nc, float* Bb, float* Cb);
-/* The padded mode: cv describes an input already zero-padded (pt = pl = 0, sh = sw = 1)
-   into planes of H x W (H >= OH + max row offset, W >= OW + max column offset),
-   cv->plane floats per input channel, whose rows the tile reads in place. One work
-   item: out rows g*Mg + m0 .. + mb of image n at the flat plane positions q0 .. q0+nq
-   (q = oh*W + ow; only ow < OW are outputs), every output there written; B row k of
-   the item is xp + (n*C + g*Cg)*plane + boff[k] + q (igemm_driver.h). Workspace
+/* The padded mode: xg holds group g of image n zero-padded into planes of W' = wq
+   floats a row (W' >= OW + the largest column offset), whose rows the tile reads in
+   place (the caller pads them, igemm.pyx). One work item: out rows g*Mg + m0 .. + mb of
+   image n at the flat plane positions q0 .. q0+nq (q = oh*W' + ow; only ow < OW are
+   outputs), every output there written; B row k of the item is xg + boff[k] + q
+   (igemm_driver.h). cv is the convolution itself (cv->x unused). Workspace
    Cb[mb * NR]. */
 typedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, int n, int q0,
-                                   int nq, const int* boff, float* Cb);
+                                   int nq, int wq, const float* xg, const int* boff, float* Cb);
 
 typedef struct {
     const char* isa;              /* "baseline", "avx2", "avx512" */
@@ -165,7 +163,7 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
         int, float*, ptrdiff_t, const int*, const int*, const int*, int, int, int);          \
     UK_API void igemm_pack__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, int, float*); \
     UK_API void igemm__##SUFFIX(const uk_conv_t*, int, int, int, ptrdiff_t, ptrdiff_t, float*, float*); \
-    UK_API void igemm_padded__##SUFFIX(const uk_conv_t*, int, int, int, int, int, int, const int*, float*);
+    UK_API void igemm_padded__##SUFFIX(const uk_conv_t*, int, int, int, int, int, int, int, const float*, const int*, float*);
 
 UK_DECLARE(scalar, 4, 16)
 #if defined(__x86_64__) || defined(__i386__)
