@@ -257,6 +257,8 @@ DRIVER_CASES = [
     ((1, 3, 1, 1), (2, 3, 1, 1), 1, 0, 1, 1),                # one pixel
     ((2, 3, 11, 101), (10, 3, 7, 7), 2, 3, 1, 1),            # a stem: stride-2 runs of 51
     ((1, 160, 5, 5), (9, 160, 3, 3), 1, 1, 1, 1),            # K = 1440: a K block at a time on AVX-512
+    ((1, 30, 6, 52), (7, 30, 3, 3), 1, 1, 1, 1),             # K = 270, rows of 52: padded panels
+                                                             # accumulate in out over two K blocks
 ]
 
 
@@ -337,6 +339,7 @@ PADDED_CASES = [
     ((1, 3, 17, 1), (4, 3, 3, 1), (1, 1), (0, 0), (1, 1), (1, 1), 1),    # one column
     ((3, 8, 4, 4), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 8),    # depthwise, 2.5 images a panel
     ((1, 40, 7, 7), (10, 40, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),  # K = 360: three K blocks
+    ((1, 30, 5, 52), (7, 30, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),  # panels inside a row fused into out
     ((1, 2, 5, 9), (3, 2, 3, 21), (1, 1), (10, 10), (1, 1), (1, 1), 1),  # dropped columns reach 20 past the planes
     ((5, 3, 12, 12), (9, 3, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),   # threads' shares split images
     ((2, 8, 30, 30), (16, 2, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 4),  # shares split images and groups

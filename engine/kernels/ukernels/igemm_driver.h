@@ -6,6 +6,7 @@
  *     IG_TILE_IB the same tile reading B indirectly (uk_sgemm_tile_pa_ib_fn)
  *     IG_TILE_EP the packed-A tile with the epilogue below fused into its store (a static
  *                function of that file: the tile's signature plus bias and relu)
+ *     IG_TILE_IB_EP the same for the indirect-B tile (the padded mode's)
  *     IG_MR, IG_NR, IG_KC   its register tile and K block (the sgemm driver's)
  * and defines igemm_pack__<suffix>, igemm__<suffix> and igemm_padded__<suffix>
  * (uk_igemm_pack_fn, uk_igemm_fn, uk_igemm_padded_fn).
@@ -76,7 +77,9 @@
  * The B rows of NR consecutive columns are then nr floats of xg read in place by the
  * indirect tile IG_TILE_IB (B row p at B + boff[p]). Positions with ow >= OW (the
  * padded row's tail, (W' - OW)/W' of the columns) are computed and dropped by the
- * epilogue. It pays one copy of the input instead of a gather per channel block, and
+ * epilogue; a panel whose columns are all outputs of one row accumulates in out itself
+ * with the epilogue fused (IG_TILE_IB_EP), as the gather's wide items do. It pays one
+ * copy of the input instead of a gather per channel block, and
  * its B rows come from L1/L2 wherever a group's padded planes fit there (grouped and
  * small layers, where the gather's many short runs cost more than the tile's FMAs).
  */
@@ -240,10 +243,17 @@ static inline void ig_store_run(float* restrict o, const float* restrict c, int 
         _mm512_mask_storeu_ps(o + q, k, v);
     }
 #elif defined(__AVX2__)
+    /* whole vectors unmasked: AVX2's masked moves are slow on AMD (microcoded stores) */
     const __m256 vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int q = 0; q < len; q += 8) {
-        const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(len - q), lane);
+    int q = 0;
+    for (; q + 8 <= len; q += 8) {
+        __m256 v = _mm256_add_ps(_mm256_loadu_ps(c + q), vb);
+        if (relu) v = _mm256_max_ps(z, v);
+        _mm256_storeu_ps(o + q, v);
+    }
+    if (q < len) {
+        const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(len - q),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         __m256 v = _mm256_add_ps(_mm256_maskload_ps(c + q, k), vb);
         if (relu) v = _mm256_max_ps(z, v);
         _mm256_maskstore_ps(o + q, k, v);
@@ -440,6 +450,30 @@ UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int
                 seg[ns].n = n; seg[ns].oh = oh; seg[ns].ow0 = a; seg[ns].len = b - a;
                 seg[ns++].j0 = oh * W + a - q;
             }
+        }
+        if (ns == 1 && seg[0].len == nr) {
+            /* every column is an output of one row: the tiles accumulate in out itself
+               (ldc = OH*OW) and add the bias and relu in registers before their last
+               store (IG_TILE_IB_EP), no round trip through Cb; the same sums in the
+               same order as that path */
+            const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
+            for (int i = 0; i < mb; i += IG_MR) {
+                const int mr = mb - i < IG_MR ? mb - i : IG_MR, oc = g * cv->Mg + m0 + i;
+                const float* Ai = Ag + (i / IG_MR) * blk;
+                float* o = cv->out + ((ptrdiff_t)n * cv->M + oc) * P
+                           + (ptrdiff_t)seg[0].oh * cv->OW + seg[0].ow0;
+                for (int k0 = 0; k0 < K; k0 += UK_KC_PADDED) {
+                    const int kc = K - k0 < UK_KC_PADDED ? K - k0 : UK_KC_PADDED;
+                    if (k0 + kc >= K)
+                        IG_TILE_IB_EP(mr, nr, kc, Ai + (ptrdiff_t)k0 * IG_MR, xg + q, boff + k0,
+                                      o, (int)P, k0 > 0, cv->bias ? cv->bias + oc : NULL,
+                                      cv->relu);
+                    else
+                        IG_TILE_IB(mr, nr, kc, Ai + (ptrdiff_t)k0 * IG_MR, xg + q, boff + k0,
+                                   o, (int)P, k0 > 0);
+                }
+            }
+            continue;
         }
         int k0 = 0;
         do {

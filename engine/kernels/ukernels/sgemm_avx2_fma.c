@@ -73,16 +73,16 @@ static inline __attribute__((always_inline)) void tile_6x16(
         default: TILE_NV(6, LDA, AK, IB, EP) break;                                                 \
     }
 
-UK_API void sgemm_6x16__avx2_fma(int mr, int nr, int k, const float* A, int lda,
-                                 const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_6x16__avx2_fma(int mr, int nr, int k, const float* A, int lda,
+                                         const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
     TILE_MR(lda, 1, 0, 0)
 }
 
-UK_API void sgemm_6x16_pa__avx2_fma(int mr, int nr, int k, const float* A,
-                                    const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_6x16_pa__avx2_fma(int mr, int nr, int k, const float* A,
+                                            const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
@@ -92,19 +92,28 @@ UK_API void sgemm_6x16_pa__avx2_fma(int mr, int nr, int k, const float* A,
 /* The packed-A tile with the convolution's epilogue fused into its store (the igemm
    driver's, for C tiles that are runs of the output itself): C = relu?(A @ B (+ C when
    acc) + bias[r]) row by row, bias NULL adding 0 (as the driver's ig_store_run). */
-static void sgemm_6x16_pa_ep__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
-                                       int ldb, float* C, int ldc, int acc, const float* bias,
-                                       int relu) {
+static UK_TILE void sgemm_6x16_pa_ep__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
+                                               int ldb, float* C, int ldc, int acc, const float* bias,
+                                               int relu) {
     const int* boff = 0;
     TILE_MR(1, 6, 0, 1)
 }
 
-UK_API void sgemm_6x16_pa_ib__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
-                                       const int* boff, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_6x16_pa_ib__avx2_fma(int mr, int nr, int k, const float* A, const float* B,
+                                               const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
     const float* bias = 0;
     const int relu = 0;
     TILE_MR(1, 6, 1, 0)
+}
+
+/* The indirect-B tile with the epilogue fused into its store (the padded mode's, for
+   panels whose columns are one run of the output): C = relu?(A @ B (+ C when acc) +
+   bias[r]), B row p at B + boff[p]. */
+static UK_TILE void sgemm_6x16_pa_ib_ep__avx2_fma(int mr, int nr, int k, const float* A,
+        const float* B, const int* boff, float* C, int ldc, int acc, const float* bias, int relu) {
+    const int ldb = 0;
+    TILE_MR(1, 6, 1, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
@@ -114,6 +123,7 @@ UK_SGEMM_DRIVER(sgemm__avx2_fma, sgemm_6x16__avx2_fma, 6, 16, UK_KC_avx2_fma)
 #define IG_TILE sgemm_6x16_pa__avx2_fma
 #define IG_TILE_IB sgemm_6x16_pa_ib__avx2_fma
 #define IG_TILE_EP sgemm_6x16_pa_ep__avx2_fma
+#define IG_TILE_IB_EP sgemm_6x16_pa_ib_ep__avx2_fma
 #define IG_MR 6
 #define IG_NR 16
 #define IG_KC UK_KC_avx2_fma

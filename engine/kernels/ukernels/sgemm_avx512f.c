@@ -90,16 +90,16 @@ static inline __attribute__((always_inline)) void tile_8x48(
         default: TILE_NV(8, LDA, AK, IB, EP) break;                                                 \
     }
 
-UK_API void sgemm_8x48__avx512f(int mr, int nr, int k, const float* A, int lda,
-                                const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_8x48__avx512f(int mr, int nr, int k, const float* A, int lda,
+                                        const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
     TILE_MR(lda, 1, 0, 0)
 }
 
-UK_API void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
-                                   const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
+                                           const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
@@ -109,19 +109,28 @@ UK_API void sgemm_8x48_pa__avx512f(int mr, int nr, int k, const float* A,
 /* The packed-A tile with the convolution's epilogue fused into its store (the igemm
    driver's, for C tiles that are runs of the output itself): C = relu?(A @ B (+ C when
    acc) + bias[r]) row by row, bias NULL adding 0 (as the driver's ig_store_run). */
-static void sgemm_8x48_pa_ep__avx512f(int mr, int nr, int k, const float* A, const float* B,
-                                      int ldb, float* C, int ldc, int acc, const float* bias,
-                                      int relu) {
+static UK_TILE void sgemm_8x48_pa_ep__avx512f(int mr, int nr, int k, const float* A, const float* B,
+                                              int ldb, float* C, int ldc, int acc, const float* bias,
+                                              int relu) {
     const int* boff = 0;
     TILE_MR(1, 8, 0, 1)
 }
 
-UK_API void sgemm_8x48_pa_ib__avx512f(int mr, int nr, int k, const float* A, const float* B,
-                                      const int* boff, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_8x48_pa_ib__avx512f(int mr, int nr, int k, const float* A, const float* B,
+                                              const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
     const float* bias = 0;
     const int relu = 0;
     TILE_MR(1, 8, 1, 0)
+}
+
+/* The indirect-B tile with the epilogue fused into its store (the padded mode's, for
+   panels whose columns are one run of the output): C = relu?(A @ B (+ C when acc) +
+   bias[r]), B row p at B + boff[p]. */
+static UK_TILE void sgemm_8x48_pa_ib_ep__avx512f(int mr, int nr, int k, const float* A,
+        const float* B, const int* boff, float* C, int ldc, int acc, const float* bias, int relu) {
+    const int ldb = 0;
+    TILE_MR(1, 8, 1, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
@@ -131,6 +140,7 @@ UK_SGEMM_DRIVER(sgemm__avx512f, sgemm_8x48__avx512f, 8, 48, UK_KC_avx512f)
 #define IG_TILE sgemm_8x48_pa__avx512f
 #define IG_TILE_IB sgemm_8x48_pa_ib__avx512f
 #define IG_TILE_EP sgemm_8x48_pa_ep__avx512f
+#define IG_TILE_IB_EP sgemm_8x48_pa_ib_ep__avx512f
 #define IG_MR 8
 #define IG_NR 48
 #define IG_KC UK_KC_avx512f

@@ -60,8 +60,8 @@ static inline __attribute__((always_inline)) void tile_4x16(
         default: tile_4x16(nr, k, A, LDA, AK, B, ldb, IB, boff, C, ldc, acc, 4, EP, bias, relu); break; \
     }
 
-UK_API void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
-                               const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
+                                       const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
@@ -69,8 +69,8 @@ UK_API void sgemm_4x16__scalar(int mr, int nr, int k, const float* A, int lda,
 }
 
 /* the same tile with A packed as a panel Ap[k][4] (the igemm driver's packed weights) */
-UK_API void sgemm_4x16_pa__scalar(int mr, int nr, int k, const float* A,
-                                  const float* B, int ldb, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_4x16_pa__scalar(int mr, int nr, int k, const float* A,
+                                          const float* B, int ldb, float* C, int ldc, int acc) {
     const int* boff = 0;
     const float* bias = 0;
     const int relu = 0;
@@ -79,20 +79,29 @@ UK_API void sgemm_4x16_pa__scalar(int mr, int nr, int k, const float* A,
 
 /* ... with the convolution's epilogue fused into its store (the igemm driver's, for C
    tiles that are runs of the output): C = relu?(A @ B (+ C when acc) + bias[r]) */
-static void sgemm_4x16_pa_ep__scalar(int mr, int nr, int k, const float* A, const float* B,
-                                     int ldb, float* C, int ldc, int acc, const float* bias,
-                                     int relu) {
+static UK_TILE void sgemm_4x16_pa_ep__scalar(int mr, int nr, int k, const float* A, const float* B,
+                                             int ldb, float* C, int ldc, int acc, const float* bias,
+                                             int relu) {
     const int* boff = 0;
     TILE_MR(1, 4, 0, 1)
 }
 
 /* ... and B read indirectly, row p at B + boff[p] (the igemm driver's padded mode) */
-UK_API void sgemm_4x16_pa_ib__scalar(int mr, int nr, int k, const float* A, const float* B,
-                                     const int* boff, float* C, int ldc, int acc) {
+UK_API UK_TILE void sgemm_4x16_pa_ib__scalar(int mr, int nr, int k, const float* A, const float* B,
+                                             const int* boff, float* C, int ldc, int acc) {
     const int ldb = 0;
     const float* bias = 0;
     const int relu = 0;
     TILE_MR(1, 4, 1, 0)
+}
+
+/* The indirect-B tile with the epilogue fused into its store (the padded mode's, for
+   panels whose columns are one run of the output): C = relu?(A @ B (+ C when acc) +
+   bias[r]), B row p at B + boff[p]. */
+static UK_TILE void sgemm_4x16_pa_ib_ep__scalar(int mr, int nr, int k, const float* A,
+        const float* B, const int* boff, float* C, int ldc, int acc, const float* bias, int relu) {
+    const int ldb = 0;
+    TILE_MR(1, 4, 1, 1)
 }
 
 UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
@@ -102,6 +111,7 @@ UK_SGEMM_DRIVER(sgemm__scalar, sgemm_4x16__scalar, 4, 16, UK_KC_scalar)
 #define IG_TILE sgemm_4x16_pa__scalar
 #define IG_TILE_IB sgemm_4x16_pa_ib__scalar
 #define IG_TILE_EP sgemm_4x16_pa_ep__scalar
+#define IG_TILE_IB_EP sgemm_4x16_pa_ib_ep__scalar
 #define IG_MR 4
 #define IG_NR 16
 #define IG_KC UK_KC_scalar
