@@ -6,8 +6,8 @@
  *   gcc -O3 -I$U -c $U/sgemm_avx2_fma.c -mavx2 -mfma -o /tmp/b.o
  *   gcc -O3 -I$U benchmarks/tile_peak.c /tmp/a.o /tmp/b.o -o /tmp/tile_peak && /tmp/tile_peak
  *
- * (needs a CPU with AVX-512F; the AVX2 line alone runs anywhere with AVX2 + FMA if the
- * AVX-512 calls are removed). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
+ * (the AVX-512 lines run where the CPU has AVX-512F, the AVX2 lines where it has AVX2 +
+ * FMA; the others are left out with a note). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
  * The indirect-B tile (igemm's padded mode) is timed twice: on packed rows, and on rows
  * laid out as the 7x7 stride-2 stem's padded planes give them (3 channels x 4 phases,
  * taps one float apart: most rows start off a cache line, so their loads split).
@@ -58,9 +58,19 @@ static void run(const char* name, tile_fn f, tile_ib_fn fi, int mr, int nr, int 
 }
 
 int main(void) {
-    run("sgemm_8x48_pa__avx512f", sgemm_8x48_pa__avx512f, 0, 8, 48, 128, 0);
-    run("sgemm_8x48_pa_ib__avx512f", 0, sgemm_8x48_pa_ib__avx512f, 8, 48, 128, 0);
-    run("sgemm_8x48_pa_ib__avx512f", 0, sgemm_8x48_pa_ib__avx512f, 8, 48, 147, 1);
-    run("sgemm_6x16_pa__avx2_fma", sgemm_6x16_pa__avx2_fma, 0, 6, 16, 128, 0);
+    if (__builtin_cpu_supports("avx512f")) {
+        run("sgemm_8x48_pa__avx512f", sgemm_8x48_pa__avx512f, 0, 8, 48, 128, 0);
+        run("sgemm_8x48_pa_ib__avx512f", 0, sgemm_8x48_pa_ib__avx512f, 8, 48, 128, 0);
+        run("sgemm_8x48_pa_ib__avx512f", 0, sgemm_8x48_pa_ib__avx512f, 8, 48, 147, 1);
+    } else {
+        printf("(no AVX-512F on this CPU: its tiles left out)\n");
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        run("sgemm_6x16_pa__avx2_fma", sgemm_6x16_pa__avx2_fma, 0, 6, 16, 128, 0);
+        run("sgemm_6x16_pa_ib__avx2_fma", 0, sgemm_6x16_pa_ib__avx2_fma, 6, 16, 128, 0);
+        run("sgemm_6x16_pa_ib__avx2_fma", 0, sgemm_6x16_pa_ib__avx2_fma, 6, 16, 147, 1);
+    } else {
+        printf("(no AVX2 + FMA on this CPU: its tile left out)\n");
+    }
     return 0;
 }
