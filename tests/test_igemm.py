@@ -340,6 +340,9 @@ PADDED_CASES = [
     ((3, 8, 4, 4), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 8),    # depthwise, 2.5 images a panel
     ((1, 40, 7, 7), (10, 40, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),  # K = 360: three K blocks
     ((1, 30, 5, 52), (7, 30, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),  # panels inside a row fused into out
+    ((2, 5, 6, 48), (7, 5, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),    # rows of 48: panels start at each row
+    ((1, 3, 8, 30), (5, 3, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 1),    # ... and end it short (AVX2: 16 + 14)
+    ((1, 3, 40, 64), (6, 3, 7, 7), (3, 3), (3, 3), (2, 2), (1, 1), 1),   # a stem whose rows take whole panels
     ((1, 2, 5, 9), (3, 2, 3, 21), (1, 1), (10, 10), (1, 1), (1, 1), 1),  # dropped columns reach 20 past the planes
     ((5, 3, 12, 12), (9, 3, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),   # threads' shares split images
     ((2, 8, 30, 30), (16, 2, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 4),  # shares split images and groups

@@ -68,7 +68,9 @@
  * Padded mode (igemm_padded__<suffix>): no gather at all. The caller zero-pads group g
  * of image n into planes of rows W' floats long (xg; plane PS floats apart per input
  * channel), numbers the image's columns by their flat position q = oh*W' + ow in such a
- * plane, and gives each row k of col its offset,
+ * plane (an item's panel is any run q0 .. q0+nq of them: the caller's panels either run
+ * on across rows or start at each row, igemm.pyx _panel_start), and gives each row k of
+ * col its offset,
  *
  *     col_g[k][q] = xg[boff[k] + q]
  *
