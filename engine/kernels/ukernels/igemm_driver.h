@@ -245,7 +245,7 @@ static inline void ig_store_run(float* restrict o, const float* restrict c, int 
         _mm512_mask_storeu_ps(o + q, k, v);
     }
 #elif defined(__AVX2__)
-    /* whole vectors unmasked: AVX2's masked moves are slow on AMD (microcoded stores) */
+    /* whole vectors with plain moves, a masked move only for the tail */
     const __m256 vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
     int q = 0;
     for (; q + 8 <= len; q += 8) {
