@@ -347,6 +347,30 @@ static inline void ig_prefetch_1x1(const uk_conv_t* cv, int g, ptrdiff_t cn, ptr
     }
 }
 
+/* One MR x nr tile of output channels oc .. oc+mr accumulated in out itself (o: the
+   first row's run, rows OH*OW apart) over K blocks of kc_max rows, bias and relu added
+   in registers before the last block's store (IG_TILE_EP / IG_TILE_IB_EP): B is a packed
+   panel B[K][ldb] or, with boff, rows read in place at B + boff[k]. Ai: the tile's A
+   panel Ap[K][MR]. */
+static inline void ig_tile_into_out(const uk_conv_t* cv, int oc, int mr, int nr, int kc_max,
+                                    const float* Ai, const float* B, int ldb, const int* boff,
+                                    float* o) {
+    const int K = cv->K, P = cv->OH * cv->OW;
+    const float* bias = cv->bias ? cv->bias + oc : NULL;
+    for (int k0 = 0; k0 < K; k0 += kc_max) {
+        const int kc = K - k0 < kc_max ? K - k0 : kc_max, last = k0 + kc >= K;
+        const float* Ak = Ai + (ptrdiff_t)k0 * IG_MR;
+        if (boff && last)
+            IG_TILE_IB_EP(mr, nr, kc, Ak, B, boff + k0, o, P, k0 > 0, bias, cv->relu);
+        else if (boff)
+            IG_TILE_IB(mr, nr, kc, Ak, B, boff + k0, o, P, k0 > 0);
+        else if (last)
+            IG_TILE_EP(mr, nr, kc, Ak, B + (ptrdiff_t)k0 * ldb, ldb, o, P, k0 > 0, bias, cv->relu);
+        else
+            IG_TILE(mr, nr, kc, Ak, B + (ptrdiff_t)k0 * ldb, ldb, o, P, k0 > 0);
+    }
+}
+
 UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptrdiff_t nc,
                    float* Bb, float* Cb) {
     const int K = cv->K;
@@ -391,20 +415,9 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
                        one run of out: the tile accumulates there and stores with the
                        epilogue fused (IG_TILE_EP), no round trip through Cb */
                     const int oc = g * cv->Mg + m0 + i;
-                    float* o = cv->out + ((ptrdiff_t)seg[j][0].n * cv->M + oc) * P
-                               + (ptrdiff_t)seg[j][0].oh * cv->OW + seg[j][0].ow0;
-                    int k0 = 0;
-                    do {
-                        const int kc = K - k0 < IG_KC ? K - k0 : IG_KC;
-                        const float* Ak = Ai + (ptrdiff_t)k0 * IG_MR;
-                        const float* Bk = Bj + (ptrdiff_t)k0 * IG_NR;
-                        if (k0 + kc >= K)
-                            IG_TILE_EP(mr, nr, kc, Ak, Bk, IG_NR, o, (int)P, k0 > 0,
-                                       cv->bias ? cv->bias + oc : NULL, cv->relu);
-                        else
-                            IG_TILE(mr, nr, kc, Ak, Bk, IG_NR, o, (int)P, k0 > 0);
-                        k0 += IG_KC;
-                    } while (k0 < K);
+                    ig_tile_into_out(cv, oc, mr, nr, IG_KC, Ai, Bj, IG_NR, NULL,
+                                     cv->out + ((ptrdiff_t)seg[j][0].n * cv->M + oc) * P
+                                     + (ptrdiff_t)seg[j][0].oh * cv->OW + seg[j][0].ow0);
                     continue;
                 }
                 for (int k0 = 0; k0 < K; k0 += IG_KC) {
@@ -461,19 +474,9 @@ UK_API void IG_RUN_PADDED(const uk_conv_t* cv, int g, int m0, int mb, int n, int
             const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW;
             for (int i = 0; i < mb; i += IG_MR) {
                 const int mr = mb - i < IG_MR ? mb - i : IG_MR, oc = g * cv->Mg + m0 + i;
-                const float* Ai = Ag + (i / IG_MR) * blk;
-                float* o = cv->out + ((ptrdiff_t)n * cv->M + oc) * P
-                           + (ptrdiff_t)seg[0].oh * cv->OW + seg[0].ow0;
-                for (int k0 = 0; k0 < K; k0 += UK_KC_PADDED) {
-                    const int kc = K - k0 < UK_KC_PADDED ? K - k0 : UK_KC_PADDED;
-                    if (k0 + kc >= K)
-                        IG_TILE_IB_EP(mr, nr, kc, Ai + (ptrdiff_t)k0 * IG_MR, xg + q, boff + k0,
-                                      o, (int)P, k0 > 0, cv->bias ? cv->bias + oc : NULL,
-                                      cv->relu);
-                    else
-                        IG_TILE_IB(mr, nr, kc, Ai + (ptrdiff_t)k0 * IG_MR, xg + q, boff + k0,
-                                   o, (int)P, k0 > 0);
-                }
+                ig_tile_into_out(cv, oc, mr, nr, UK_KC_PADDED, Ag + (i / IG_MR) * blk, xg + q, 0,
+                                 boff, cv->out + ((ptrdiff_t)n * cv->M + oc) * P
+                                 + (ptrdiff_t)seg[0].oh * cv->OW + seg[0].ow0);
             }
             continue;
         }
