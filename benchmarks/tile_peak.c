@@ -7,7 +7,8 @@
  *   gcc -O3 -I$U benchmarks/tile_peak.c /tmp/a.o /tmp/b.o -o /tmp/tile_peak && /tmp/tile_peak
  *
  * (the AVX-512 lines run where the CPU has AVX-512F, the AVX2 lines where it has AVX2 +
- * FMA; the others are left out with a note). Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
+ * FMA; the others are left out with a note).
+ * Each call: C[MR][NR] = Ap[K][MR]^T @ B[K][NR], K = 128.
  * The indirect-B tile (igemm's padded mode) is timed twice: on packed rows, and on rows
  * laid out as the 7x7 stride-2 stem's padded planes give them (3 channels x 4 phases,
  * taps one float apart: most rows start off a cache line, so their loads split).
