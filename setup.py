@@ -28,7 +28,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ["padding", "polyphase", "direct", "im2col", "igemm", "pool", "winograd", "_buildinfo", "_ukernels"]
+KERNELS = ["padding", "polyphase", "direct", "im2col", "igemm", "pool", "elementwise", "winograd",
+           "_buildinfo", "_ukernels"]
 # Kernel modules that run micro-kernels: the per-ISA objects are linked into them.
 UKERNEL_USERS = {"winograd", "igemm", "_ukernels"}
 UKERNEL_DIR = os.path.join("engine", "kernels", "ukernels")

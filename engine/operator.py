@@ -11,13 +11,15 @@ and calls the registry's kernel into ``out``.
 
 ``functional``, the layers (which keep one operator per input shape), the tuner's
 candidates, ``convtune bench`` and the benchmarks all build operators; nothing else
-calls a kernel.
+calls a kernel. ``add_relu_`` is the one elementwise operation with a kernel of its
+own (a residual block's end), a function since it holds nothing.
 """
 import numpy as np
 
 from . import plan as _plan
 from . import registry as _registry
 from . import shapes as _shapes
+from .kernels import elementwise as _elementwise
 from .kernels import padding as _padding
 from .threads import get_num_threads
 
@@ -172,3 +174,21 @@ def create(p, choice, weight=None, bias=None, *, relu=False, prepared=None, num_
                             divisor_override=divisor_override, return_indices=return_indices,
                             num_threads=num_threads)
     raise TypeError(f"expected ConvParams or PoolParams, got {type(p).__name__}")
+
+
+def add_relu_(out, other, relu=True):
+    """``out = relu?(out + other)`` in place (relu: ``np.maximum(v, 0)``, NaN stays NaN);
+    returns ``out``. Two C-contiguous float arrays of one shape and dtype go through one
+    pass on the kernel threads (``kernels.elementwise.add_relu``); anything else (numpy
+    broadcasting, integers, strided or partly overlapping views) through numpy's
+    ``out += other`` and ``np.maximum``. Bitwise the same either way."""
+    if (type(out) is np.ndarray and type(other) is np.ndarray and out.shape == other.shape
+            and out.dtype == other.dtype and out.dtype in (np.float32, np.float64)
+            and out.flags.c_contiguous and other.flags.c_contiguous and out.flags.writeable
+            and (out.ctypes.data == other.ctypes.data or not np.may_share_memory(out, other))):
+        _elementwise.add_relu(out.reshape(-1), other.reshape(-1), relu, get_num_threads())
+        return out
+    out += other
+    if relu:
+        np.maximum(out, out.dtype.type(0), out=out)
+    return out

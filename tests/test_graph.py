@@ -144,13 +144,37 @@ def test_several_outputs_and_a_constant_output():
 def test_fuse_folds_batchnorm_and_relu_and_agrees():
     g, layers = residual_graph()
     fused = engine.fuse(g)
-    assert [n.op for n in fused.nodes] == ["Conv", "Conv", "Add", "Relu"]
+    assert [n.op for n in fused.nodes] == ["Conv", "Conv", "AddRelu"]
     assert fused.get_submodule("block.conv1").fused_relu
     assert "block.bn1.weight" not in fused.state_dict()
     x = randn(2, 4, 6, 6)
     np.testing.assert_allclose(fused(x), residual_ref(layers, x), atol=1e-4)
     np.testing.assert_allclose(fused(x), g(x), atol=1e-4)
     assert [n.op for n in g.nodes][:2] == ["Conv", "BatchNormalization"]    # g untouched
+
+
+def test_fuse_joins_add_and_relu_with_add_broadcasting():
+    """Relu(Add(a, b)) becomes one AddRelu node, in place into a dying input or fresh, with
+    ONNX broadcasting; an Add that another node reads too keeps its Relu apart."""
+    c = np.array([[[[0.5]], [[-2.0]], [[0.0]]]], np.float32)               # (1, 3, 1, 1)
+    nodes = [Node("m", "Mul", ["x", "two"], ["a"]), Node("s", "Add", ["a", "c"], ["b"]),
+             Node("r", "Relu", ["b"], ["y"]),                              # a dies: in place
+             Node("t", "Add", ["x", "c"], ["d"]), Node("q", "Relu", ["d"], ["z"]),   # x lives
+             Node("u", "Add", ["x", "x"], ["e"]), Node("v", "Relu", ["e"], ["w"])]
+    g = Graph([("x", (2, 3, 4, 5), np.float32)], ["y", "z", "w", "e"], nodes,
+              {"two": np.array([2.0], np.float32), "c": c})
+    fused = engine.fuse(g)
+    assert [n.op for n in fused.nodes] == ["Mul", "AddRelu", "AddRelu", "Add", "Relu"]
+    x = randn(2, 3, 4, 5)
+    x[0, 0, 0, :3] = [np.nan, -0.0, np.inf]
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    relu = lambda v: np.where(v < 0, 0, v)                                  # NaN passes
+    expect = [relu(2 * x64 + c64), relu(x64 + c64), relu(2 * x64), 2 * x64]
+    for got, want in zip(fused(x), expect):
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    for got, want in zip(fused(x), g(x)):                                   # bitwise the pair
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x[0, 0, 0, :3], [np.nan, -0.0, np.inf])   # input untouched
 
 
 def test_fuse_leaves_a_conv_read_twice():

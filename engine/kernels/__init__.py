@@ -26,6 +26,7 @@ Modules:
     im2col     conv2d_im2col: column buffer built in bounded slices + GEMM; 1x1 as GEMM
     winograd   Winograd F(m x m, 3 x 3) for m = 2, 4, 6 (float32 on the micro-kernels)
     pool       max_pool2d (with indices), avg_pool2d
+    elementwise add_relu: a residual block's relu(out + other), in place, one pass
     ukernels/  C micro-kernels, one object per ISA (baseline, AVX2 + FMA, AVX-512F):
                GEMM register tiles + blocked driver, Winograd tile transforms;
                ukernels.h is the contract, dispatch.c the cpuid check and tables

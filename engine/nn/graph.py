@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import shapes as _shapes
 from .._lru import LRU
+from ..operator import add_relu_
 from .layers import BatchNorm2d, Conv2d
 from .module import Module
 
@@ -386,6 +387,18 @@ def _binary(name, fn):
 
 for _name, _fn in _BINARY.items():
     _binary(_name, _fn)
+
+
+# The residual block's end, Relu(Add(a, b)) (fuse_graph makes it of an Add read only by a
+# Relu): one pass over the dying input on the kernel threads (add_relu_), where the pair
+# was two numpy passes on one core. Broadcasting as Add's.
+@op("AddRelu", inplace=lambda node, layer, out, a, b: add_relu_(out, b if out is a else a))
+def _add_relu(node, layer, a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape == b.shape and a.dtype == b.dtype:
+        return add_relu_(a.copy(), b)
+    out = np.add(a, b)
+    return np.maximum(out, out.dtype.type(0), out=out)
 
 
 # Shape manipulation: views where numpy gives them.
@@ -994,9 +1007,10 @@ def fuse_graph(graph):
     whose input is a convolution read by nothing else is folded into its weights
     (``fusion.fold_batchnorm``), and a Relu that is a convolution's only reader moves
     into the kernel (``Conv2d.fused_relu``). Clip(0, 6) stays a node (the kernels
-    clamp only at zero), as does the residual Add, which writes into the
-    convolution's output in place (see ``_schedule``), costing one pass and no
-    allocation. Returns ``graph``."""
+    clamp only at zero). A Relu that is an Add's only reader joins it (``AddRelu``, one
+    pass on the kernel threads), which writes into the convolution's output in place
+    (see ``_schedule``): the residual block's end costs one pass and no allocation.
+    Returns ``graph``."""
     from .fusion import fold_batchnorm
     changed = True
     while changed:
@@ -1007,7 +1021,15 @@ def fuse_graph(graph):
             if node.op not in ("BatchNormalization", "Relu"):
                 continue
             src = producer.get(node.inputs[0])
-            if src is None or src.op != "Conv" or len(users[node.inputs[0]]) != 1:
+            if src is None or len(users[node.inputs[0]]) != 1:
+                continue
+            if node.op == "Relu" and src.op == "Add":
+                src.op = "AddRelu"         # the residual end: one pass (_add_relu)
+                src.outputs = [node.outputs[0]]
+                graph.nodes.remove(node)
+                changed = True
+                break
+            if src.op != "Conv":
                 continue
             conv = graph.get_submodule(src.layer)
             if node.op == "BatchNormalization":

@@ -31,6 +31,7 @@ import numpy as np
 
 from .layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d,
                      ReLU, _rng)
+from ..operator import add_relu_
 from .fusion import fuse_conv
 from .module import Module, Sequential
 
@@ -83,13 +84,6 @@ def init_like_torchvision(model, seed=None, linear_std=None):
 def _flatten(x):
     """x (N, ...) -> (N, prod(...)), as torch.flatten(x, 1)."""
     return x.reshape(x.shape[0], -1)
-
-
-def _add_relu(out, identity):
-    """relu(out + identity), in place in ``out`` (a fresh array the block owns)."""
-    out += identity
-    np.maximum(out, 0, out=out)
-    return out
 
 
 # ---------------------------------------------------------------------------- VGG
@@ -171,7 +165,7 @@ class BasicBlock(Module):
         out = _conv_bn_relu(x, self.conv1, self.bn1, self.relu)
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return _add_relu(out, identity)
+        return add_relu_(out, identity)   # in place: out is the block's own
 
     def _fuse(self):
         fuse_conv(self, "conv1", "bn1", relu=True)
@@ -206,7 +200,7 @@ class Bottleneck(Module):
         out = _conv_bn_relu(out, self.conv2, self.bn2, self.relu)
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return _add_relu(out, identity)
+        return add_relu_(out, identity)   # in place: out is the block's own
 
     def _fuse(self):
         fuse_conv(self, "conv1", "bn1", relu=True)
