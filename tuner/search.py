@@ -9,7 +9,11 @@ For one shape at one thread count (``tune_shape``):
    (kept in the entry's list with status "rejected: ...");
 3. the survivors are timed (``timing.compare``: interleaved, medians, finalists
    re-measured) through the same call the layers make: an ``engine.operator`` built once
-   per candidate (weights prepared once, as a layer keeps them), called on the input;
+   per candidate (weights prepared once, as a layer keeps them), called on the input.
+   A convolution whose weights reach ``COLD_WEIGHT_BYTES`` is timed as it runs inside a
+   network, its weights evicted from the caches before every call and its input warm
+   (``timing.evict_caches``; the entry says ``"weights": "cold"``), since back-to-back
+   calls find such weights in L2/L3 and can rank the algorithms the other way round;
 4. the fastest survivor is the choice; the entry lists every candidate, ranked.
 
 Levels: ``estimate`` takes the heuristic's choice without running anything (the
@@ -47,6 +51,19 @@ LEVEL_SETTINGS = {
     "exhaustive": dict(reps=15, min_sample_s=0.025, refine_reps=15, always_refine=3),
 }
 _NP_PAD = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+# Weights of at least this many bytes are timed cold (module docstring, step 3): from
+# about an L2's worth, reading them from memory is a visible share of the call.
+COLD_WEIGHT_BYTES = 1 << 20
+
+
+def weights_cold(p):
+    """Whether ``p`` (ConvParams or PoolParams) is timed with its weights evicted."""
+    if not isinstance(p, _shapes.ConvParams):
+        return False
+    kh, kw = p.kernel
+    return p.c_out * (p.c_in // p.groups) * kh * kw * np.dtype(p.dtype).itemsize >= COLD_WEIGHT_BYTES
 
 
 def default_tolerance(dtype):
@@ -314,6 +331,7 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
         return None, (f"no algorithm within tolerance {tolerance:.1e} "
                       f"(least error: {best['algorithm']} {best['error'] or math.inf:.2e})")
     fns = {n: prep.runner(cands[n]["algorithm"], cands[n]["params"]) for n in ok}
+    cold = weights_cold(p)
 
     def progress(name, stats):
         timed = [(st.median, n) for n, st in stats.items() if st.samples]
@@ -324,7 +342,8 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
     stats, refined = timing.compare(
         fns, reps=settings["reps"], min_sample_s=settings["min_sample_s"],
         refine_reps=settings["refine_reps"], always_refine=settings["always_refine"],
-        deadline=deadline, on_stats=progress if on_step else None)
+        deadline=deadline, on_stats=progress if on_step else None,
+        before=partial(timing.evict_caches, prep.x) if cold else None)
     for n, st in stats.items():
         cands[n].update(median_s=st.median, spread=round(st.spread, 4), samples=len(st.samples))
     ranked = sorted(cands.values(), key=lambda c: (c["median_s"] is None, c["median_s"] or 0,
@@ -333,7 +352,7 @@ def tune_shape(shape, threads, level="measure", tolerance=None, deadline=None, o
     entry = {"key": _plan.params_key(p, threads), "algorithm": best["algorithm"],
              "params": dict(best["params"]),
              "level": level, "tolerance": tolerance, "time_s": best["median_s"], "tuned_at": _now(),
-             "remeasured": refined, "candidates": ranked}
+             "weights": "cold" if cold else "warm", "remeasured": refined, "candidates": ranked}
     msg = f"{candidate_label(best)} {timing.format_time(best['median_s'])}"
     if len(ranked) > 1 and ranked[1]["median_s"]:
         msg += f" (next {candidate_label(ranked[1])} +{ranked[1]['median_s'] / best['median_s'] - 1:.0%})"
