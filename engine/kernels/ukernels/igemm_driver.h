@@ -319,22 +319,17 @@ static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t nc,
     }
     if (IG_IS_1X1_ROWS(cv) && seg[0][0].n == seg[np - 1][ns[np - 1] - 1].n) {
         /* a 1x1 layer's columns in one image: row k of the panels is one run of x,
-           x[n][g*Cg + k][p0 .. p0+nc], cut into NR-float pieces (fixed-size copies the
-           compiler turns into vector moves, where the general path's run bookkeeping
-           per row and panel cost more than the copy itself: ResNet-50's 1x1 layers on a
-           Zen 4, AVX-512, 0.96-0.99 of the time at one thread, 256->64 at 56x56 0.95 at
-           two threads and batch 8; level on AVX2, whose panels were one run already) */
+           x[n][g*Cg + k][p0 .. p0+nc], cut into NR-float pieces (ig_copy's vector
+           moves, without the general path's run bookkeeping per row and panel, which
+           cost more than the copy itself: ResNet-50's 1x1 layers at one thread on a
+           Zen 4, 0.93-0.97 of the time with the AVX2 tiles, 0.97-1.0 with AVX-512's) */
         const float* src = xg + (ptrdiff_t)seg[0][0].n * cv->C * HW + seg[0][0].ow0;
         for (int k = 0; k < K; k++, src += HW) {
             for (int j = 0; j < np; j++) {
                 float* dst = Bw + ((ptrdiff_t)j * K + k) * IG_NR;
                 const float* s = src + (ptrdiff_t)j * IG_NR;
-                if (nrj[j] == IG_NR) {
-                    for (int q = 0; q < IG_NR; q++) dst[q] = s[q];
-                } else {
-                    ig_copy(dst, s, nrj[j], 1);
-                    ig_zero(dst + nrj[j], IG_NR - nrj[j]);
-                }
+                ig_copy(dst, s, nrj[j], 1);
+                if (nrj[j] < IG_NR) ig_zero(dst + nrj[j], IG_NR - nrj[j]);
             }
         }
         return;
