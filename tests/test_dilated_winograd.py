@@ -205,6 +205,42 @@ def test_dilated_threads_give_the_same_result(rng):
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
+def test_reused_scratch_is_overwritten_and_per_thread(rng):
+    """The polyphase copies live in per-thread scratch reused from call to call
+    (registry._Scratch): poisoned with NaN between calls, and shared by calls of other
+    shapes, they never leak into a result; Python threads running one operator at once
+    each get their own."""
+    import threading
+    x, wt, b = _inputs(rng, "float32", 3, 8, 8, 21, 18, 1, True)
+    p = shapes.conv_params(x.shape, wt.shape, 1, 2, 2, 1, "zeros", "float32")
+    op = operator.ConvOperator(p, "winograd_f4x3", wt, b, num_threads=2)
+    tol = registry.tolerance("winograd_f4x3", "float32")
+    expected = _reference(x, wt, b, (2, 2, 2, 2), (2, 2), 1)
+    small = _inputs(rng, "float32", 1, 8, 8, 9, 9, 1, True)
+    ps = shapes.conv_params(small[0].shape, small[1].shape, 1, 2, 2, 1, "zeros", "float32")
+    small_op = operator.ConvOperator(ps, "winograd_f4x3", small[1], small[2], num_threads=2)
+    for _ in range(2):
+        for buf in registry._scratch.buffers.values():
+            buf.fill(np.nan)
+        ref.assert_close(op(x), expected, tol, what="after poisoning")
+        small_op(small[0])                       # a smaller call through the same buffers
+    inputs = [_inputs(rng, "float32", 3, 8, 8, 21, 18, 1, False)[0] for _ in range(4)]
+    wants = [_reference(xi, wt, b, (2, 2, 2, 2), (2, 2), 1) for xi in inputs]
+    got = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(3):
+            got[i] = op(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, want in zip(got, wants):
+        ref.assert_close(g, want, tol, what="concurrent calls")
+
+
 # --------------------------------------------------------- what is accepted, refused
 @pytest.mark.parametrize("name", WINOGRAD)
 def test_pads_not_multiple_of_the_dilation_are_refused_with_the_reason(name):
