@@ -29,10 +29,10 @@ networks keep their activations near unit scale (no vanishing into denormals).
 """
 import numpy as np
 
-from .layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d,
-                     ReLU, _rng)
 from ..operator import add_relu_
 from .fusion import fuse_conv
+from .layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d,
+                     ReLU, _rng)
 from .module import Module, Sequential
 
 __all__ = ["VGG", "ResNet", "BasicBlock", "Bottleneck", "MobileNetV1", "vgg16", "vgg16_bn",
