@@ -8,7 +8,7 @@ from tuner import configs, search, timing
 
 
 class FakeClock:
-    """A clock that only moves when told: before() costs 100 s, one call 1 s."""
+    """A clock that moves only when the test's functions advance it."""
 
     def __init__(self):
         self.now = 0.0
@@ -45,12 +45,27 @@ def test_before_runs_untimed_and_makes_each_sample_one_call(monkeypatch):
     assert timing.sample(fn, 4) == 1.0 and calls == ["fn"] * 4
 
 
-def test_evict_caches_reads_its_buffer_and_the_warm_arrays():
+def test_evict_caches_keeps_one_bounded_buffer_and_leaves_the_arrays_alone():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     timing.evict_caches(x)
-    assert timing._evict_buffer.nbytes >= 8 << 20
-    assert timing._evict_buffer.nbytes <= 256 << 20
+    buf = timing._evict_buffer
+    assert 8 << 20 <= buf.nbytes <= 256 << 20
+    timing.evict_caches(x, x)
+    assert timing._evict_buffer is buf                     # allocated once
     np.testing.assert_array_equal(x, np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+def test_last_level_cache_is_read_from_sysfs(tmp_path):
+    for i, (level, size) in enumerate([("1", "32K"), ("1", "32K"), ("2", "1024K"), ("3", "32768K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(level)
+        (d / "size").write_text(size + "\n")
+    (tmp_path / "power").mkdir()                           # not a cache: ignored
+    assert timing._last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    (tmp_path / "index3" / "size").write_text("garbage")
+    assert timing._last_level_cache_bytes(str(tmp_path)) == 1 << 20
+    assert timing._last_level_cache_bytes(str(tmp_path / "missing")) == 32 << 20   # the default
 
 
 def conv_shape(c_in, c_out, k, hw=4):

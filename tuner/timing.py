@@ -194,9 +194,9 @@ def compare(fns, reps=7, min_sample_s=0.01, warmup=1, refine_reps=None, deadline
     return stats, fin
 
 
-def _last_level_cache_bytes():
+def _last_level_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
     """The largest cache sysfs names for CPU 0 (the L3 on x86), or 32 MiB if unknown."""
-    base, best = "/sys/devices/system/cpu/cpu0/cache", 0
+    best = 0
     try:
         names = [n for n in os.listdir(base) if n.startswith("index")]
     except OSError:
