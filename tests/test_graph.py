@@ -160,19 +160,26 @@ def test_fuse_joins_add_and_relu_with_add_broadcasting():
     nodes = [Node("m", "Mul", ["x", "two"], ["a"]), Node("s", "Add", ["a", "c"], ["b"]),
              Node("r", "Relu", ["b"], ["y"]),                              # a dies: in place
              Node("t", "Add", ["x", "c"], ["d"]), Node("q", "Relu", ["d"], ["z"]),   # x lives
-             Node("u", "Add", ["x", "x"], ["e"]), Node("v", "Relu", ["e"], ["w"])]
-    g = Graph([("x", (2, 3, 4, 5), np.float32)], ["y", "z", "w", "e"], nodes,
-              {"two": np.array([2.0], np.float32), "c": c})
+             Node("u", "Add", ["x", "x"], ["e"]), Node("v", "Relu", ["e"], ["w"]),
+             Node("h", "Mul", ["x", "half"], ["f"]),                       # f lives on (output)
+             Node("i", "Add", ["f", "x"], ["k"]), Node("j", "Relu", ["k"], ["o"])]   # fresh
+    g = Graph([("x", (2, 3, 4, 5), np.float32)], ["y", "z", "w", "e", "f", "o"], nodes,
+              {"two": np.array([2.0], np.float32), "half": np.array([-1.5], np.float32), "c": c})
     fused = engine.fuse(g)
-    assert [n.op for n in fused.nodes] == ["Mul", "AddRelu", "AddRelu", "Add", "Relu"]
+    assert [n.op for n in fused.nodes] == ["Mul", "AddRelu", "AddRelu", "Add", "Relu", "Mul",
+                                           "AddRelu"]
     x = randn(2, 3, 4, 5)
     x[0, 0, 0, :3] = [np.nan, -0.0, np.inf]
     x64, c64 = x.astype(np.float64), c.astype(np.float64)
     relu = lambda v: np.where(v < 0, 0, v)                                  # NaN passes
-    expect = [relu(2 * x64 + c64), relu(x64 + c64), relu(2 * x64), 2 * x64]
+    f64 = (-1.5 * x64).astype(np.float32).astype(np.float64)                # f, rounded once
+    with np.errstate(invalid="ignore"):                                     # inf - inf: NaN
+        expect = [relu(2 * x64 + c64), relu(x64 + c64), relu(2 * x64), 2 * x64, f64,
+                  relu(f64 + x64)]
+        unfused = g(x)
     for got, want in zip(fused(x), expect):
         np.testing.assert_array_equal(got, want.astype(np.float32))
-    for got, want in zip(fused(x), g(x)):                                   # bitwise the pair
+    for got, want in zip(fused(x), unfused):                                # bitwise the pair
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(x[0, 0, 0, :3], [np.nan, -0.0, np.inf])   # input untouched
 
