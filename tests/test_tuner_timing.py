@@ -55,17 +55,12 @@ def test_evict_caches_keeps_one_bounded_buffer_and_leaves_the_arrays_alone():
     np.testing.assert_array_equal(x, np.arange(12, dtype=np.float32).reshape(3, 4))
 
 
-def test_last_level_cache_is_read_from_sysfs(tmp_path):
-    for i, (level, size) in enumerate([("1", "32K"), ("1", "32K"), ("2", "1024K"), ("3", "32768K")]):
-        d = tmp_path / f"index{i}"
-        d.mkdir()
-        (d / "level").write_text(level)
-        (d / "size").write_text(size + "\n")
-    (tmp_path / "power").mkdir()                           # not a cache: ignored
-    assert timing._last_level_cache_bytes(str(tmp_path)) == 32 << 20
-    (tmp_path / "index3" / "size").write_text("garbage")
-    assert timing._last_level_cache_bytes(str(tmp_path)) == 1 << 20
-    assert timing._last_level_cache_bytes(str(tmp_path / "missing")) == 32 << 20   # the default
+def test_last_level_cache_comes_from_the_fingerprint_sizes():
+    caches = {"L1d": "32K", "L1i": "32K", "L2": "1024K", "L3": "32768K"}
+    assert timing._last_level_cache_bytes(caches) == 32 << 20
+    assert timing._last_level_cache_bytes({**caches, "L3": "garbage"}) == 1 << 20
+    assert timing._last_level_cache_bytes({"L3": "2M"}) == 2 << 20
+    assert timing._last_level_cache_bytes({}) == 32 << 20            # unknown: the default
 
 
 def conv_shape(c_in, c_out, k, hw=4):

@@ -29,11 +29,12 @@ whole forward ago and come from memory, while back-to-back calls find them in L2
 igemm back to back, 27% slower with the weights evicted).
 """
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine import plan as _plan
 
 clock = time.perf_counter
 
@@ -194,20 +195,16 @@ def compare(fns, reps=7, min_sample_s=0.01, warmup=1, refine_reps=None, deadline
     return stats, fin
 
 
-def _last_level_cache_bytes(base="/sys/devices/system/cpu/cpu0/cache"):
-    """The largest cache sysfs names for CPU 0 (the L3 on x86), or 32 MiB if unknown."""
+def _last_level_cache_bytes(caches):
+    """The largest of ``caches`` (the plan fingerprint's sysfs sizes, e.g. {"L2": "1024K",
+    "L3": "32768K"}: the L3 on x86) in bytes, or 32 MiB if none can be read."""
     best = 0
-    try:
-        names = [n for n in os.listdir(base) if n.startswith("index")]
-    except OSError:
-        names = []
-    for name in names:
+    for text in caches.values():
+        text = str(text).strip().upper()
         try:
-            with open(os.path.join(base, name, "size")) as f:
-                text = f.read().strip().upper()
             scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
             best = max(best, int(text.rstrip("KMG")) * scale)
-        except (OSError, ValueError):
+        except ValueError:
             continue
     return best or 32 << 20
 
@@ -221,7 +218,8 @@ def evict_caches(*warm):
     input, which the layer before it has just written)."""
     global _evict_buffer
     if _evict_buffer is None:
-        size = min(max(2 * _last_level_cache_bytes(), 8 << 20), 256 << 20)
+        caches = _plan.hardware_fingerprint()["caches"]
+        size = min(max(2 * _last_level_cache_bytes(caches), 8 << 20), 256 << 20)
         _evict_buffer = np.ones(size // 8, np.float64)
     _evict_buffer.sum()
     for a in warm:
