@@ -17,6 +17,7 @@ own (a residual block's end), a function since it holds nothing.
 import numpy as np
 
 from . import plan as _plan
+from ._memory import empty_aligned
 from . import registry as _registry
 from . import shapes as _shapes
 from .kernels import elementwise as _elementwise
@@ -85,7 +86,7 @@ class ConvOperator:
         kernels, which skip the taps outside the input without any copy."""
         p = self.params
         top, bottom, left, right = p.pads
-        padded = np.empty((p.n, p.c_in, p.h + top + bottom, p.w + left + right), dtype=x.dtype)
+        padded = empty_aligned((p.n, p.c_in, p.h + top + bottom, p.w + left + right), x.dtype)
         _padding.pad2d(x, padded, top, left, _PAD_MODE_CODES[p.padding_mode], self.num_threads)
         return padded
 
@@ -94,7 +95,7 @@ class ConvOperator:
         p = self.params
         _check_array(x, self._input_shape, self._dtype, "input", "conv2d")
         if out is None:
-            out = np.empty(p.output_shape, dtype=self._dtype)
+            out = empty_aligned(p.output_shape, self._dtype)
         else:
             _check_out(out, p.output_shape, self._dtype, "conv2d")
         if p.n == 0:
@@ -147,7 +148,7 @@ class PoolOperator:
         p = self.params
         _check_array(x, self._input_shape, self._dtype, "input", p.op)
         if out is None:
-            out = np.empty(p.output_shape, dtype=self._dtype)
+            out = empty_aligned(p.output_shape, self._dtype)
         else:
             _check_out(out, p.output_shape, self._dtype, p.op)
         indices = np.empty(p.output_shape, dtype=np.int64) if self.return_indices else None

@@ -19,6 +19,7 @@ from .kernels import direct as _direct
 from .kernels import im2col as _im2col
 from .kernels import pool as _pool
 from . import isa as _isa
+from ._memory import empty_aligned
 from .shapes import INT_LIMIT, ConvParams, PoolParams
 from .threads import blas_single_threaded
 
@@ -397,7 +398,7 @@ class _Scratch(threading.local):
         size = int(np.prod(shape))
         buf = self.buffers.get((name, dtype))
         if buf is None or buf.size < size:
-            buf = np.empty(size, dtype)
+            buf = empty_aligned(size, dtype)
             self.buffers[(name, dtype)] = buf
         return buf[:size].reshape(shape)
 

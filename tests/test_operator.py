@@ -115,6 +115,46 @@ def test_an_empty_batch_runs_no_kernel(rng):
     assert operator.ConvOperator(p, "direct", wt, b)(x).shape == (0, 6, 9, 11)
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 112, 112), (3, 5), 7, (0, 4), ()])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "uint8"])
+def test_empty_aligned_starts_on_a_cache_line(shape, dtype):
+    from engine._memory import ALIGNMENT, empty_aligned
+    a = empty_aligned(shape, dtype)
+    want = (shape,) if isinstance(shape, int) else shape
+    assert a.shape == want and a.dtype == np.dtype(dtype)
+    assert a.flags.c_contiguous and a.flags.writeable
+    if a.size:
+        assert a.ctypes.data % ALIGNMENT == 0
+        a[...] = 1                         # the whole view is usable memory
+        assert a.sum() == a.size
+
+
+def test_operator_outputs_and_padded_inputs_are_aligned(rng):
+    """The outputs an operator allocates (and its padded copy of the input) start on a
+    64-byte line, whatever malloc's alignment; so the kernels' 64-byte row stores do
+    not straddle lines."""
+    from engine._memory import ALIGNMENT
+    x, wt, b, p, want = _conv_case(rng, n=2, c=8, h=40, w=40, cout=16, padding=2,
+                                   padding_mode="reflect")
+    op = operator.ConvOperator(p, "direct", wt, b)
+    seen = []
+    real = operator._padding.pad2d
+    def spy(src, dst, *args):
+        seen.append(dst.ctypes.data % ALIGNMENT)
+        return real(src, dst, *args)
+    try:
+        operator._padding.pad2d = spy
+        for _ in range(3):
+            out = op(x)
+            assert out.ctypes.data % ALIGNMENT == 0
+            ref.assert_close(out, want, registry.tolerance("direct", "float32"))
+    finally:
+        operator._padding.pad2d = real
+    assert seen == [0, 0, 0]
+    pp = shapes.pool_params("max_pool2d", (2, 8, 40, 40), 3, 2, 1, 1, False, "float32")
+    assert operator.PoolOperator(pp, "pool")(x[:, :, :40, :40].copy()).ctypes.data % ALIGNMENT == 0
+
+
 # ------------------------------------------------------------------- pooling
 POOL_CASES = {
     "max_k3_s2_p1": ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
