@@ -267,3 +267,24 @@ def test_bias_broadcast_only(rng):
     for name in ALGORITHMS:
         out = F.conv2d(x, w, b, padding=1, algorithm=name)
         np.testing.assert_allclose(out, np.broadcast_to(b[None, :, None, None], out.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("src_step", [1, 2, 3])
+def test_row_copies_every_length(dtype, src_step):
+    """kernels/_rows.pxd's row copy (the depthwise bands, the padded and polyphase planes)
+    at every length up to past its short-row cutoff (64): each tail (one overlapping
+    vector, two overlapping halves, pairs, one element) is its own code path. Exactly
+    dst[i] = src[i*step] for i < n; the NaN sentinels on both sides stay."""
+    from engine.kernels import direct
+    for n in range(0, 80):
+        src = np.arange(1, n * src_step + 2, dtype=dtype)
+        buf = np.full(n + 40, np.nan, dtype)
+        dst = buf[16:16 + n]
+        direct.copy_strided(dst, 1, src, src_step, n)
+        np.testing.assert_array_equal(dst, src[:n * src_step:src_step][:n], err_msg=f"n={n}")
+        assert np.isnan(buf[:16]).all() and np.isnan(buf[16 + n:]).all(), f"n={n}: wrote outside"
+    with pytest.raises(ValueError, match="do not fit"):
+        direct.copy_strided(np.zeros(3, dtype), 1, np.zeros(3, dtype), 1, 4)
+    with pytest.raises(ValueError, match=">= 0"):
+        direct.copy_strided(np.zeros(3, dtype), 1, np.zeros(3, dtype), 1, -1)

@@ -1,17 +1,23 @@
 /* Copies of short rows (a few to a few dozen elements: a small plane's rows, e.g. the
  * depthwise kernel's 14-float rows of a 14x14 image) as whole vectors of the build's
- * ISA with a masked tail, instead of a call to memcpy or an element loop per row: the
+ * ISA, instead of a call to memcpy or an element loop per row: the
  * short-row case of _rows.pxd's _copy_strided.
  *
  *   short_copy_f32(d, s, n): d[i] = s[i] for i < n    (n >= 0; d and s do not overlap)
  *   short_copy_f64(d, s, n): the same for doubles
  *
- * Masked loads and stores touch no element past n (nor fault on one), so a row that
- * ends at the end of an array is copied safely. Without AVX2 it is a plain loop.
+ * No element past n is touched (nor faulted on), so a row that ends at the end of an
+ * array is copied safely: AVX-512 masks its tail; AVX2 copies it as one more whole
+ * vector ending at n, overlapping the one before (the same values written twice), or
+ * as two overlapping halves when n is below a vector. AVX2's masked store
+ * (vmaskmovps to memory) is microcoded on AMD's Zen 2 and 3, tens of cycles a store:
+ * with it, the masked tails took 45-60% of a 7x7-plane depthwise layer's time on a
+ * Zen 3. Without AVX2 it is a plain loop.
  */
 #ifndef CONVTUNE_SHORT_ROWS_H
 #define CONVTUNE_SHORT_ROWS_H
 #include <stddef.h>
+#include <string.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -24,11 +30,19 @@ static inline void short_copy_f32(float* restrict d, const float* restrict s, pt
         _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, s));
     }
 #elif defined(__AVX2__)
-    for (; n >= 8; n -= 8, d += 8, s += 8) _mm256_storeu_ps(d, _mm256_loadu_ps(s));
-    if (n > 0) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(d, m, _mm256_maskload_ps(s, m));
+    /* the tail: one more whole vector ending at n, overlapping (see above) */
+    if (n >= 8) {
+        const ptrdiff_t last = n - 8;
+        for (ptrdiff_t i = 0; i < last; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+        _mm256_storeu_ps(d + last, _mm256_loadu_ps(s + last));
+    } else if (n >= 4) {
+        _mm_storeu_ps(d, _mm_loadu_ps(s));
+        _mm_storeu_ps(d + n - 4, _mm_loadu_ps(s + n - 4));
+    } else if (n >= 2) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 2, s + n - 2, 8);
+    } else if (n == 1) {
+        d[0] = s[0];
     }
 #else
     for (ptrdiff_t i = 0; i < n; i++) d[i] = s[i];
@@ -43,11 +57,16 @@ static inline void short_copy_f64(double* restrict d, const double* restrict s, 
         _mm512_mask_storeu_pd(d, m, _mm512_maskz_loadu_pd(m, s));
     }
 #elif defined(__AVX2__)
-    for (; n >= 4; n -= 4, d += 4, s += 4) _mm256_storeu_pd(d, _mm256_loadu_pd(s));
-    if (n > 0) {
-        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n),
-                                             _mm256_setr_epi64x(0, 1, 2, 3));
-        _mm256_maskstore_pd(d, m, _mm256_maskload_pd(s, m));
+    /* the tail: one more whole vector ending at n, overlapping (see above) */
+    if (n >= 4) {
+        const ptrdiff_t last = n - 4;
+        for (ptrdiff_t i = 0; i < last; i += 4) _mm256_storeu_pd(d + i, _mm256_loadu_pd(s + i));
+        _mm256_storeu_pd(d + last, _mm256_loadu_pd(s + last));
+    } else if (n >= 2) {
+        _mm_storeu_pd(d, _mm_loadu_pd(s));
+        _mm_storeu_pd(d + n - 2, _mm_loadu_pd(s + n - 2));
+    } else if (n == 1) {
+        d[0] = s[0];
     }
 #else
     for (ptrdiff_t i = 0; i < n; i++) d[i] = s[i];

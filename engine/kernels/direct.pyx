@@ -249,6 +249,21 @@ cdef void _direct_task(const floating* x, const floating* wt, const floating* bi
             _store_row(out + ((n * Cout + oc0 + b) * OH + oh) * OW, acc + b * OW, OW, relu)
 
 
+def copy_strided(floating[::1] dst, Py_ssize_t dst_step, const floating[::1] src,
+                 Py_ssize_t src_step, Py_ssize_t n):
+    """dst[i*dst_step] = src[i*src_step] for i < n through _rows._copy_strided, the row
+    copy of the depthwise kernel's bands and of the padded and polyphase planes (for
+    its tests: each tail length has its own path, _short_rows.h)."""
+    if n < 0 or dst_step < 1 or src_step < 1:
+        raise ValueError(f"copy_strided: n {n} must be >= 0 and steps {dst_step}, {src_step} >= 1")
+    if n == 0:
+        return
+    if (n - 1) * dst_step >= dst.shape[0] or (n - 1) * src_step >= src.shape[0]:
+        raise ValueError(f"copy_strided: {n} elements at steps {dst_step}, {src_step} do not "
+                         f"fit dst[{dst.shape[0]}] and src[{src.shape[0]}]")
+    _copy_strided(&dst[0], dst_step, &src[0], src_step, n)
+
+
 def conv2d_direct(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight, bias,
                   floating[:, :, :, ::1] out, int stride_h, int stride_w, int pad_top,
                   int pad_left, int dilation_h, int dilation_w, int groups, int num_threads,
