@@ -245,20 +245,27 @@ static inline void ig_store_run(float* restrict o, const float* restrict c, int 
         _mm512_mask_storeu_ps(o + q, k, v);
     }
 #elif defined(__AVX2__)
-    /* whole vectors with plain moves, a masked move only for the tail */
+    /* whole vectors; the tail is one more vector ending at len, overlapping the one
+       before (its values are recomputed from c, so the same values land twice), or two
+       overlapping halves below 8 floats: no masked store, which is microcoded on AMD's
+       Zen 2 and 3 (tens of cycles each; _short_rows.h) */
     const __m256 vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
-    int q = 0;
-    for (; q + 8 <= len; q += 8) {
-        __m256 v = _mm256_add_ps(_mm256_loadu_ps(c + q), vb);
-        if (relu) v = _mm256_max_ps(z, v);
-        _mm256_storeu_ps(o + q, v);
-    }
-    if (q < len) {
-        const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32(len - q),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        __m256 v = _mm256_add_ps(_mm256_maskload_ps(c + q, k), vb);
-        if (relu) v = _mm256_max_ps(z, v);
-        _mm256_maskstore_ps(o + q, k, v);
+    if (len >= 8) {
+        for (int q = 0;; q += 8) {
+            if (q > len - 8) q = len - 8;
+            __m256 v = _mm256_add_ps(_mm256_loadu_ps(c + q), vb);
+            if (relu) v = _mm256_max_ps(z, v);
+            _mm256_storeu_ps(o + q, v);
+            if (q == len - 8) break;
+        }
+    } else if (len >= 4) {
+        const __m128 vb4 = _mm256_castps256_ps128(vb), z4 = _mm_setzero_ps();
+        __m128 v = _mm_add_ps(_mm_loadu_ps(c), vb4), u = _mm_add_ps(_mm_loadu_ps(c + len - 4), vb4);
+        if (relu) { v = _mm_max_ps(z4, v); u = _mm_max_ps(z4, u); }
+        _mm_storeu_ps(o, v);
+        _mm_storeu_ps(o + len - 4, u);
+    } else {
+        for (int q = 0; q < len; q++) { const float v = c[q] + b; o[q] = relu && v < 0.0f ? 0.0f : v; }
     }
 #else
     if (relu) {
