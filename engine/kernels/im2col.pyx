@@ -212,12 +212,13 @@ cdef void _item(const floating* x, const floating* w, const floating* bias,
     gemm(False, False, <int>nm, <int>npx, g.K, one, w + oc0 * g.K, g.K,
          B, ldb, beta, C, <int>g.P)
     if relu:
-        # The slice was just written: clamp it while it is still in cache.
+        # The slice was just written: clamp it while it is still in cache. Every
+        # element is stored (a select, NaN kept), not only the negative ones: that
+        # conditional store became AVX2's masked store, microcoded on AMD Zen 2/3.
         for i in range(nm):
             c = C + i * g.P
             for j in range(npx):
-                if c[j] < 0:
-                    c[j] = 0
+                c[j] = 0 if c[j] < 0 else c[j]
 
 
 cdef Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
