@@ -180,3 +180,29 @@ def test_convtune_isa_environment_caps_at_import():
     if isa.cpu() != "avx512":
         r = _import_with_isa("avx512")
         assert r.returncode != 0 and "this CPU cannot run avx512 kernels" in r.stderr
+
+
+def test_no_avx2_masked_stores_in_the_built_kernels():
+    """No kernel stores through an AVX2 mask (vmaskmovps/pd to memory): on AMD's Zen 2
+    and 3 it is microcoded, tens of cycles a store (README, Micro-kernels). A partial
+    vector is stored whole over elements that already hold its values, or in pieces; a
+    clamp is a select, not a conditional store GCC would mask. Scans the built modules'
+    machine code (objdump)."""
+    import glob
+    import re
+    import shutil
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed: the machine code cannot be scanned")
+    libs = sorted(glob.glob(os.path.join(ROOT, "engine", "kernels", "*.so")))
+    if not libs:
+        pytest.skip("no built kernel modules in the source tree (not an in-place build)")
+    store = re.compile(r"vmaskmovp[sd]\s+%[xy]mm\d+,%[xy]mm\d+,\(")
+    found = {}
+    for lib in libs:
+        text = subprocess.run([objdump, "-d", "--no-show-raw-insn", lib], capture_output=True,
+                              text=True, check=True).stdout
+        n = len(store.findall(text))
+        if n:
+            found[os.path.basename(lib)] = n
+    assert not found, f"AVX2 masked stores in {found}"
