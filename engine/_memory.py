@@ -1,21 +1,31 @@
-"""Arrays the engine allocates for kernels to write: outputs and scratch start on a
-64-byte cache line.
+"""Arrays the engine allocates for kernels to write: outputs and scratch of at least
+ALIGN_MIN_BYTES start on a 64-byte cache line.
 
 The kernels store a register tile's row as one 64-byte run (16 floats); in a block
 from glibc's malloc, 16 bytes past a line for large sizes, each such run straddles two
 lines, so every store touches two (the 7x7 stem at two threads on a Zen 3: 0.93-0.97
-of the time with aligned outputs, in-process A/B; other layers level)."""
+of the time with aligned outputs, in-process A/B; other layers level). Small arrays
+are left to np.empty: aligning costs a few microseconds a call (the ctypes address,
+the slicing), which the seed CNN's 20-50 us layers would feel and their few stores
+would not repay."""
 import numpy as np
 
 ALIGNMENT = 64
+ALIGN_MIN_BYTES = 64 * 1024
 
 
 def empty_aligned(shape, dtype):
-    """np.empty(shape, dtype) whose first element is ALIGNMENT-byte aligned (a view of
-    a slightly larger uint8 block, which it keeps alive)."""
+    """np.empty(shape, dtype), ALIGNMENT-byte aligned when it holds at least
+    ALIGN_MIN_BYTES (then a view of a slightly larger uint8 block, kept alive by it)."""
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    nbytes = n * dtype.itemsize
+    if nbytes < ALIGN_MIN_BYTES:
+        return np.empty(shape, dtype)
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = (-raw.ctypes.data) % ALIGNMENT
+    start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)

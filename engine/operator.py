@@ -17,7 +17,7 @@ own (a residual block's end), a function since it holds nothing.
 import numpy as np
 
 from . import plan as _plan
-from ._memory import empty_aligned
+from ._memory import ALIGN_MIN_BYTES, empty_aligned
 from . import registry as _registry
 from . import shapes as _shapes
 from .kernels import elementwise as _elementwise
@@ -26,6 +26,15 @@ from .threads import get_num_threads
 
 _PAD_MODE_CODES = {"zeros": _padding.PAD_ZEROS, "reflect": _padding.PAD_REFLECT,
                    "replicate": _padding.PAD_REPLICATE, "circular": _padding.PAD_CIRCULAR}
+
+
+def _output_allocator(shape, dtype):
+    """np.empty for small outputs, empty_aligned (a cache-line start) for large ones,
+    decided once per operator: the check itself costs a microsecond a call."""
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    return empty_aligned if n >= ALIGN_MIN_BYTES else np.empty
 
 
 def _check_array(a, shape, dtype, what, op):
@@ -61,7 +70,8 @@ class ConvOperator:
     output (``out`` when given, else a new array).
     """
     __slots__ = ("params", "algorithm", "choice", "prepared_weight", "bias", "relu",
-                 "kernel_params", "num_threads", "_run", "_input_shape", "_dtype", "_pad")
+                 "kernel_params", "num_threads", "_run", "_input_shape", "_dtype", "_pad",
+                 "_empty")
 
     def __init__(self, p, choice, weight, bias=None, *, relu=False, prepared=None, num_threads=None):
         if not isinstance(p, _shapes.ConvParams):
@@ -80,6 +90,7 @@ class ConvOperator:
         self._input_shape = (p.n, p.c_in, p.h, p.w)
         self._dtype = np.dtype(p.dtype)
         self._pad = p.padding_mode != "zeros" and max(p.pads) > 0
+        self._empty = _output_allocator(p.output_shape, self._dtype)
 
     def _padded(self, x):
         """Reflect/replicate/circular padding as one compiled pass; zeros is left to the
@@ -95,7 +106,7 @@ class ConvOperator:
         p = self.params
         _check_array(x, self._input_shape, self._dtype, "input", "conv2d")
         if out is None:
-            out = empty_aligned(p.output_shape, self._dtype)
+            out = self._empty(p.output_shape, self._dtype)
         else:
             _check_out(out, p.output_shape, self._dtype, "conv2d")
         if p.n == 0:
@@ -121,7 +132,7 @@ class PoolOperator:
     input plane). ``op(x, out=None)`` as ConvOperator.
     """
     __slots__ = ("params", "algorithm", "choice", "count_include_pad", "divisor",
-                 "return_indices", "num_threads", "_run", "_input_shape", "_dtype")
+                 "return_indices", "num_threads", "_run", "_input_shape", "_dtype", "_empty")
 
     def __init__(self, p, choice, *, count_include_pad=True, divisor_override=0,
                  return_indices=False, num_threads=None):
@@ -142,13 +153,14 @@ class PoolOperator:
         self._run = algo
         self._input_shape = (p.n, p.c, p.h, p.w)
         self._dtype = np.dtype(p.dtype)
+        self._empty = _output_allocator(p.output_shape, self._dtype)
 
     def __call__(self, x, out=None):
         """Pool ``x`` into ``out`` (allocated when None); (out, indices) with indices."""
         p = self.params
         _check_array(x, self._input_shape, self._dtype, "input", p.op)
         if out is None:
-            out = empty_aligned(p.output_shape, self._dtype)
+            out = self._empty(p.output_shape, self._dtype)
         else:
             _check_out(out, p.output_shape, self._dtype, p.op)
         indices = np.empty(p.output_shape, dtype=np.int64) if self.return_indices else None
