@@ -65,9 +65,9 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 
 
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
-# output channels per group go to igemm instead of im2col (+ OpenBLAS); with
-# "padded_only", only the layers igemm runs in its padded mode (igemm.auto_panels:
-# stride-1 kernels larger than 1x1 that Winograd does not take, strided 5x5 and up).
+# output channels per group go to igemm instead of im2col (+ OpenBLAS), except, where
+# "im2col_1x1" says so, 1x1 layers with a stride or with fewer batch-wide output
+# pixels (N*OH*OW) than its min_columns.
 # Measured on the Sapphire Rapids at one thread (the other core was busy), batch 1, on
 # AVX-512: igemm 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's
 # strided 3x3 and 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8
@@ -78,10 +78,30 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 # OPENBLAS_CORETYPE=Haswell): the padded mode wins ResNeXt's 8-channel groups (igemm
 # 0.68 ms, im2col 1.79) and the seed CNN's 3->10 (0.035 vs 0.059) and ties the 7x7 stem
 # (4.0 vs 3.9), while the gathered layers are level with OpenBLAS: 0.9-1.1x on the 1x1
-# layers and the strided 3x3 (1.6 vs 1.75 ms), so those keep im2col on AVX2; on
-# baseline the scalar tile is no match for OpenBLAS.
-IGEMM_RULE = {"avx512": {"min_cout": 8}, "avx2": {"min_cout": 8, "padded_only": True},
+# layers and the strided 3x3 (1.6 vs 1.75 ms), so those kept im2col on AVX2 then.
+# After the wide gather, whole-K tiles and plain (unmasked) stores, on an AMD EPYC Zen 3
+# (AVX2 only; bench_layers, 2 threads, three runs, forced igemm / im2col ms): ResNet-18's
+# strided 3x3 1.12 / 1.23, 1.16 / 1.30, 0.97 / 1.23 at batch 1 and 7.4 / 8.6,
+# 9.2 / 9.6, 6.3 / 8.2 at batch 8; ResNet-50's 1x1 stride-1 layers summed 8.40 / 8.59
+# (two runs) at batch 1 and 52.3 / 55.1 at batch 8, but the 2048->512 at 7x7 (49
+# columns at batch 1) 1.20 / 1.13, 1.59 / 1.38, 1.21 / 1.14 at batch 1, and the
+# stride-2 1x1 (the downsample) 2.29 / 2.18, 3.18 / 3.20, 2.10 / 1.96 at batch 1 and
+# 13.2 / 11.3, 19.9 / 15.4 at batch 8: those two stay on im2col. On baseline the
+# scalar tile is no match for OpenBLAS.
+IGEMM_RULE = {"avx512": {"min_cout": 8},
+              "avx2": {"min_cout": 8, "im2col_1x1": {"min_columns": 128}},
               "baseline": None}
+
+
+def _igemm_rule_allows(irule, p):
+    """Whether the ISA's IGEMM_RULE entry sends float32 layer ``p`` to igemm."""
+    if irule is None or p.c_out // p.groups < irule["min_cout"]:
+        return False
+    keep = irule.get("im2col_1x1")
+    if keep is not None and p.kernel == (1, 1):
+        if p.stride != (1, 1) or p.n * p.out_h * p.out_w < keep["min_columns"]:
+            return False
+    return True
 
 
 def heuristic(p):
@@ -107,15 +127,15 @@ def heuristic(p):
     - float32 on AVX-512 with at least 8 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
-      take); on AVX2 only the layers it runs in its padded mode (grouped and small
-      stride-1 layers, the stem);
+      take); the same on AVX2 except 1x1 layers with a stride or fewer than 128 output
+      pixels in the batch, where OpenBLAS is ahead;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 
     Known misses (default over best forced, bench_layers at batch 1): the 3-channel
     seed.conv1 at 32x32 (igemm 0.030 ms, F(4x4) 0.024 ms: fewer than 8 input channels
     go to igemm or im2col, which win them on large images, e.g. 3->64 at 224x224 by
-    2x) and, on AVX2, ResNet-18's strided 3x3 (im2col 1.2x behind igemm).
+    2x).
 
     It never picks an algorithm whose tolerance exceeds the default for the dtype.
     Pooling (PoolParams): ``pool``, its only algorithm.
@@ -155,10 +175,8 @@ def heuristic(p):
         return "direct", f"grouped convolution with {cin_g} channel(s) per group"
     igemm = _registry.REGISTRY.get("igemm")
     irule = IGEMM_RULE[_isa.active()]
-    if (p.dtype == "float32" and igemm is not None and irule is not None
-            and cout_g >= irule["min_cout"]
-            and igemm.why_not(p) is None
-            and (not irule.get("padded_only") or igemm.auto_panels(p) == "padded")):
+    if (p.dtype == "float32" and igemm is not None and _igemm_rule_allows(irule, p)
+            and igemm.why_not(p) is None):
         return "igemm", "float32 layer with enough channels per group: packed-weight implicit GEMM"
     too_big = _registry.REGISTRY["im2col"].why_not(p)
     if too_big is not None:

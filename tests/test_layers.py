@@ -331,17 +331,17 @@ def test_thread_count_api():
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=128, kernel_size=3, stride=2, padding=1, groups=4), "igemm"),
     ((1, 8, 28, 28), dict(in_channels=8, out_channels=4, kernel_size=1), "im2col"),
     ((8, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
+    ((1, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
+    ((1, 256, 56, 56), dict(in_channels=256, out_channels=512, kernel_size=1, stride=2), "igemm"),
 ])
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
     """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE), except
-    that on AVX2 igemm takes only the layers of its padded mode (IGEMM_RULE: grouped and
-    small stride-1 layers, strided kernels of 5x5 and up; OpenBLAS's GEMM is level on
-    the rest, im2col)."""
+    that on AVX2 1x1 layers with a stride or fewer than 128 output pixels in the batch
+    stay on im2col (IGEMM_RULE: OpenBLAS is ahead of the AVX2 tile there)."""
     use_isa(isa)
     k, s = kwargs["kernel_size"], kwargs.get("stride", 1)
-    padded = kwargs.get("dilation", 1) == 1 and k > 1 and (s == 1 or k >= 5)
-    if expected == "igemm" and isa == "avx2" and not padded:
+    if expected == "igemm" and isa == "avx2" and k == 1 and (s != 1 or shape[0] * shape[2] * shape[3] < 128):
         expected = "im2col"
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
@@ -370,13 +370,18 @@ def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
 
 
 def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
-    """A 1x1 layer goes to igemm only for float32 on AVX-512: on baseline (scalar
-    tile), AVX2 (level with OpenBLAS there) and for float64 (no micro-kernels) it stays
-    on im2col's BLAS."""
+    """A 1x1 layer goes to igemm only for float32 with vector tiles: on baseline (scalar
+    tile) and for float64 (no micro-kernels) it stays on im2col's BLAS; on AVX2 a
+    strided 1x1 or one of fewer than 128 output pixels does too (IGEMM_RULE)."""
     kwargs = dict(in_channels=256, out_channels=64, kernel_size=1)
-    for name in engine.isa.available()[:2]:   # baseline, avx2 (if the CPU has it)
-        use_isa(name)
-        assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "im2col"
+    use_isa("baseline")
+    assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "im2col"
+    if "avx2" in engine.isa.available():
+        use_isa("avx2")
+        assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "igemm"
+        assert engine.explain(dict(kwargs, stride=2), (1, 256, 56, 56))["algorithm"] == "im2col"
+        assert engine.explain(kwargs, (1, 256, 11, 11))["algorithm"] == "im2col"     # 121 pixels
+        assert engine.explain(kwargs, (1, 256, 12, 12))["algorithm"] == "igemm"      # 144
     use_isa(None)
     assert engine.explain(dict(kwargs, dtype="float64"), (1, 256, 56, 56))["algorithm"] == "im2col"
 
