@@ -186,6 +186,9 @@ CONV_CASES = [
     C("cin1_cout2", (1, 1, 6, 6), (2, 1, 3, 3)),
     C("depthwise_nonsquare_s21", (2, 4, 9, 7), (8, 1, 2, 3), groups=4, stride=(2, 1), padding=(1, 1)),
     C("depthwise_wide", (1, 2, 3, 40), (2, 1, 3, 3), groups=2, padding=1),
+    # the small-plane path's flattened copies at their edges: one row, one column
+    C("depthwise_one_row", (2, 3, 1, 9), (6, 1, 3, 3), groups=3, padding=1),
+    C("depthwise_one_column", (1, 2, 7, 1), (2, 1, 3, 3), groups=2, padding=1),
     # --- padding modes
     C("reflect_pad1", (1, 3, 6, 6), (4, 3, 3, 3), padding=1, padding_mode="reflect"),
     C("reflect_pad_max", (1, 2, 4, 5), (3, 2, 3, 5), padding=(3, 4), padding_mode="reflect"),
