@@ -183,7 +183,7 @@ def test_convtune_isa_environment_caps_at_import():
 
 
 def test_no_avx2_masked_stores_in_the_built_kernels():
-    """No kernel stores through an AVX2 mask (vmaskmovps/pd to memory): on AMD's Zen 2
+    """No kernel stores through an AVX2 mask (vmaskmovps/pd, vpmaskmovd/q to memory): on AMD's Zen 2
     and 3 it is microcoded, tens of cycles a store (README, Micro-kernels). A partial
     vector is stored whole over elements that already hold its values, or in pieces; a
     clamp is a select, not a conditional store GCC would mask. Scans the built modules'
@@ -197,7 +197,7 @@ def test_no_avx2_masked_stores_in_the_built_kernels():
     libs = sorted(glob.glob(os.path.join(ROOT, "engine", "kernels", "*.so")))
     if not libs:
         pytest.skip("no built kernel modules in the source tree (not an in-place build)")
-    store = re.compile(r"vmaskmovp[sd]\s+%[xy]mm\d+,%[xy]mm\d+,\(")
+    store = re.compile(r"v(?:maskmovp[sd]|pmaskmov[dq])\s+%[xy]mm\d+,%[xy]mm\d+,\(")
     found = {}
     for lib in libs:
         text = subprocess.run([objdump, "-d", "--no-show-raw-insn", lib], capture_output=True,
