@@ -23,7 +23,9 @@ engine's direct algorithm without torch) first and left out, with a note, if it
 differs. Per layer it prints every median in ms, the fastest engine algorithm, the
 default's time over the best forced one (default/best: 1.00 = the heuristic chose the
 fastest), and other/default ratios (> 1: convtune is faster); then geometric means per
-category. Anchors that are not installed are skipped with a note.
+category, of the non-Winograd categories together (NON_WINOGRAD: the layers the GEMM
+paths serve), and the layers where PyTorch is faster than the default. Anchors that are
+not installed are skipped with a note.
 
     python benchmarks/bench_layers.py [--threads 2] [--batch 1,8] [--filter vgg] [--isa avx2]
                                       [--plan none|FILE] [--reps 7] [--quick]
@@ -71,6 +73,10 @@ def engine_runners(shape, x, w, b, cached, threads):
     return {name: runner(name) for name in engine.registry.applicable(p)}
 
 
+# The categories of the layers the GEMM paths serve (everything but Winograd's 3x3,
+# depthwise, pooling and the seed CNN), summarised together as one more row.
+NON_WINOGRAD = ("1x1", "1x1s2", "3x3s2", "7x7", "dilated", "grouped")
+NON_WINOGRAD_ROW = "non-Winograd"
 ANCHORS = ["torch", "ort", "ncnn"]
 
 
@@ -145,6 +151,7 @@ def main(argv=None):
     header = ["layer", "N"] + cols + ["best", "dflt/best"] + [f"{a}/dflt" for a in ANCHORS]
     print(" ".join(f"{h:>9s}" if i else f"{h:28s}" for i, h in enumerate(header)))
     ratios = defaultdict(lambda: defaultdict(list))
+    behind_torch = []
     notes_seen = {}
     workdir = tempfile.mkdtemp(prefix="convtune-bench-")
     for batch in batches:
@@ -183,16 +190,27 @@ def main(argv=None):
                 if a in med:
                     ratios[s.category][a].append(r)
                     ratios["all"][a].append(r)
+                    if s.category in NON_WINOGRAD:
+                        ratios[NON_WINOGRAD_ROW][a].append(r)
+                    if a == "torch" and r < 1.0:
+                        behind_torch.append(f"{s.name} N={batch} {r:.2f}")
             ratios["all"]["dflt/best"].append(mine / forced[best])
+            if s.category in NON_WINOGRAD:
+                ratios[NON_WINOGRAD_ROW]["dflt/best"].append(mine / forced[best])
             print(f"{s.name[:28]:28s} {batch:>9d} " + " ".join(cells), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     print("\ngeometric means of other_time / convtune default time per category (> 1: convtune "
           "faster), and the worst default/best-forced ratio:")
-    for cat, by in sorted(ratios.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+    for cat, by in sorted(ratios.items(), key=lambda kv: (kv[0] in ("all", NON_WINOGRAD_ROW),
+                                                           kv[0] == "all", kv[0])):
         parts = [f"{a} {timing.geomean(by[a]):5.2f}" for a in ANCHORS if by.get(a)]
         worst = max(by["dflt/best"]) if by.get("dflt/best") else math.nan
         print(f"  {cat:12s} {'  '.join(parts)}   worst dflt/best {worst:4.2f}  "
               f"({len(by['dflt/best'])} layer(s))")
+    if NON_WINOGRAD_ROW in ratios:
+        print(f"  ({NON_WINOGRAD_ROW}: the categories {', '.join(NON_WINOGRAD)} together)")
+    print("layers where PyTorch is faster than the default: "
+          + ("; ".join(behind_torch) if behind_torch else "none"))
 
 
 if __name__ == "__main__":
