@@ -14,18 +14,30 @@ ALIGNMENT = 64
 ALIGN_MIN_BYTES = 64 * 1024
 
 
+def _shape_and_bytes(shape, dtype):
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    n = dtype.itemsize
+    for s in shape:
+        n *= int(s)
+    return shape, n
+
+
 def empty_aligned(shape, dtype):
     """np.empty(shape, dtype), ALIGNMENT-byte aligned when it holds at least
     ALIGN_MIN_BYTES (then a view of a slightly larger uint8 block, kept alive by it)."""
     dtype = np.dtype(dtype)
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    nbytes = n * dtype.itemsize
+    shape, nbytes = _shape_and_bytes(shape, dtype)
     if nbytes < ALIGN_MIN_BYTES:
         return np.empty(shape, dtype)
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def allocator_for(shape, dtype):
+    """The allocation empty_aligned would make for arrays of this shape and dtype,
+    decided once (np.empty below ALIGN_MIN_BYTES, else empty_aligned): for a caller that
+    allocates the same shape on every call (an operator's output), where the size check
+    itself would cost a microsecond a call."""
+    _, nbytes = _shape_and_bytes(shape, np.dtype(dtype))
+    return empty_aligned if nbytes >= ALIGN_MIN_BYTES else np.empty

@@ -17,7 +17,7 @@ own (a residual block's end), a function since it holds nothing.
 import numpy as np
 
 from . import plan as _plan
-from ._memory import ALIGN_MIN_BYTES, empty_aligned
+from ._memory import allocator_for, empty_aligned
 from . import registry as _registry
 from . import shapes as _shapes
 from .kernels import elementwise as _elementwise
@@ -26,15 +26,6 @@ from .threads import get_num_threads
 
 _PAD_MODE_CODES = {"zeros": _padding.PAD_ZEROS, "reflect": _padding.PAD_REFLECT,
                    "replicate": _padding.PAD_REPLICATE, "circular": _padding.PAD_CIRCULAR}
-
-
-def _output_allocator(shape, dtype):
-    """np.empty for small outputs, empty_aligned (a cache-line start) for large ones,
-    decided once per operator: the check itself costs a microsecond a call."""
-    n = dtype.itemsize
-    for s in shape:
-        n *= s
-    return empty_aligned if n >= ALIGN_MIN_BYTES else np.empty
 
 
 def _check_array(a, shape, dtype, what, op):
@@ -90,7 +81,7 @@ class ConvOperator:
         self._input_shape = (p.n, p.c_in, p.h, p.w)
         self._dtype = np.dtype(p.dtype)
         self._pad = p.padding_mode != "zeros" and max(p.pads) > 0
-        self._empty = _output_allocator(p.output_shape, self._dtype)
+        self._empty = allocator_for(p.output_shape, self._dtype)
 
     def _padded(self, x):
         """Reflect/replicate/circular padding as one compiled pass; zeros is left to the
@@ -153,7 +144,7 @@ class PoolOperator:
         self._run = algo
         self._input_shape = (p.n, p.c, p.h, p.w)
         self._dtype = np.dtype(p.dtype)
-        self._empty = _output_allocator(p.output_shape, self._dtype)
+        self._empty = allocator_for(p.output_shape, self._dtype)
 
     def __call__(self, x, out=None):
         """Pool ``x`` into ``out`` (allocated when None); (out, indices) with indices."""

@@ -120,8 +120,9 @@ def test_an_empty_batch_runs_no_kernel(rng):
 def test_empty_aligned_starts_on_a_cache_line(shape, dtype):
     """Large arrays start on a line; small ones are plain np.empty (aligning would cost
     more than their stores gain); every one has the shape, dtype and layout asked."""
-    from engine._memory import ALIGN_MIN_BYTES, ALIGNMENT, empty_aligned
+    from engine._memory import ALIGN_MIN_BYTES, ALIGNMENT, allocator_for, empty_aligned
     a = empty_aligned(shape, dtype)
+    assert allocator_for(shape, dtype) is (empty_aligned if a.nbytes >= ALIGN_MIN_BYTES else np.empty)
     want = (shape,) if isinstance(shape, int) else shape
     assert a.shape == want and a.dtype == np.dtype(dtype)
     assert a.flags.c_contiguous and a.flags.writeable
@@ -131,7 +132,7 @@ def test_empty_aligned_starts_on_a_cache_line(shape, dtype):
     assert a.sum() == a.size
 
 
-def test_operator_outputs_and_padded_inputs_are_aligned(rng):
+def test_operator_outputs_and_padded_inputs_are_aligned(rng, monkeypatch):
     """The outputs an operator allocates (and its padded copy of the input) start on a
     64-byte line, whatever malloc's alignment; so the kernels' 64-byte row stores do
     not straddle lines."""
@@ -141,17 +142,15 @@ def test_operator_outputs_and_padded_inputs_are_aligned(rng):
     op = operator.ConvOperator(p, "direct", wt, b)
     seen = []
     real = operator._padding.pad2d
+
     def spy(src, dst, *args):
         seen.append(dst.ctypes.data % ALIGNMENT)
         return real(src, dst, *args)
-    try:
-        operator._padding.pad2d = spy
-        for _ in range(3):
-            out = op(x)
-            assert out.ctypes.data % ALIGNMENT == 0
-            ref.assert_close(out, want, registry.tolerance("direct", "float32"))
-    finally:
-        operator._padding.pad2d = real
+    monkeypatch.setattr(operator._padding, "pad2d", spy)
+    for _ in range(3):
+        out = op(x)
+        assert out.ctypes.data % ALIGNMENT == 0
+        ref.assert_close(out, want, registry.tolerance("direct", "float32"))
     assert seen == [0, 0, 0]
     pp = shapes.pool_params("max_pool2d", (2, 8, 40, 40), 1, 1, 0, 1, False, "float32")
     assert operator.PoolOperator(pp, "pool")(x[:, :, :40, :40].copy()).ctypes.data % ALIGNMENT == 0

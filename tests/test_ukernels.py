@@ -3,7 +3,10 @@ tile over its edges (every mr from 1 to MR, n at and around the vector width, k 
 the cache block, accumulate on and off, row strides wider than the rows) and the
 blocked driver over odd sizes, against a plain float64 loop; plus the ISA selection
 (engine.isa, CONVTUNE_ISA). ISAs this CPU lacks are skipped with the reason."""
+import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -183,14 +186,11 @@ def test_convtune_isa_environment_caps_at_import():
 
 
 def test_no_avx2_masked_stores_in_the_built_kernels():
-    """No kernel stores through an AVX2 mask (vmaskmovps/pd, vpmaskmovd/q to memory): on AMD's Zen 2
-    and 3 it is microcoded, tens of cycles a store (README, Micro-kernels). A partial
-    vector is stored whole over elements that already hold its values, or in pieces; a
-    clamp is a select, not a conditional store GCC would mask. Scans the built modules'
-    machine code (objdump)."""
-    import glob
-    import re
-    import shutil
+    """No kernel stores through an AVX2 mask (vmaskmovps/pd, vpmaskmovd/q to memory):
+    on AMD's Zen 2 and 3 it is microcoded, tens of cycles a store (README,
+    Micro-kernels). A partial vector is stored whole over elements that already hold
+    its values, or in pieces; a clamp is a select, not a conditional store GCC would
+    mask. Scans the built modules' machine code (objdump)."""
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump (binutils) is not installed: the machine code cannot be scanned")

@@ -251,12 +251,11 @@ static inline void ig_store_run(float* restrict o, const float* restrict c, int 
        Zen 2 and 3 (tens of cycles each; _short_rows.h) */
     const __m256 vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
     if (len >= 8) {
-        for (int q = 0;; q += 8) {
-            if (q > len - 8) q = len - 8;
-            __m256 v = _mm256_add_ps(_mm256_loadu_ps(c + q), vb);
+        for (int q = 0; q < len; q += 8) {
+            const int at = q < len - 8 ? q : len - 8;      /* the last vector ends at len */
+            __m256 v = _mm256_add_ps(_mm256_loadu_ps(c + at), vb);
             if (relu) v = _mm256_max_ps(z, v);
-            _mm256_storeu_ps(o + q, v);
-            if (q == len - 8) break;
+            _mm256_storeu_ps(o + at, v);
         }
     } else if (len >= 4) {
         const __m128 vb4 = _mm256_castps256_ps128(vb), z4 = _mm_setzero_ps();
