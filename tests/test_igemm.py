@@ -464,6 +464,68 @@ def test_blocking_keeps_threads_busy_at_batch_1():
             assert mb % mr == 0 and mb * nmb >= 512 and mb * (nmb - 1) < 512
 
 
+# ------------------------------------------------------------------ work shares
+@pytest.mark.parametrize("nt, n, want", [(1, 7, 3), (2, 10, 2), (3, 100, 4), (4, 3, 1), (2, 0, 1),
+                                         (5, 1000, 16)])
+def test_work_shares_hand_out_every_item_once(nt, n, want):
+    """_shares.h driven from one thread, threads asking in random orders: every item
+    handed out exactly once, in contiguous chunks of at most ``want``; each thread
+    begins at the front of its static share (n*t/nt); a thread that never asks
+    loses all but at most one item of its share to the others' steals."""
+    rng = np.random.default_rng(nt * 1000 + n)
+    for trial in range(20):
+        lazy = trial % 2 == 1 and nt > 1              # thread 0 never asks
+        askers = range(1, nt) if lazy else range(nt)
+        tids = [int(t) for t in rng.choice(list(askers), size=4 * n + 8 * nt)]
+        tids += [t for t in askers for _ in range(n + 2)]     # enough asks to finish
+        seen = np.zeros(n, int)
+        first = {}
+        for t, lo, hi in igemm.share_schedule(nt, n, want, tids):
+            if lo is None:
+                continue
+            assert 0 <= lo < hi <= n and hi - lo <= want
+            seen[lo:hi] += 1
+            first.setdefault(t, lo)
+        for t, lo in first.items():
+            if n * (t + 1) // nt > n * t // nt:       # a share of its own: begun at its front
+                assert lo == n * t // nt, f"thread {t} began at {lo}"
+        share0 = range(0, n // nt)
+        if lazy:
+            assert seen[share0.start:share0.stop].sum() >= len(share0) - 1
+            assert np.all(seen[share0.stop:] == 1) and np.all(seen <= 1)
+        else:
+            np.testing.assert_array_equal(seen, np.ones(n, int))
+
+
+def test_work_shares_under_threads():
+    """Real OpenMP threads, more than this machine's cores among them: every item
+    exactly once; a thread slowed down loses most of its share to the others."""
+    for nt, n, want in [(2, 20000, 1), (4, 100000, 3), (8, 5000, 7)]:
+        seen, taken = igemm.share_stress(nt, n, want)
+        np.testing.assert_array_equal(seen, np.ones(n, np.intc))
+        assert taken.sum() == n
+    # thread 0 spends 50 us on each of its items (its share alone would take 50 ms)
+    seen, taken = igemm.share_stress(2, 2000, 4, slow_tid=0, slow_us=50.0)
+    np.testing.assert_array_equal(seen, np.ones(2000, np.intc))
+    assert taken[0] < 1000 // 2, f"thread 0 kept {taken[0]} of its 1000 items"
+
+
+@pytest.mark.parametrize("panels", ["gather", "padded"])
+@pytest.mark.parametrize("name", ISAS)
+def test_driver_bitwise_when_threads_steal(name, panels):
+    """More threads than cores (2 here: the shares go out of step and get stolen,
+    padded-mode planes padded piecewise) and repeated calls, NaN-filled outputs: the
+    same bits as one thread every time."""
+    for xs, ws, s, p in [((1, 3, 60, 60), (16, 3, 7, 7), 2, 3), ((2, 24, 20, 20), (20, 24, 3, 3), 1, 1),
+                         ((1, 40, 28, 28), (30, 40, 1, 1), 1, 0)]:
+        one, expected = driver_run(xs, ws, s, p, 1, 1, name, 1, panels=panels)
+        ref.assert_close(one, expected, TOL, what=f"igemm/{name}")
+        for threads in (2, 3, 4, 7):
+            for _ in range(10):
+                out, _ = driver_run(xs, ws, s, p, 1, 1, name, threads, panels=panels)
+                np.testing.assert_array_equal(out, one, err_msg=f"{threads} threads, {xs} {ws}")
+
+
 # ------------------------------------------------------------------ through the API
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.id)

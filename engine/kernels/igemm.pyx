@@ -55,6 +55,7 @@ float64 has no micro-kernels: the registry runs it through im2col's BLAS path.
 import numpy as np
 
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free
 from libc.string cimport memset
 
@@ -63,6 +64,14 @@ from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+cdef extern from "_shares.h" nogil:
+    ctypedef struct ws_share_t:
+        pass
+    bint ws_fits(int64_t n)
+    void ws_init(ws_share_t* sh, int nt, int64_t n)
+    bint ws_next(ws_share_t* sh, int nt, int tid, int64_t want, int64_t* lo, int64_t* hi)
+    int64_t ws_share_end(ws_share_t* sh, int tid)
 
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
 # re-reads its block for every panel, and gathers each panel once per block, so larger
@@ -76,6 +85,9 @@ cdef extern from "stdlib.h" nogil:
 A_BLOCK_BYTES = 8 * 1024 * 1024
 # Most output channels per block (bounds the per-thread C buffer, MAX_MB x NR floats).
 MAX_MB = 256
+# Panels a padded-mode thread takes from its work share at a time (_shares.h): each
+# chunk costs one compare-and-swap and a look at which plane rows it needs.
+cdef int PADDED_CHUNK = 8
 
 
 def pack_weight(weight, int groups, int mr):
@@ -121,6 +133,23 @@ cdef const uk_kernels_t* _table(isa) except NULL:
             or isa > uk_cpu_isa():
         raise ValueError(f"igemm: no micro-kernels for ISA index {isa!r} on this CPU")
     return uk_kernels(isa)
+
+
+cdef class _Shares:
+    """nt work shares of n items (``_shares.h``: a static split the threads steal
+    halves of once their own share is done), on their own cache lines."""
+    cdef ws_share_t* sh
+
+    def __cinit__(self, int nt, Py_ssize_t n):
+        if not ws_fits(n):
+            raise ValueError(f"igemm: {n} work items, more than a work share holds (2**32)")
+        if posix_memalign(<void**>&self.sh, 64, max(nt, 1) * sizeof(ws_share_t)) != 0:
+            self.sh = NULL
+            raise MemoryError("igemm: could not allocate the work shares")
+        ws_init(self.sh, nt, n)
+
+    def __dealloc__(self):
+        free(self.sh)
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -286,8 +315,8 @@ def conv2d_igemm(const float[:, :, :, ::1] x, weights, bias,
 cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, int nt,
                      Py_ssize_t m_block) except -1:
     """The gather mode: units (group, channel block, NR-column panel of the batch), each
-    thread a contiguous share of them, taken ``wide`` panels at a time (``wide_panels``)
-    within one channel block."""
+    thread a contiguous share of them (with stealing, ``_shares.h``), taken ``wide``
+    panels at a time (``wide_panels``) within one channel block."""
     cdef int MR = uk.sgemm_mr, NR = uk.sgemm_nr
     mb_, nmb_, panels_ = blocking(cv.Mg, cv.K, cv.G, columns, MR, NR, nt, m_block)
     cdef Py_ssize_t mb = mb_, nmb = nmb_, panels = panels_
@@ -297,8 +326,10 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
     cdef Py_ssize_t wide = wide_panels(cv.K, NR)
     cdef Py_ssize_t bsize = (wide * cv.K if wide > 1 else uk.igemm_kc) * NR, csize = mb * NR
     cdef int failed = 0, tid
+    cdef int64_t lo, hi_
     cdef float* Bb = NULL          # thread-private inside the team
     cdef float* Cb = NULL
+    cdef _Shares shares = _Shares(nt, n_items)
     with nogil, parallel(num_threads=nt):
         Bb = NULL
         Cb = NULL
@@ -309,21 +340,23 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
         # one share per thread (nt iterations, one each), so that a thread's panels
         # are consecutive and can be packed several at a time
         for tid in prange(nt, schedule="static", chunksize=1):
-            it = n_items * tid // nt
-            hi = n_items * (tid + 1) // nt
             if Bb == NULL or Cb == NULL:
                 failed += 1            # (a reduction: every thread's failures count)
-                it = hi
-            while it < hi:
-                g = it // (nmb * panels)
-                rem = it - g * nmb * panels
-                m0 = (rem // panels) * mb
-                pi = rem % panels
-                cnt = min(wide, panels - pi, hi - it)
-                c0 = pi * NR
-                uk.igemm(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
-                         c0, min(cnt * NR, columns - c0), Bb, Cb)
-                it = it + cnt
+                continue
+            lo = 0                     # (assigned here: private to each thread)
+            hi_ = 0
+            while ws_next(shares.sh, nt, tid, wide, &lo, &hi_):
+                it = lo
+                while it < hi_:
+                    g = it // (nmb * panels)
+                    rem = it - g * nmb * panels
+                    m0 = (rem // panels) * mb
+                    pi = rem % panels
+                    cnt = min(wide, panels - pi, hi_ - it)
+                    c0 = pi * NR
+                    uk.igemm(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
+                             c0, min(cnt * NR, columns - c0), Bb, Cb)
+                    it = it + cnt
         free(Bb)
         free(Cb)
     if failed:
@@ -434,6 +467,33 @@ cdef void _pad_rows(const float* src, float* d, Py_ssize_t H, Py_ssize_t W, Py_s
         memset(d + Hq * Wq, 0, (PS - Hq * Wq) * sizeof(float))
 
 
+cdef inline void _panel_rows(Py_ssize_t ra, Py_ssize_t rb, Py_ssize_t ppi, Py_ssize_t ppr,
+                             Py_ssize_t Wq, int NR, Py_ssize_t OW, Py_ssize_t Q, Py_ssize_t Hq,
+                             Py_ssize_t reach, Py_ssize_t* u_lo, Py_ssize_t* u_hi) noexcept nogil:
+    """The rows u_lo .. u_hi of an image's polyphase planes that its padded-mode items
+    ra .. rb-1 (of one (image, group): channel block ra // ppi, panel ra % ppi) read:
+    those of their panels when they lie in one channel block, else of all panels."""
+    cdef Py_ssize_t pa = 0, pb = ppi - 1
+    if ra // ppi == (rb - 1) // ppi:
+        pa = ra % ppi
+        pb = (rb - 1) % ppi
+    u_lo[0] = _panel_start(pa, ppr, Wq, NR) // Wq
+    u_hi[0] = min(Hq, (_panel_start(pb, ppr, Wq, NR) + _panel_len(pb, ppr, OW, Q, NR) - 1 + reach)
+                  // Wq + 1)
+
+
+cdef void _pad_group(const uk_conv_t* cv, float* Pb, Py_ssize_t n, Py_ssize_t g, const int* ph_h,
+                     const int* ph_w, Py_ssize_t nh, Py_ssize_t nw, Py_ssize_t Hq, Py_ssize_t Wq,
+                     Py_ssize_t PS, Py_ssize_t u_lo, Py_ssize_t u_hi) noexcept nogil:
+    """Rows u_lo .. u_hi of every polyphase plane of group g of image n (``_pad_rows``),
+    the planes Pb + i*PS for i = (input channel, row phase, column phase)."""
+    cdef Py_ssize_t i
+    for i in range(cv.Cg * nh * nw):
+        _pad_rows(cv.x + ((n * cv.C + g * cv.Cg + i // (nh * nw)) * cv.H * cv.W), Pb + i * PS,
+                  cv.H, cv.W, Hq, Wq, PS, cv.pt, cv.pl, cv.sh, cv.sw, ph_h[(i // nw) % nh],
+                  ph_w[i % nw], u_lo, u_hi)
+
+
 cdef inline Py_ssize_t _panel_start(Py_ssize_t pi, Py_ssize_t ppr, Py_ssize_t Wq,
                                     int NR) noexcept nogil:
     """First flat plane position q of an image's padded-mode panel pi: with ppr > 0
@@ -507,10 +567,12 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     cdef Py_ssize_t per_ng = nmb * ppi, n_items = cv.N * cv.G * per_ng
     if nt > n_items:
         nt = <int>n_items
-    cdef Py_ssize_t it, hi, end, ng, n, g, ra, rb, pa, pb, u_lo, u_hi, plane_i, m0
+    cdef Py_ssize_t it, end, ng, n, g, ra, pa, u_lo, u_hi, m0, cur_ng, p_lo, p_hi
     cdef int failed = 0, tid
+    cdef int64_t lo, hi
     cdef float* Pb = NULL          # thread-private inside the team
     cdef float* Cb = NULL
+    cdef _Shares shares = _Shares(nt, n_items)
     with nogil, parallel(num_threads=nt):
         Pb = NULL
         Cb = NULL
@@ -520,43 +582,59 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
             memset(Pb + group_floats - Wq, 0, Wq * sizeof(float))
         if posix_memalign(<void**>&Cb, 64, mb * NR * sizeof(float)) != 0:
             Cb = NULL
-        # one share per thread (nt iterations, one each): its (image, group)s in order
+        # one share per thread (nt iterations, one each; with stealing, _shares.h): its
+        # (image, group)s in order, a chunk of panels at a time
         for tid in prange(nt, schedule="static", chunksize=1):
-            it = n_items * tid // nt
-            hi = n_items * (tid + 1) // nt
             if Pb == NULL or Cb == NULL:
                 failed += 1            # (a reduction: every thread's failures count)
-                it = hi
-            while it < hi:
-                ng = it // per_ng
-                n = ng // cv.G
-                g = ng - n * cv.G
-                end = min(hi, (ng + 1) * per_ng)
-                # the panels of (n, g) in this share: one run within a channel block,
-                # else (it crosses blocks) all of them
-                ra = it - ng * per_ng
-                rb = end - 1 - ng * per_ng
-                if ra // ppi == rb // ppi:
-                    pa = ra % ppi
-                    pb = rb % ppi
-                else:
-                    pa = 0
-                    pb = ppi - 1
-                u_lo = _panel_start(pa, ppr, Wq, NR) // Wq
-                u_hi = min(Hq, (_panel_start(pb, ppr, Wq, NR) + _panel_len(pb, ppr, cv.OW, Q, NR)
-                                - 1 + reach) // Wq + 1)
-                for plane_i in range(cv.Cg * nh * nw):
-                    _pad_rows(cv.x + ((n * cv.C + g * cv.Cg + plane_i // (nh * nw)) * cv.H * cv.W),
-                              Pb + plane_i * PS, cv.H, cv.W, Hq, Wq, PS, cv.pt, cv.pl, cv.sh,
-                              cv.sw, ph_h[(plane_i // nw) % nh], ph_w[plane_i % nw], u_lo, u_hi)
-                while it < end:
-                    ra = it - ng * per_ng
-                    m0 = (ra // ppi) * mb
-                    pa = ra % ppi
-                    uk.igemm_padded(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
-                                    <int>n, <int>_panel_start(pa, ppr, Wq, NR),
-                                    <int>_panel_len(pa, ppr, cv.OW, Q, NR), <int>Wq, Pb, boff, Cb)
-                    it = it + 1
+                continue
+            lo = 0                     # (assigned here: private to each thread; the
+            hi = 0                     # pointers below are not assignments to Cython)
+            u_lo = 0
+            u_hi = 0
+            cur_ng = -1                # the (image, group) in Pb, rows p_lo .. p_hi padded
+            p_lo = 0
+            p_hi = 0
+            while ws_next(shares.sh, nt, tid, PADDED_CHUNK, &lo, &hi):
+                it = lo
+                while it < hi:
+                    ng = it // per_ng
+                    n = ng // cv.G
+                    g = ng - n * cv.G
+                    end = min(hi, (ng + 1) * per_ng)
+                    # the panels of (n, g) in this chunk: one run within a channel block,
+                    # else (it crosses blocks) all of them
+                    # the plane rows these panels read, and when Pb lacks some of them
+                    # (a new (n, g), or rows outside those padded already) the rows of
+                    # all of this share's panels of (n, g) as it stands, padded at once
+                    # (the owner's later chunks then find theirs there; Pb's padded rows
+                    # stay one range)
+                    _panel_rows(it - ng * per_ng, end - ng * per_ng, ppi, ppr, Wq, NR, cv.OW, Q, Hq,
+                                reach, &u_lo, &u_hi)
+                    if ng != cur_ng or u_lo < p_lo or u_hi > p_hi:
+                        _panel_rows(it - ng * per_ng,
+                                    min(max(hi, ws_share_end(shares.sh, tid)), (ng + 1) * per_ng) - ng * per_ng,
+                                    ppi, ppr, Wq, NR, cv.OW, Q, Hq, reach, &u_lo, &u_hi)
+                        if ng != cur_ng:
+                            _pad_group(cv, Pb, n, g, ph_h, ph_w, nh, nw, Hq, Wq, PS, u_lo, u_hi)
+                            cur_ng = ng
+                            p_lo = u_lo
+                            p_hi = u_hi
+                        else:
+                            if u_lo < p_lo:
+                                _pad_group(cv, Pb, n, g, ph_h, ph_w, nh, nw, Hq, Wq, PS, u_lo, p_lo)
+                                p_lo = u_lo
+                            if u_hi > p_hi:
+                                _pad_group(cv, Pb, n, g, ph_h, ph_w, nh, nw, Hq, Wq, PS, p_hi, u_hi)
+                                p_hi = u_hi
+                    while it < end:
+                        ra = it - ng * per_ng
+                        m0 = (ra // ppi) * mb
+                        pa = ra % ppi
+                        uk.igemm_padded(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
+                                        <int>n, <int>_panel_start(pa, ppr, Wq, NR),
+                                        <int>_panel_len(pa, ppr, cv.OW, Q, NR), <int>Wq, Pb, boff, Cb)
+                        it = it + 1
         free(Pb)
         free(Cb)
     if failed:
@@ -589,3 +667,64 @@ def pack_panel(const float[:, :, :, ::1] x, tuple out_shape, int kh, int kw, int
     if kc > 0:
         uk.igemm_pack(&cv, group, k0, kc, c0, nc, &b[0, 0])
     return Bp
+
+
+def share_schedule(int nt, Py_ssize_t n, Py_ssize_t want, tids):
+    """The work shares (``_shares.h``) driven from one thread, for tests: asks for the
+    next chunk on behalf of thread tids[i] in turn and returns, per ask, (tid, lo, hi)
+    or (tid, None, None) when that thread would be done."""
+    if not 1 <= nt or want < 1:
+        raise ValueError(f"share_schedule: nt {nt} and want {want} must be >= 1")
+    cdef _Shares shares = _Shares(nt, n)
+    cdef int64_t lo = 0, hi = 0
+    got = []
+    for t in tids:
+        if not 0 <= t < nt:
+            raise ValueError(f"share_schedule: thread {t} outside 0 .. {nt - 1}")
+        if ws_next(shares.sh, nt, t, want, &lo, &hi):
+            got.append((t, lo, hi))
+        else:
+            got.append((t, None, None))
+    return got
+
+
+cdef extern from *:
+    """
+    static inline void ws_test_mark(int* seen, long long lo, long long hi) {
+        for (long long i = lo; i < hi; i++) __atomic_fetch_add(&seen[i], 1, __ATOMIC_RELAXED);
+    }
+    static inline void ws_test_spin(double us) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        do clock_gettime(CLOCK_MONOTONIC, &b);
+        while ((b.tv_sec - a.tv_sec) * 1e6 + (b.tv_nsec - a.tv_nsec) * 1e-3 < us);
+    }
+    """
+    void ws_test_mark(int* seen, long long lo, long long hi) nogil
+    void ws_test_spin(double us) nogil
+
+
+def share_stress(int nt, Py_ssize_t n, Py_ssize_t want, int slow_tid=-1, double slow_us=0.0):
+    """The work shares under nt real OpenMP threads, for tests: each takes chunks until
+    it is done, thread slow_tid spinning slow_us microseconds per item it takes (so the
+    others run out first and steal from it). Returns (seen[n]: how many times each item
+    was handed out, taken[nt]: items each thread took)."""
+    if not 1 <= nt or want < 1 or n < 0:
+        raise ValueError(f"share_stress: nt {nt}, n {n} and want {want} out of range")
+    cdef _Shares shares = _Shares(nt, n)
+    seen_a = np.zeros(max(n, 1), np.intc)
+    taken_a = np.zeros(nt, np.int64)
+    cdef int[::1] seen = seen_a
+    cdef int64_t[::1] taken = taken_a
+    cdef int tid
+    cdef int64_t lo, hi
+    with nogil, parallel(num_threads=nt):
+        for tid in prange(nt, schedule="static", chunksize=1):
+            lo = 0
+            hi = 0
+            while ws_next(shares.sh, nt, tid, want, &lo, &hi):
+                ws_test_mark(&seen[0], lo, hi)
+                taken[tid] += hi - lo
+                if tid == slow_tid:
+                    ws_test_spin(slow_us * (hi - lo))
+    return seen_a[:n], taken_a
