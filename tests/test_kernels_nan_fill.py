@@ -95,6 +95,26 @@ def test_conv2d_im2col_writes_every_element(case, dtype):
             check(out, expected, tol, relu)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_im2col_every_element_when_threads_steal(dtype):
+    """More threads than cores, many small items (a small workspace): the work shares
+    go out of step and get stolen from (_shares.h); every element is still written,
+    once, with the reference's values, on every repeat."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 12, 19, 19)).astype(dtype)
+    w = rng.standard_normal((20, 12, 3, 3)).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    expected = ref.conv2d(x, w, b, stride=2, padding=1)
+    tol = algos.TOLERANCE[("im2col", dtype)]
+    with engine.threads.blas_single_threaded():
+        for threads in (2, 3, 5, 8):
+            for _ in range(10):
+                out = nan_out(expected, dtype)
+                im2col.conv2d_im2col(x, w, b, out, 2, 2, 1, 1, 1, 1, 1, threads, False,
+                                     max_workspace_bytes=4096)
+                check(out, expected, tol, False)
+
+
 # conv2d_winograd itself is dilation 1; dilated layers reach it through the polyphase
 # split (registry.Winograd.run), NaN-fill tested in test_dilated_winograd.py
 WINOGRAD_CASES = [c for c in FINITE_CONV if winograd_expected_ok(c) and not is_dilated(c)]

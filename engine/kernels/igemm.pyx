@@ -60,18 +60,10 @@ from libc.stdlib cimport free
 from libc.string cimport memset
 
 from ._rows cimport _copy_strided
+from ._shares cimport posix_memalign, ws_share_t, ws_next, ws_share_end, shares_new
 from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX
 
-cdef extern from "stdlib.h" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
 
-cdef extern from "_shares.h" nogil:
-    ctypedef struct ws_share_t:
-        pass
-    bint ws_fits(int64_t n)
-    void ws_init(ws_share_t* sh, int nt, int64_t n)
-    bint ws_next(ws_share_t* sh, int nt, int tid, int64_t want, int64_t* lo, int64_t* hi)
-    int64_t ws_share_end(ws_share_t* sh, int tid)
 
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
 # re-reads its block for every panel, and gathers each panel once per block, so larger
@@ -133,23 +125,6 @@ cdef const uk_kernels_t* _table(isa) except NULL:
             or isa > uk_cpu_isa():
         raise ValueError(f"igemm: no micro-kernels for ISA index {isa!r} on this CPU")
     return uk_kernels(isa)
-
-
-cdef class _Shares:
-    """nt work shares of n items (``_shares.h``: a static split the threads steal
-    halves of once their own share is done), on their own cache lines."""
-    cdef ws_share_t* sh
-
-    def __cinit__(self, int nt, Py_ssize_t n):
-        if not ws_fits(n):
-            raise ValueError(f"igemm: {n} work items, more than a work share holds (2**32)")
-        if posix_memalign(<void**>&self.sh, 64, max(nt, 1) * sizeof(ws_share_t)) != 0:
-            self.sh = NULL
-            raise MemoryError("igemm: could not allocate the work shares")
-        ws_init(self.sh, nt, n)
-
-    def __dealloc__(self):
-        free(self.sh)
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -329,7 +304,7 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
     cdef int64_t lo, hi_
     cdef float* Bb = NULL          # thread-private inside the team
     cdef float* Cb = NULL
-    cdef _Shares shares = _Shares(nt, n_items)
+    cdef ws_share_t* shares = shares_new(nt, n_items)
     with nogil, parallel(num_threads=nt):
         Bb = NULL
         Cb = NULL
@@ -345,7 +320,7 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
                 continue
             lo = 0                     # (assigned here: private to each thread)
             hi_ = 0
-            while ws_next(shares.sh, nt, tid, wide, &lo, &hi_):
+            while ws_next(shares, nt, tid, wide, &lo, &hi_):
                 it = lo
                 while it < hi_:
                     g = it // (nmb * panels)
@@ -359,6 +334,7 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
                     it = it + cnt
         free(Bb)
         free(Cb)
+    free(shares)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
     return 0
@@ -572,7 +548,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     cdef int64_t lo, hi
     cdef float* Pb = NULL          # thread-private inside the team
     cdef float* Cb = NULL
-    cdef _Shares shares = _Shares(nt, n_items)
+    cdef ws_share_t* shares = shares_new(nt, n_items)
     with nogil, parallel(num_threads=nt):
         Pb = NULL
         Cb = NULL
@@ -595,7 +571,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
             cur_ng = -1                # the (image, group) in Pb, rows p_lo .. p_hi padded
             p_lo = 0
             p_hi = 0
-            while ws_next(shares.sh, nt, tid, PADDED_CHUNK, &lo, &hi):
+            while ws_next(shares, nt, tid, PADDED_CHUNK, &lo, &hi):
                 it = lo
                 while it < hi:
                     ng = it // per_ng
@@ -613,7 +589,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                                 reach, &u_lo, &u_hi)
                     if ng != cur_ng or u_lo < p_lo or u_hi > p_hi:
                         _panel_rows(it - ng * per_ng,
-                                    min(max(hi, ws_share_end(shares.sh, tid)), (ng + 1) * per_ng) - ng * per_ng,
+                                    min(max(hi, ws_share_end(shares, tid)), (ng + 1) * per_ng) - ng * per_ng,
                                     ppi, ppr, Wq, NR, cv.OW, Q, Hq, reach, &u_lo, &u_hi)
                         if ng != cur_ng:
                             _pad_group(cv, Pb, n, g, ph_h, ph_w, nh, nw, Hq, Wq, PS, u_lo, u_hi)
@@ -637,6 +613,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                         it = it + 1
         free(Pb)
         free(Cb)
+    free(shares)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
     return 0
@@ -675,16 +652,19 @@ def share_schedule(int nt, Py_ssize_t n, Py_ssize_t want, tids):
     or (tid, None, None) when that thread would be done."""
     if not 1 <= nt or want < 1:
         raise ValueError(f"share_schedule: nt {nt} and want {want} must be >= 1")
-    cdef _Shares shares = _Shares(nt, n)
+    cdef ws_share_t* shares = shares_new(nt, n)
     cdef int64_t lo = 0, hi = 0
     got = []
-    for t in tids:
-        if not 0 <= t < nt:
-            raise ValueError(f"share_schedule: thread {t} outside 0 .. {nt - 1}")
-        if ws_next(shares.sh, nt, t, want, &lo, &hi):
-            got.append((t, lo, hi))
-        else:
-            got.append((t, None, None))
+    try:
+        for t in tids:
+            if not 0 <= t < nt:
+                raise ValueError(f"share_schedule: thread {t} outside 0 .. {nt - 1}")
+            if ws_next(shares, nt, t, want, &lo, &hi):
+                got.append((t, lo, hi))
+            else:
+                got.append((t, None, None))
+    finally:
+        free(shares)
     return got
 
 
@@ -711,20 +691,21 @@ def share_stress(int nt, Py_ssize_t n, Py_ssize_t want, int slow_tid=-1, double 
     was handed out, taken[nt]: items each thread took)."""
     if not 1 <= nt or want < 1 or n < 0:
         raise ValueError(f"share_stress: nt {nt}, n {n} and want {want} out of range")
-    cdef _Shares shares = _Shares(nt, n)
     seen_a = np.zeros(max(n, 1), np.intc)
     taken_a = np.zeros(nt, np.int64)
     cdef int[::1] seen = seen_a
     cdef int64_t[::1] taken = taken_a
+    cdef ws_share_t* shares = shares_new(nt, n)
     cdef int tid
     cdef int64_t lo, hi
     with nogil, parallel(num_threads=nt):
         for tid in prange(nt, schedule="static", chunksize=1):
             lo = 0
             hi = 0
-            while ws_next(shares.sh, nt, tid, want, &lo, &hi):
+            while ws_next(shares, nt, tid, want, &lo, &hi):
                 ws_test_mark(&seen[0], lo, hi)
                 taken[tid] += hi - lo
                 if tid == slow_tid:
                     ws_test_spin(slow_us * (hi - lo))
+    free(shares)
     return seen_a[:n], taken_a

@@ -23,15 +23,16 @@ Output size (the caller allocates ``out``; its shape fixes the bottom/right padd
 
     OH = (H + pad_top + pad_bottom - dh*(kH-1) - 1) // sh + 1   (likewise OW)
 
-Work decomposition: items (n, group, pixel slice, output-channel block), distributed
-over one OpenMP team with a static schedule. Each thread owns one column buffer of
+Work decomposition: items (n, group, pixel slice, output-channel block), one
+contiguous share of them per thread of one OpenMP team, which the threads that finish
+first steal halves of (_shares.h). Each thread owns one column buffer of
 K x (slice width) elements, built just before its GEMM while it is in L2. The slice
 width comes from the workspace budget and an L2 target, never from N, C, H, W alone,
 so the scratch is bounded (see ``conv2d_im2col``).
 
 Calling thread: each work item's output is one GEMM whose operands do not depend on
-which thread computes it or which Python thread started the team: the partition comes
-from ``num_threads`` alone, column buffers are 64-byte aligned in every thread, and each
+which thread computes it or which Python thread started the team: the items come
+from ``num_threads`` alone (not which thread takes each), column buffers are 64-byte aligned in every thread, and each
 GEMM is single-threaded (``_blas.blas_serial_begin`` for an OpenMP BLAS, the pool limit
 of ``engine.threads`` for a pthreads one). What stays outside our control is the BLAS
 itself (its per-thread packing buffers and run-time kernel choice): it does not promise
@@ -42,14 +43,15 @@ test_robustness.py); the kernels that use no BLAS agree bitwise.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 from ._ranges cimport _tap_range
+from ._shares cimport ws_share_t, ws_next, shares_new
 
-cdef extern from "stdlib.h" nogil:
-    int posix_memalign(void** memptr, size_t alignment, size_t size)
+from ._shares cimport posix_memalign
 
 # Column buffers start on a cache line whichever thread allocates them (malloc's
 # alignment depends on the thread's arena), so nothing a GEMM sees depends on the
@@ -295,7 +297,7 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     thread (``engine.threads.blas_single_threaded``) around the call.
     """
     cdef Geom g
-    cdef Py_ssize_t N = x.shape[0], n_items, it
+    cdef Py_ssize_t N = x.shape[0], n_items
     cdef int nt = num_threads if num_threads > 0 else 1
     cdef const floating[::1] bmv
     cdef const floating* bptr = NULL
@@ -308,6 +310,9 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     cdef int* failed_p = &failed
     cdef Py_ssize_t colsize = 0, s
     cdef int saved = 1                 # thread-private: this thread's nested-team ICV
+    cdef int tid
+    cdef int64_t lo, hi
+    cdef ws_share_t* shares = NULL
 
     g.C = x.shape[1]; g.H = x.shape[2]; g.W = x.shape[3]; g.HW = g.H * g.W
     g.M = out.shape[1]; g.OH = out.shape[2]; g.OW = out.shape[3]; g.P = g.OH * g.OW
@@ -336,6 +341,7 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
     wp = &weight[0, 0, 0, 0]
     op = &out[0, 0, 0, 0]
 
+    shares = shares_new(nt, n_items)
     with nogil, parallel(num_threads=nt):
         # Per-thread scratch, allocated inside the team: the column slice and the key
         # of the slice it currently holds.
@@ -349,11 +355,17 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
             built[0] = -1
         if built == NULL or (colsize > 0 and col == NULL):
             failed_p[0] = 1
-        for it in prange(n_items, schedule="static"):
+        # one contiguous share of the items per thread, stolen from by the threads that
+        # finish first (_shares.h): consecutive channel blocks of a slice stay together
+        for tid in prange(nt, schedule="static", chunksize=1):
+            lo = 0                     # (assigned here: private to each thread)
+            hi = 0
             if built != NULL and (colsize == 0 or col != NULL):
-                _item(xp, wp, bptr, op, &g, relu, it, col, built)
+                while ws_next(shares, nt, tid, 1, &lo, &hi):
+                    _item(xp, wp, bptr, op, &g, relu, lo, col, built)
         free(col)
         free(built)
         blas_serial_end(saved)
+    free(shares)
     if failed:
         raise MemoryError("conv2d_im2col: could not allocate the per-thread column buffer")
