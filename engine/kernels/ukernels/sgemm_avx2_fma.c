@@ -75,6 +75,11 @@ static inline __attribute__((always_inline)) void tile_6x16(
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z,
            c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
+    /* two k per iteration: GCC then folds the index arithmetic of A, B and the
+       prefetch into the addresses (47 instructions per 24 FMAs instead of 56); on a
+       Zen 3, one thread, igemm 0.91-0.97 of the time (the stem, 1x1, strided 3x3,
+       grouped), bitwise the same */
+#pragma GCC unroll 2
     for (int p = 0; p < k; p++) {
         /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
         if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
