@@ -75,19 +75,27 @@ static inline __attribute__((always_inline)) void tile_6x16(
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z,
            c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
-    /* two k per iteration: GCC then folds the index arithmetic of A, B and the
-       prefetch into the addresses (47 instructions per 24 FMAs instead of 56); on a
-       Zen 3, one thread, igemm 0.91-0.97 of the time (the stem, 1x1, strided 3x3,
-       grouped), bitwise the same */
-#pragma GCC unroll 2
-    for (int p = 0; p < k; p++) {
-        /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */
-        if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);
-        const float* bp = IB ? B + boff[p] : B + (ptrdiff_t)p * ldb;
-        const __m256 b0 = masked && NV == 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp);
-        const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8);
-        ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)
+    /* one k of the tile */
+#define TILE_STEP                                                                                \
+    {   /* a packed A (AK > 1) is one stream the tile outruns from L2: fetch it 32 k ahead */ \
+        if (AK > 1) _mm_prefetch((const char*)(A + (ptrdiff_t)(p + 32) * AK), _MM_HINT_T0);     \
+        const float* bp = IB ? B + boff[p] : B + (ptrdiff_t)p * ldb;                            \
+        const __m256 b0 = masked && NV == 1 ? _mm256_maskload_ps(bp, last) : _mm256_loadu_ps(bp); \
+        const __m256 b1 = NV < 2 ? z : masked ? _mm256_maskload_ps(bp + 8, last) : _mm256_loadu_ps(bp + 8); \
+        ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                      \
     }
+    if (!masked) {
+        /* two k per iteration: GCC then folds the index arithmetic of A, B and the
+           prefetch into the addresses (47 instructions per 24 FMAs instead of 56); on a
+           Zen 3, one thread, igemm 0.91-0.97 of the time (the stem, 1x1, strided 3x3,
+           grouped), bitwise the same. Not for a masked last vector: its mask takes the
+           16th register and the unrolled loop then keeps an accumulator on the stack. */
+#pragma GCC unroll 2
+        for (int p = 0; p < k; p++) TILE_STEP
+    } else {
+        for (int p = 0; p < k; p++) TILE_STEP
+    }
+#undef TILE_STEP
     ROW_EP(0) ROW_EP(1) ROW_EP(2) ROW_EP(3) ROW_EP(4) ROW_EP(5)
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
 }
