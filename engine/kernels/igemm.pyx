@@ -63,8 +63,6 @@ from ._rows cimport _copy_strided
 from ._shares cimport posix_memalign, ws_share_t, ws_next, ws_share_end, shares_new
 from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX
 
-
-
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
 # re-reads its block for every panel, and gathers each panel once per block, so larger
 # blocks amortise the gather over more rows while the packed panels, one stream a
@@ -578,9 +576,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                     n = ng // cv.G
                     g = ng - n * cv.G
                     end = min(hi, (ng + 1) * per_ng)
-                    # the panels of (n, g) in this chunk: one run within a channel block,
-                    # else (it crosses blocks) all of them
-                    # the plane rows these panels read, and when Pb lacks some of them
+                    # the plane rows this chunk's panels of (n, g) read (_panel_rows), and when Pb lacks some of them
                     # (a new (n, g), or rows outside those padded already) the rows of
                     # all of this share's panels of (n, g) as it stands, padded at once
                     # (the owner's later chunks then find theirs there; Pb's padded rows
@@ -670,6 +666,7 @@ def share_schedule(int nt, Py_ssize_t n, Py_ssize_t want, tids):
 
 cdef extern from *:
     """
+    #include <time.h>
     static inline void ws_test_mark(int* seen, long long lo, long long hi) {
         for (long long i = lo; i < hi; i++) __atomic_fetch_add(&seen[i], 1, __ATOMIC_RELAXED);
     }

@@ -32,8 +32,8 @@ so the scratch is bounded (see ``conv2d_im2col``).
 
 Calling thread: each work item's output is one GEMM whose operands do not depend on
 which thread computes it or which Python thread started the team: the items come
-from ``num_threads`` alone (not which thread takes each), column buffers are 64-byte aligned in every thread, and each
-GEMM is single-threaded (``_blas.blas_serial_begin`` for an OpenMP BLAS, the pool limit
+from ``num_threads`` alone (whichever thread takes each), column buffers are 64-byte
+aligned in every thread, and each GEMM is single-threaded (``_blas.blas_serial_begin`` for an OpenMP BLAS, the pool limit
 of ``engine.threads`` for a pthreads one). What stays outside our control is the BLAS
 itself (its per-thread packing buffers and run-time kernel choice): it does not promise
 bitwise-identical rounding from one thread to another, and on an AMD Zen 3 with
@@ -49,9 +49,7 @@ from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 from ._ranges cimport _tap_range
-from ._shares cimport ws_share_t, ws_next, shares_new
-
-from ._shares cimport posix_memalign
+from ._shares cimport posix_memalign, ws_share_t, ws_next, shares_new
 
 # Column buffers start on a cache line whichever thread allocates them (malloc's
 # alignment depends on the thread's arena), so nothing a GEMM sees depends on the
