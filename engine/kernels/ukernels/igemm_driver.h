@@ -356,20 +356,28 @@ static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t nc,
     }
 }
 
-/* Prefetch into L2 rows k_from .. k_to of the columns cn .. cn+len of a 1x1 stride-1
-   layer viewed as one row per plane (H = OH = 1, igemm.pyx _fill): the rows the next
-   wide item gathers, fetched while this one computes. Runs split at image ends. */
+/* An unpadded 1x1 layer, any stride (a stride-1 one viewed as one row per plane or not):
+   its column (n, oh, ow) reads x[n][c][oh*sh][ow*sw] alone. */
+#define IG_IS_1X1_UNPADDED(cv) ((cv)->kh == 1 && (cv)->kw == 1 && (cv)->pt == 0 && (cv)->pl == 0)
+
+/* Prefetch into L2 rows k_from .. k_to of the input that the columns cn .. cn+len of an
+   unpadded 1x1 layer read (IG_IS_1X1_UNPADDED): the rows the next wide item gathers,
+   fetched while this one computes. Per output row crossed, one run of (len-1)*sw + 1
+   floats of an input row (at stride 2 every line of it holds floats the gather reads).
+   A stride-1 layer viewed as one row per plane (H = OH = 1, igemm.pyx
+   _fill) is one run per image. */
 static inline void ig_prefetch_1x1(const uk_conv_t* cv, int g, ptrdiff_t cn, ptrdiff_t len,
                                    int k_from, int k_to) {
-    const ptrdiff_t HW = cv->W;
+    const ptrdiff_t HW = (ptrdiff_t)cv->H * cv->W, OW = cv->OW, P = (ptrdiff_t)cv->OH * OW;
     for (int k = k_from; k < k_to; k++) {
         ptrdiff_t c = cn, left = len;
         while (left > 0) {
-            const ptrdiff_t n = c / HW, p = c - n * HW;
-            const ptrdiff_t run = HW - p < left ? HW - p : left;
-            const float* src = cv->x + ((n * cv->C + (ptrdiff_t)g * cv->Cg + k) * HW + p);
-            for (ptrdiff_t q = 0; q < run; q += 16) __builtin_prefetch(src + q, 0, 2);
-            __builtin_prefetch(src + run - 1, 0, 2);
+            const ptrdiff_t n = c / P, p = c - n * P, oh = p / OW, ow = p - oh * OW;
+            const ptrdiff_t run = OW - ow < left ? OW - ow : left, span = (run - 1) * cv->sw + 1;
+            const float* src = cv->x + ((n * cv->C + (ptrdiff_t)g * cv->Cg + k) * HW
+                                        + oh * cv->sh * cv->W + ow * cv->sw);
+            for (ptrdiff_t q = 0; q < span; q += 16) __builtin_prefetch(src + q, 0, 2);
+            __builtin_prefetch(src + span - 1, 0, 2);
             c += run;
             left -= run;
         }
@@ -424,9 +432,11 @@ UK_API void IG_RUN(const uk_conv_t* cv, int g, int m0, int mb, ptrdiff_t c0, ptr
         ig_pack_wide(cv, g, np, nc, seg, ns, Bb);
         /* a 1x1 layer's next item (the next nc columns, which the caller most often
            gives this thread next) is fetched into L2 a slice of rows per tile: its rows
-           lie in K planes, too many streams for the hardware prefetchers */
+           lie in K planes, too many streams for the hardware prefetchers (at stride 2
+           too: ResNet-50's downsample at batch 8 spent 28% of its samples in the
+           gather, most on the loads of x) */
         const ptrdiff_t P = (ptrdiff_t)cv->OH * cv->OW, total = cv->N * P, cn = c0 + nc;
-        const ptrdiff_t pf_len = IG_IS_1X1_ROWS(cv) && cn < total
+        const ptrdiff_t pf_len = IG_IS_1X1_UNPADDED(cv) && cn < total
                                  ? (total - cn < nc ? total - cn : nc) : 0;
         const int n_tiles = (mb + IG_MR - 1) / IG_MR * np;
         int t = 0;
