@@ -504,8 +504,9 @@ def test_work_shares_under_threads():
         seen, taken = igemm.share_stress(nt, n, want)
         np.testing.assert_array_equal(seen, np.ones(n, np.intc))
         assert taken.sum() == n
-    # thread 0 spends 50 us on each of its items (its share alone would take 50 ms)
-    seen, taken = igemm.share_stress(2, 2000, 4, slow_tid=0, slow_us=50.0)
+    # thread 0 spends 200 us on each of its items (its share alone would take 200 ms,
+    # so the other thread steals even if a loaded host keeps it off a core for a while)
+    seen, taken = igemm.share_stress(2, 2000, 4, slow_tid=0, slow_us=200.0)
     np.testing.assert_array_equal(seen, np.ones(2000, np.intc))
     assert taken[0] < 1000 // 2, f"thread 0 kept {taken[0]} of its 1000 items"
 
