@@ -488,10 +488,12 @@ cdef inline Py_ssize_t _panel_len(Py_ssize_t pi, Py_ssize_t ppr, Py_ssize_t OW, 
 
 cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m_block) except -1:
     """The padded mode. Items (image, group, channel block, NR-position panel of a
-    Wq-wide plane) are dealt to the threads in contiguous shares; for each (image,
-    group) its share reaches, a thread zero-pads and splits that group's input channels
-    into polyphase planes of its own (``_pad_rows``; only the plane rows its panels
-    read), where the items then read their B rows in place (igemm_driver.h). Tap (i, j)
+    Wq-wide plane) are dealt to the threads in contiguous shares, taken PADDED_CHUNK
+    at a time and stolen from by threads that finish first (``_shares.h``); for each
+    (image, group) its chunks reach, a thread zero-pads and splits that group's input
+    channels into polyphase planes of its own (``_pad_group``; only the plane rows the
+    rest of its share there reads, more rows when a later or stolen chunk needs them),
+    where the items then read their B rows in place (igemm_driver.h). Tap (i, j)
     of input channel ic reads the plane of phases ((i*dh) % sh, (j*dw) % sw) at row
     offset (i*dh) // sh and column offset (j*dw) // sw, so every tap is a stride-1 shift
     of one plane. The planes stay in the thread's L2 while its items read them: the

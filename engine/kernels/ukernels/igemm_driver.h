@@ -369,18 +369,19 @@ static void ig_pack_wide(const uk_conv_t* cv, int g, int np, ptrdiff_t nc,
 static inline void ig_prefetch_1x1(const uk_conv_t* cv, int g, ptrdiff_t cn, ptrdiff_t len,
                                    int k_from, int k_to) {
     const ptrdiff_t HW = (ptrdiff_t)cv->H * cv->W, OW = cv->OW, P = (ptrdiff_t)cv->OH * OW;
-    for (int k = k_from; k < k_to; k++) {
-        ptrdiff_t c = cn, left = len;
-        while (left > 0) {
-            const ptrdiff_t n = c / P, p = c - n * P, oh = p / OW, ow = p - oh * OW;
-            const ptrdiff_t run = OW - ow < left ? OW - ow : left, span = (run - 1) * cv->sw + 1;
-            const float* src = cv->x + ((n * cv->C + (ptrdiff_t)g * cv->Cg + k) * HW
-                                        + oh * cv->sh * cv->W + ow * cv->sw);
+    if (k_from >= k_to) return;
+    /* the runs are the same for every row k: worked out once, rows inner */
+    for (ptrdiff_t c = cn, left = len; left > 0;) {
+        const ptrdiff_t n = c / P, p = c - n * P, oh = p / OW, ow = p - oh * OW;
+        const ptrdiff_t run = OW - ow < left ? OW - ow : left, span = (run - 1) * cv->sw + 1;
+        const float* src = cv->x + ((n * cv->C + (ptrdiff_t)g * cv->Cg + k_from) * HW
+                                    + oh * cv->sh * cv->W + ow * cv->sw);
+        for (int k = k_from; k < k_to; k++, src += HW) {
             for (ptrdiff_t q = 0; q < span; q += 16) __builtin_prefetch(src + q, 0, 2);
             __builtin_prefetch(src + span - 1, 0, 2);
-            c += run;
-            left -= run;
         }
+        c += run;
+        left -= run;
     }
 }
 
