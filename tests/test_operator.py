@@ -156,6 +156,96 @@ def test_operator_outputs_and_padded_inputs_are_aligned(rng, monkeypatch):
     assert operator.PoolOperator(pp, "pool")(x[:, :, :40, :40].copy()).ctypes.data % ALIGNMENT == 0
 
 
+def _overlap(a, b):
+    a0, b0 = a.ctypes.data, b.ctypes.data
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
+def test_block_pool_hands_out_a_block_again_only_once_no_array_uses_it():
+    """A large array's block comes back once it and every view of it are gone, and is
+    never given to a second array while any of them lives."""
+    from engine._memory import empty_aligned
+    shape = (3, 64, 40, 40)                         # 1.2 MB: a pooled size
+    a = empty_aligned(shape, np.float32)
+    addr = a.ctypes.data
+    del a
+    b = empty_aligned(shape, np.float32)
+    assert b.ctypes.data == addr                    # the freed block, reused
+    view = b[1:, ::2]                               # a view alone keeps the block in use
+    del b
+    c = empty_aligned(shape, np.float32)
+    assert not _overlap(c, view)
+    c[...] = 1.0
+    view[...] = 2.0
+    assert (c == 1.0).all() and (view == 2.0).all()
+    d = empty_aligned(shape, np.float32)            # c and view both alive: a third block
+    assert not _overlap(d, c) and not _overlap(d, view)
+
+
+def test_block_pool_keeps_at_most_its_bounds():
+    from engine._memory import _BlockPool
+    pool = _BlockPool(max_bytes=3000, per_size=2)
+    live = [pool.take(1000) for _ in range(3)]      # all in use: three blocks, two pooled
+    assert len(pool.blocks[1000]) == 2 and pool.nbytes == 2000
+    assert len({id(b) for b in live}) == 3
+    live.append(pool.take(1500))                    # would pass max_bytes: not pooled
+    assert 1500 not in pool.blocks and pool.nbytes == 2000
+    kept = live[2]
+    del live
+    again = [pool.take(1000) for _ in range(3)]     # the two pooled blocks, then a new one
+    assert sum(any(b is p for p in pool.blocks[1000]) for b in again) == 2
+    assert all(b is not kept for b in again)
+
+
+def test_block_pool_never_shares_a_block_between_threads():
+    """Python threads allocating, filling and checking pooled arrays at once: each array
+    keeps what its thread wrote (a block handed out twice would mix the fills)."""
+    import threading
+    from engine._memory import empty_aligned
+    errors = []
+
+    def worker(tag):
+        for _ in range(200):
+            a = empty_aligned((70000,), np.float32)
+            a[...] = tag
+            b = empty_aligned((70000,), np.float32)
+            b[...] = -tag
+            if not ((a == tag).all() and (b == -tag).all()):
+                errors.append(tag)
+
+    threads = [threading.Thread(target=worker, args=(t + 1,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_operator_output_reuses_its_block_without_page_faults(rng):
+    """An operator's large output, dropped and asked for again, is the same memory even
+    when other large allocations come and go between the calls (as PyTorch's do in a
+    side-by-side run, which make glibc give freed blocks back to the system): no fresh
+    pages for the kernel to fault in and zero on each call. resource counts the
+    process's minor faults; a fresh 1.6 MB output takes about 400."""
+    resource = pytest.importorskip("resource")
+    from engine._memory import _pool
+    x, wt, b, p, want = _conv_case(rng, n=1, c=8, h=102, w=102, cout=40, padding=0)
+    op = operator.ConvOperator(p, "direct", wt, b)
+    addr = op(x).ctypes.data                        # (the result dies at once)
+    faults = 0
+    for i in range(5):
+        other = np.ones(3_000_000 + i * 100_000, np.uint8)   # growing: no block fits it
+        del other
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        y = op(x)
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        assert y.ctypes.data == addr
+        assert any(y.base is block for block in _pool.blocks[y.base.nbytes])
+        del y
+    assert faults < 100
+    np.testing.assert_allclose(op(x), want, rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------- pooling
 POOL_CASES = {
     "max_k3_s2_p1": ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
