@@ -461,7 +461,18 @@ def test_blocking_keeps_threads_busy_at_batch_1():
         for mr, nr in [(8, 48), (6, 16), (4, 16)]:
             mb, nmb, panels = igemm.blocking(512, 2048, 1, 49, mr, nr, threads)
             assert nmb * panels >= threads
-            assert mb % mr == 0 and mb * nmb >= 512 and mb * (nmb - 1) < 512
+            assert mb % mr == 0 or (nmb == 1 and mb == 512)     # whole tiles, or all of Mg
+            assert mb * nmb >= 512 and mb * (nmb - 1) < 512
+
+
+@pytest.mark.parametrize("mr", [4, 6, 8])
+@pytest.mark.parametrize("mg", [256, 512, 1024, 2048])
+def test_blocking_keeps_up_to_max_mb_channels_in_one_block(mr, mg):
+    """With columns enough for every thread, up to MAX_MB output channels stay one
+    block (each block gathers every panel again), whether or not MR divides them: 256
+    channels had been cut into two blocks of 132 on AVX2's MR = 6."""
+    mb, nmb, _ = igemm.blocking(mg, 256, 1, 6272, mr, 16, 2)
+    assert mg <= igemm.MAX_MB and (nmb, mb) == (1, mg)
 
 
 # ------------------------------------------------------------------ work shares
