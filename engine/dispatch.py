@@ -66,8 +66,8 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 
 # The implicit GEMM's rule (igemm), per ISA: float32 layers with at least this many
 # output channels per group go to igemm instead of im2col (+ OpenBLAS), except, where
-# "im2col_1x1" says so, 1x1 layers with a stride or with fewer batch-wide output
-# pixels (N*OH*OW) than its min_columns.
+# "im2col_1x1" says so, 1x1 layers with fewer batch-wide output pixels (N*OH*OW) than
+# its min_columns.
 # Measured on the Sapphire Rapids at one thread (the other core was busy), batch 1, on
 # AVX-512: igemm 1.03-1.4x faster than im2col on ResNet-50's 1x1 layers, ResNet-18's
 # strided 3x3 and 7x7 stem and the dilated 3x3, and 1.05-2x on small layers down to 8
@@ -86,8 +86,13 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 # (two runs) at batch 1 and 52.3 / 55.1 at batch 8, but the 2048->512 at 7x7 (49
 # columns at batch 1) 1.20 / 1.13, 1.59 / 1.38, 1.21 / 1.14 at batch 1, and the
 # stride-2 1x1 (the downsample) 2.29 / 2.18, 3.18 / 3.20, 2.10 / 1.96 at batch 1 and
-# 13.2 / 11.3, 19.9 / 15.4 at batch 8: those two stay on im2col. On baseline the
-# scalar tile is no match for OpenBLAS.
+# 13.2 / 11.3, 19.9 / 15.4 at batch 8: those two stayed on im2col. With channel blocks
+# of up to 2048 (igemm.MAX_MB, one gather per panel instead of two or three), forced
+# igemm / im2col interleaved in one process, 2 threads: the stride-2 1x1 layers 256->512
+# at 56x56, 512->1024 at 28x28 and 1024->2048 at 14x14 took 0.92, 0.90 and 0.91 of
+# im2col's time at batch 1 (0.89-0.97 at one thread) and 0.86, 0.99, 0.87 at batch 8,
+# so strided 1x1 layers go to igemm on AVX2 too. On baseline the scalar tile is no
+# match for OpenBLAS.
 IGEMM_RULE = {"avx512": {"min_cout": 8},
               "avx2": {"min_cout": 8, "im2col_1x1": {"min_columns": 128}},
               "baseline": None}
@@ -98,9 +103,8 @@ def _igemm_rule_allows(irule, p):
     if irule is None or p.c_out // p.groups < irule["min_cout"]:
         return False
     keep = irule.get("im2col_1x1")
-    if keep is not None and p.kernel == (1, 1):
-        if p.stride != (1, 1) or p.n * p.out_h * p.out_w < keep["min_columns"]:
-            return False
+    if keep is not None and p.kernel == (1, 1) and p.n * p.out_h * p.out_w < keep["min_columns"]:
+        return False
     return True
 
 
@@ -127,8 +131,8 @@ def heuristic(p):
     - float32 on AVX-512 with at least 8 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
-      take); the same on AVX2 except 1x1 layers with a stride or fewer than 128 output
-      pixels in the batch, where OpenBLAS is ahead;
+      take); the same on AVX2 except 1x1 layers with fewer than 128 output pixels in
+      the batch, where OpenBLAS is ahead;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 

@@ -337,11 +337,12 @@ def test_thread_count_api():
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
     """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE), except
-    that on AVX2 1x1 layers with a stride or fewer than 128 output pixels in the batch
-    stay on im2col (IGEMM_RULE: OpenBLAS is ahead of the AVX2 tile there)."""
+    that on AVX2 1x1 layers with fewer than 128 output pixels in the batch stay on
+    im2col (IGEMM_RULE: OpenBLAS is ahead of the AVX2 tile there)."""
     use_isa(isa)
     k, s = kwargs["kernel_size"], kwargs.get("stride", 1)
-    if expected == "igemm" and isa == "avx2" and k == 1 and (s != 1 or shape[0] * shape[2] * shape[3] < 128):
+    out_pixels = shape[0] * (-(-shape[2] // s)) * (-(-shape[3] // s))       # 1x1, no padding
+    if expected == "igemm" and isa == "avx2" and k == 1 and out_pixels < 128:
         expected = "im2col"
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
@@ -371,15 +372,16 @@ def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
 
 def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
     """A 1x1 layer goes to igemm only for float32 with vector tiles: on baseline (scalar
-    tile) and for float64 (no micro-kernels) it stays on im2col's BLAS; on AVX2 a
-    strided 1x1 or one of fewer than 128 output pixels does too (IGEMM_RULE)."""
+    tile) and for float64 (no micro-kernels) it stays on im2col's BLAS; on AVX2 one of
+    fewer than 128 output pixels does too (IGEMM_RULE), strided or not."""
     kwargs = dict(in_channels=256, out_channels=64, kernel_size=1)
     use_isa("baseline")
     assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "im2col"
     if "avx2" in engine.isa.available():
         use_isa("avx2")
         assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "igemm"
-        assert engine.explain(dict(kwargs, stride=2), (1, 256, 56, 56))["algorithm"] == "im2col"
+        assert engine.explain(dict(kwargs, stride=2), (1, 256, 56, 56))["algorithm"] == "igemm"
+        assert engine.explain(dict(kwargs, stride=2), (1, 256, 22, 22))["algorithm"] == "im2col"  # 121
         assert engine.explain(kwargs, (1, 256, 11, 11))["algorithm"] == "im2col"     # 121 pixels
         assert engine.explain(kwargs, (1, 256, 12, 12))["algorithm"] == "igemm"      # 144
     use_isa(None)
