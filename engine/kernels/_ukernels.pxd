@@ -10,6 +10,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         UK_ISA_COUNT
         UK_WG_LANES
         IG_WIDE_MAX
+        IG_PADDED_RUN
         UK_VENDOR_OTHER
         UK_VENDOR_AMD
         UK_VENDOR_INTEL

@@ -61,7 +61,7 @@ from libc.string cimport memset
 
 from ._rows cimport _copy_strided
 from ._shares cimport posix_memalign, ws_share_t, ws_next, ws_share_end, shares_new
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX
+from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX, IG_PADDED_RUN
 
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
 # re-reads its block for every panel, and gathers each panel once per block, so larger
@@ -547,7 +547,7 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     cdef Py_ssize_t per_ng = nmb * ppi, n_items = cv.N * cv.G * per_ng
     if nt > n_items:
         nt = <int>n_items
-    cdef Py_ssize_t it, end, ng, n, g, ra, pa, u_lo, u_hi, m0, cur_ng, p_lo, p_hi
+    cdef Py_ssize_t it, end, ng, n, g, ra, pa, u_lo, u_hi, m0, cur_ng, p_lo, p_hi, cnt, q_lo
     cdef int failed = 0, tid
     cdef int64_t lo, hi
     cdef float* Pb = NULL          # thread-private inside the team
@@ -606,13 +606,22 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                                 _pad_group(cv, Pb, n, g, ph_h, ph_w, nh, nw, Hq, Wq, PS, p_hi, u_hi)
                                 p_hi = u_hi
                     while it < end:
+                        # up to IG_PADDED_RUN consecutive panels of one channel block (and
+                        # one output row, where panels start at each row): consecutive
+                        # positions, which the driver finishes MR channels at a time
                         ra = it - ng * per_ng
                         m0 = (ra // ppi) * mb
                         pa = ra % ppi
+                        cnt = min(end - it, IG_PADDED_RUN, ppi - pa)
+                        if ppr > 0:
+                            cnt = min(cnt, ppr - pa % ppr)
+                        q_lo = _panel_start(pa, ppr, Wq, NR)
                         uk.igemm_padded(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
-                                        <int>n, <int>_panel_start(pa, ppr, Wq, NR),
-                                        <int>_panel_len(pa, ppr, cv.OW, Q, NR), <int>Wq, Pb, boff, Cb)
-                        it = it + 1
+                                        <int>n, <int>q_lo,
+                                        <int>(_panel_start(pa + cnt - 1, ppr, Wq, NR) - q_lo
+                                              + _panel_len(pa + cnt - 1, ppr, cv.OW, Q, NR)),
+                                        <int>Wq, Pb, boff, Cb)
+                        it = it + cnt
         free(Pb)
         free(Cb)
     free(shares)

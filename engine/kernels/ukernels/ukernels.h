@@ -143,6 +143,9 @@ UK_API const uk_kernels_t* uk_kernels(int isa);
    the block only bounds how many input rows one C tile pass touches; 256 measured
    faster than 128 (the stem's K = 147 in one pass, no C reload: 0.8x the time). */
 #define UK_KC_PADDED 256
+/* Most panels the padded mode finishes together, MR output channels at a time across
+   them (igemm_driver.h): the caller's items hand it up to this many at once. */
+#define IG_PADDED_RUN 8
 /* Most panels one igemm gather item packs at once (igemm_driver.h, ig_pack_wide). */
 #define IG_WIDE_MAX 8
 
