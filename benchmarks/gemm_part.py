@@ -42,17 +42,18 @@ WARMUP_S = 1.5          # perf starts sampling after this (imports, packing, war
 def loop(c_in, h, c_out, isa, seconds):
     """Child: run the convolution for WARMUP_S + seconds; print its median GFLOP/s."""
     import engine
-    from engine.kernels import igemm
+    from engine import operator, shapes
+    engine.isa.set_cap(isa)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, c_in, h, h), dtype=np.float32)
     w = (rng.standard_normal((c_out, c_in, 1, 1)) / np.sqrt(c_in)).astype(np.float32)
-    lv = engine.isa.NAMES.index(isa)
-    pw = igemm.PackedWeights(w, 1, lv)
-    out = np.empty((1, c_out, h, h), np.float32)
+    p = shapes.conv_params(x.shape, w.shape, 1, 0, 1, 1, "zeros", "float32")
+    op = operator.ConvOperator(p, "igemm", w, None, num_threads=1)   # weights packed once
+    out = np.empty(p.output_shape, np.float32)
     ref = w.reshape(c_out, c_in).astype(np.float64) @ x.reshape(c_in, -1).astype(np.float64)
 
     def call():
-        igemm.conv2d_igemm(x, pw, None, out, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, isa=lv)
+        op(x, out)
 
     call()
     err = np.abs(out.reshape(c_out, -1) - ref).max() / max(1.0, np.abs(ref).max())
