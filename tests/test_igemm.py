@@ -456,11 +456,15 @@ def test_driver_refuses_bad_input():
 
 def test_blocking_keeps_threads_busy_at_batch_1():
     """2 and 16 threads both get work on a deep 7x7 layer at batch 1 (few columns):
-    the channel blocks shrink until groups x blocks x panels >= threads."""
+    the channel blocks shrink until groups x blocks x panels >= threads, and with few
+    panels (49 columns: 48 + 1 on NR = 48, which no split of units evens out) the
+    blocks are a multiple of the threads, so each thread's share is whole rows."""
     for threads in (2, 16):
         for mr, nr in [(8, 48), (6, 16), (4, 16)]:
             mb, nmb, panels = igemm.blocking(512, 2048, 1, 49, mr, nr, threads)
             assert nmb * panels >= threads
+            if (-(-512 // mr)) % threads == 0:     # (whole tiles a block: 86 on MR = 6 do not split in 16)
+                assert nmb % threads == 0
             assert mb % mr == 0 or (nmb == 1 and mb == 512)     # whole tiles, or all of Mg
             assert mb * nmb >= 512 and mb * (nmb - 1) < 512
 

@@ -52,6 +52,8 @@ group's padded planes (Cg x phases x about (H + pads) x (W + pads) floats) of on
 
 float64 has no micro-kernels: the registry runs it through im2col's BLAS path.
 """
+from math import gcd
+
 import numpy as np
 
 from cython.parallel cimport parallel, prange
@@ -138,7 +140,9 @@ def blocking(Py_ssize_t Mg, Py_ssize_t K, Py_ssize_t groups, Py_ssize_t columns,
              int num_threads, Py_ssize_t m_block=0):
     """(mb, n_mblocks, n_panels): output channels per block (a multiple of mr unless it
     is all of Mg), blocks per group, NR-column panels of the batch. ``m_block`` > 0
-    forces the block size (rounded up to mr)."""
+    forces the block size (rounded up to mr). Channel blocks shrink until every thread
+    has a unit, and with fewer than 4 panels a thread their rows are made a multiple
+    of the threads (when there are tiles enough), so the threads' shares are even."""
     cdef Py_ssize_t nt = max(1, num_threads), panels = _cdiv(columns, nr), mb, nmb
     if m_block > 0:
         mb = _cdiv(m_block, mr) * mr
@@ -150,6 +154,13 @@ def blocking(Py_ssize_t Mg, Py_ssize_t K, Py_ssize_t groups, Py_ssize_t columns,
             mb = max(mr, (mb // 2) // mr * mr)
     mb = min(mb, _cdiv(Mg, mr) * mr, MAX_MB)
     nmb = _cdiv(Mg, mb)
+    if m_block <= 0 and nt > 1 and panels < 4 * nt:
+        # Few panels a thread, the last one narrow (49 columns on NR = 48: 48 + 1), so
+        # shares of units are uneven however they are cut; make the (group, channel
+        # block) rows a multiple of the threads instead: each share then holds whole rows.
+        step = nt // gcd(groups, nt)
+        if _cdiv(nmb, step) * step <= _cdiv(Mg, mr):
+            nmb = _cdiv(nmb, step) * step
     mb = min(_cdiv(_cdiv(Mg, nmb), mr) * mr, Mg)     # even blocks of whole tiles
     return mb, _cdiv(Mg, mb), panels
 
