@@ -91,9 +91,15 @@ WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_R
 # igemm / im2col interleaved in one process, 2 threads: the stride-2 1x1 layers 256->512
 # at 56x56, 512->1024 at 28x28 and 1024->2048 at 14x14 took 0.92, 0.90 and 0.91 of
 # im2col's time at batch 1 (0.89-0.97 at one thread) and 0.86, 0.99, 0.87 at batch 8,
-# so strided 1x1 layers go to igemm on AVX2 too. On baseline the scalar tile is no
-# match for OpenBLAS.
-IGEMM_RULE = {"avx512": {"min_cout": 8},
+# so strided 1x1 layers go to igemm on AVX2 too. On AVX-512 (AMD EPYC Zen 4, engine
+# layers with weights prepared once, interleaved in one process, 2 threads, ms igemm /
+# im2col / torch): the 1x1 layers at 7x7, batch 1 (49 columns: 48 + 1 on NR = 48, four
+# 16-float vectors of columns computed for 3.06 of outputs, where OpenBLAS vectorises
+# over the output channels) 2048->512 0.667 / 0.625 / 0.664, 512->2048 0.633 / 0.613 /
+# 0.618, 1024->1024 0.636 / 0.630 / 0.670; at batch 2 (98 columns) igemm is ahead,
+# 1.26 / 1.31, 1.14 / 1.24, 1.16 / 1.29, and at 14x14 (196) 0.52 / 0.59.
+# On baseline the scalar tile is no match for OpenBLAS.
+IGEMM_RULE = {"avx512": {"min_cout": 8, "im2col_1x1": {"min_columns": 64}},
               "avx2": {"min_cout": 8, "im2col_1x1": {"min_columns": 128}},
               "baseline": None}
 
@@ -128,11 +134,11 @@ def heuristic(p):
       runs for them (sub-outputs ceil(OH/dh) x ceil(OW/dw)): 1.3-2x faster than igemm
       on the dilated layers of the suite (``WINOGRAD_RULE``'s comment);
     - grouped convolutions with fewer than 4 channels per group: ``direct``;
-    - float32 on AVX-512 with at least 8 output channels per group
+    - float32 on AVX-512 and AVX2 with at least 8 output channels per group
       (``IGEMM_RULE``): ``igemm``, the packed-weight implicit GEMM on the micro-kernels
       (1x1, strided, dilated, grouped, the 7x7 stem, and 3x3 layers Winograd does not
-      take); the same on AVX2 except 1x1 layers with fewer than 128 output pixels in
-      the batch, where OpenBLAS is ahead;
+      take), except 1x1 layers with fewer output pixels in the batch than 64 on
+      AVX-512 (a 7x7 image at batch 1) or 128 on AVX2, where OpenBLAS is ahead;
     - everything else: ``im2col`` (a plain GEMM for 1x1 stride 1), unless a plane is
       too large for BLAS's 32-bit sizes (then ``direct``).
 

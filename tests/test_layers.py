@@ -331,19 +331,21 @@ def test_thread_count_api():
     ((1, 64, 28, 28), dict(in_channels=64, out_channels=128, kernel_size=3, stride=2, padding=1, groups=4), "igemm"),
     ((1, 8, 28, 28), dict(in_channels=8, out_channels=4, kernel_size=1), "im2col"),
     ((8, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
-    ((1, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
+    ((2, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "igemm"),
+    ((1, 2048, 7, 7), dict(in_channels=2048, out_channels=512, kernel_size=1), "im2col"),
     ((1, 256, 56, 56), dict(in_channels=256, out_channels=512, kernel_size=1, stride=2), "igemm"),
 ])
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.values[0] != "baseline"])
 def test_heuristic_follows_its_documented_rules(shape, kwargs, expected, isa, use_isa):
     """The same table on every ISA with vector micro-kernels (WINOGRAD_RULE), except
-    that on AVX2 1x1 layers with fewer than 128 output pixels in the batch stay on
-    im2col (IGEMM_RULE: OpenBLAS is ahead of the AVX2 tile there)."""
+    that 1x1 layers with fewer than 64 output pixels in the batch (the table's) stay on
+    im2col on both, and on AVX2 those with fewer than 128 too (IGEMM_RULE: OpenBLAS
+    is ahead of the tile there)."""
     use_isa(isa)
     k, s = kwargs["kernel_size"], kwargs.get("stride", 1)
     out_pixels = shape[0] * (-(-shape[2] // s)) * (-(-shape[3] // s))       # 1x1, no padding
     if expected == "igemm" and isa == "avx2" and k == 1 and out_pixels < 128:
-        expected = "im2col"
+        expected = "im2col"     # (98 pixels at batch 2: igemm on AVX-512, im2col here)
     info = engine.explain(kwargs, shape)
     assert (info["algorithm"], info["source"]) == (expected, "heuristic"), info["reason"]
 
@@ -372,8 +374,8 @@ def test_heuristic_keeps_dilated_layers_off_winograd_where_unmeasured(use_isa):
 
 def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
     """A 1x1 layer goes to igemm only for float32 with vector tiles: on baseline (scalar
-    tile) and for float64 (no micro-kernels) it stays on im2col's BLAS; on AVX2 one of
-    fewer than 128 output pixels does too (IGEMM_RULE), strided or not."""
+    tile) and for float64 (no micro-kernels) it stays on im2col's BLAS; one of fewer
+    than 128 output pixels on AVX2, 64 on AVX-512, does too (IGEMM_RULE), strided or not."""
     kwargs = dict(in_channels=256, out_channels=64, kernel_size=1)
     use_isa("baseline")
     assert engine.explain(kwargs, (1, 256, 56, 56))["algorithm"] == "im2col"
@@ -384,6 +386,11 @@ def test_heuristic_keeps_blas_where_igemm_has_no_vector_tile(use_isa):
         assert engine.explain(dict(kwargs, stride=2), (1, 256, 22, 22))["algorithm"] == "im2col"  # 121
         assert engine.explain(kwargs, (1, 256, 11, 11))["algorithm"] == "im2col"     # 121 pixels
         assert engine.explain(kwargs, (1, 256, 12, 12))["algorithm"] == "igemm"      # 144
+    if "avx512" in engine.isa.available():
+        use_isa("avx512")
+        assert engine.explain(kwargs, (1, 256, 7, 7))["algorithm"] == "im2col"       # 49 pixels
+        assert engine.explain(kwargs, (1, 256, 8, 8))["algorithm"] == "igemm"        # 64
+        assert engine.explain(kwargs, (2, 256, 7, 7))["algorithm"] == "igemm"        # 98
     use_isa(None)
     assert engine.explain(dict(kwargs, dtype="float64"), (1, 256, 56, 56))["algorithm"] == "im2col"
 
