@@ -266,7 +266,9 @@ def test_interrupt_keeps_measured(tmp_path, cfg):
         {"input": [8, 10 + i % 40, 10 + i // 40], "type": "conv", "out_channels": 8,
          "kernel_size": 3, "padding": 1} for i in range(200)]}
     c = cfg(doc, "many.json")
-    e = {**os.environ, "PYTHONPATH": ROOT}
+    # (faulthandler: a tuner that does not stop is sent SIGABRT below and prints where
+    # each of its threads was, for the failure message)
+    e = {**os.environ, "PYTHONPATH": ROOT, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "tune", str(c), "--plan", str(plan),
                              "--threads", "1", "--reps", "3"], cwd=ROOT, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -274,7 +276,12 @@ def test_interrupt_keeps_measured(tmp_path, cfg):
     while not plan.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"the tuner did not stop within 60 s of SIGINT; its threads then:\n{err[-6000:]}")
     assert proc.returncode == 130, (proc.returncode, err)
     assert "interrupted" in err
     assert 1 <= len(entries(plan)) < 200
