@@ -343,6 +343,8 @@ PADDED_CASES = [
     ((2, 5, 6, 48), (7, 5, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),    # rows of 48: panels start at each row
     ((1, 3, 8, 30), (5, 3, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 1),    # ... and end it short (AVX2: 16 + 14)
     ((1, 3, 40, 64), (6, 3, 7, 7), (3, 3), (3, 3), (2, 2), (1, 1), 1),   # a stem whose rows take whole panels
+    ((1, 3, 10, 224), (9, 3, 7, 7), (3, 3), (3, 3), (2, 2), (1, 1), 1),  # rows of 112 in 115: whole vectors (AVX-512 48+48+16)
+    ((1, 4, 3, 63), (5, 4, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),    # rows of 63 in 65: a last panel of 15
     ((1, 2, 5, 9), (3, 2, 3, 21), (1, 1), (10, 10), (1, 1), (1, 1), 1),  # dropped columns reach 20 past the planes
     ((5, 3, 12, 12), (9, 3, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1),   # threads' shares split images
     ((2, 8, 30, 30), (16, 2, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), 4),  # shares split images and groups

@@ -11,6 +11,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         UK_WG_LANES
         IG_WIDE_MAX
         IG_PADDED_RUN
+        UK_KC_PADDED
         UK_VENDOR_OTHER
         UK_VENDOR_AMD
         UK_VENDOR_INTEL
@@ -47,6 +48,7 @@ cdef extern from "ukernels/ukernels.h" nogil:
         const char* isa
         int sgemm_mr
         int sgemm_nr
+        int sgemm_vec
         const char* sgemm_name
         uk_sgemm_tile_fn sgemm_tile
         uk_sgemm_fn sgemm

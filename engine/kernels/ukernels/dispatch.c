@@ -24,8 +24,8 @@ UK_API int uk_cpu_vendor(void) {
     return UK_VENDOR_OTHER;
 }
 
-#define UK_TABLE(ISA, SUFFIX, MR, NR)                                                       \
-    {ISA, MR, NR, "sgemm_" #MR "x" #NR "__" #SUFFIX, sgemm_##MR##x##NR##__##SUFFIX,         \
+#define UK_TABLE(ISA, SUFFIX, MR, NR, VEC)                                                  \
+    {ISA, MR, NR, VEC, "sgemm_" #MR "x" #NR "__" #SUFFIX, sgemm_##MR##x##NR##__##SUFFIX,         \
      sgemm__##SUFFIX, sgemm_##MR##x##NR##_pa__##SUFFIX, sgemm_##MR##x##NR##_pa_ib__##SUFFIX, \
      "winograd_f{m}x3_{input,output}__" #SUFFIX,                                            \
      {winograd_f2x3_input__##SUFFIX, winograd_f4x3_input__##SUFFIX, winograd_f6x3_input__##SUFFIX}, \
@@ -34,10 +34,10 @@ UK_API int uk_cpu_vendor(void) {
      igemm_padded__##SUFFIX}
 
 static const uk_kernels_t tables[UK_ISA_COUNT] = {
-    UK_TABLE("baseline", scalar, 4, 16),
+    UK_TABLE("baseline", scalar, 4, 16, 16),      /* (columns past nr computed as zeros) */
 #if UK_HAVE_X86
-    UK_TABLE("avx2", avx2_fma, 6, 16),
-    UK_TABLE("avx512", avx512f, 8, 48),
+    UK_TABLE("avx2", avx2_fma, 6, 16, 8),
+    UK_TABLE("avx512", avx512f, 8, 48, 16),
 #endif
 };
 

@@ -109,6 +109,8 @@ typedef void (*uk_igemm_padded_fn)(const uk_conv_t* cv, int g, int m0, int mb, i
 typedef struct {
     const char* isa;              /* "baseline", "avx2", "avx512" */
     int sgemm_mr, sgemm_nr;       /* the register tile of sgemm_tile */
+    int sgemm_vec;                /* columns it computes at a time: nr columns cost
+                                     ceil(nr / sgemm_vec) vectors' FMAs */
     const char* sgemm_name;       /* e.g. "sgemm_6x16__avx2_fma" */
     uk_sgemm_tile_fn sgemm_tile;
     uk_sgemm_fn sgemm;
