@@ -22,9 +22,19 @@
 #include <immintrin.h>
 #endif
 
+/* GCC recognises a loop of whole-vector loads and stores as a copy and replaces it by
+   a call to memmove (-ftree-loop-distribute-patterns, on at -O3), which costs more
+   than the copy on these lengths (a 7x7-plane depthwise layer: 9% of its samples on a
+   Zen 4). An empty asm that "changes" the pointer each iteration hides the pattern
+   and costs nothing. */
+#define SR_NO_MEMMOVE(p) __asm__("" : "+r"(p))
+
 static inline void short_copy_f32(float* restrict d, const float* restrict s, ptrdiff_t n) {
 #if defined(__AVX512F__)
-    for (; n >= 16; n -= 16, d += 16, s += 16) _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+    for (; n >= 16; n -= 16, d += 16, s += 16) {
+        SR_NO_MEMMOVE(d);
+        _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+    }
     if (n > 0) {
         const __mmask16 m = (__mmask16)((1u << n) - 1u);
         _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, s));
@@ -33,7 +43,10 @@ static inline void short_copy_f32(float* restrict d, const float* restrict s, pt
     /* the tail: one more whole vector ending at n, overlapping (see above) */
     if (n >= 8) {
         const ptrdiff_t last = n - 8;
-        for (ptrdiff_t i = 0; i < last; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+        for (ptrdiff_t i = 0; i < last; i += 8) {
+            SR_NO_MEMMOVE(d);
+            _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+        }
         _mm256_storeu_ps(d + last, _mm256_loadu_ps(s + last));
     } else if (n >= 4) {
         _mm_storeu_ps(d, _mm_loadu_ps(s));
@@ -51,7 +64,10 @@ static inline void short_copy_f32(float* restrict d, const float* restrict s, pt
 
 static inline void short_copy_f64(double* restrict d, const double* restrict s, ptrdiff_t n) {
 #if defined(__AVX512F__)
-    for (; n >= 8; n -= 8, d += 8, s += 8) _mm512_storeu_pd(d, _mm512_loadu_pd(s));
+    for (; n >= 8; n -= 8, d += 8, s += 8) {
+        SR_NO_MEMMOVE(d);
+        _mm512_storeu_pd(d, _mm512_loadu_pd(s));
+    }
     if (n > 0) {
         const __mmask8 m = (__mmask8)((1u << n) - 1u);
         _mm512_mask_storeu_pd(d, m, _mm512_maskz_loadu_pd(m, s));
@@ -60,7 +76,10 @@ static inline void short_copy_f64(double* restrict d, const double* restrict s, 
     /* the tail: one more whole vector ending at n, overlapping (see above) */
     if (n >= 4) {
         const ptrdiff_t last = n - 4;
-        for (ptrdiff_t i = 0; i < last; i += 4) _mm256_storeu_pd(d + i, _mm256_loadu_pd(s + i));
+        for (ptrdiff_t i = 0; i < last; i += 4) {
+            SR_NO_MEMMOVE(d);
+            _mm256_storeu_pd(d + i, _mm256_loadu_pd(s + i));
+        }
         _mm256_storeu_pd(d + last, _mm256_loadu_pd(s + last));
     } else if (n >= 2) {
         _mm_storeu_pd(d, _mm_loadu_pd(s));
