@@ -62,14 +62,13 @@ class Choice:
 # Few channels: Winograd's transforms cost per tile in proportion to C_in + C_out, its
 # GEMM saves in proportion to C_in * C_out, so it needs their harmonic mean
 # 2*C_in*C_out / (C_in + C_out) to reach min_channel_hmean. F(4x4) / igemm time, Zen 4,
-# engine layers interleaved in one process, 2 threads, AVX-512 (AVX2 tiles capped):
-# 8->8 at 56x56 1.51 (batch 1) and 1.98 (batch 8); the seed CNN's 10->16 at 31x31 1.23 /
-# 1.57 (1.05 / 1.35); 16->16 at 32x32 1.00 / 1.34 (0.92 / 1.21), at 56x56 0.92 / 2.70
-# (0.92 / 4.15); 8->64 at 56x56 1.13 / 1.65 (1.30 / 1.69); 64->8 1.31 (0.94): harmonic
-# means 8-16, to igemm. From 20, Winograd: 20->20 at 28x28, batch 8, 0.92 (0.74); 16->32
-# at 56x56 0.96 / 0.89 (0.84 / 0.78); 24->24 0.82 / 0.92 (0.77 / 0.69); one miss, 12->128
-# at 28x28 (21.9) 1.16 (0.98).
-_RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_channel_hmean": 20,
+# engine layers interleaved in one process, 2 threads, batch 1 / 8, AVX-512 (AVX2 tiles
+# capped): below 16, 8->8 at 56x56 1.30 / 1.50 (1.39 / 1.25); the seed CNN's 10->16 at
+# 31x31 1.01 / 1.20 (1.06 / 1.15); 8->64 at 56x56 1.42 / 1.75 (1.43 / 2.84); 64->8 1.15 /
+# 1.17 (0.96 / 1.11). At 16, 16->16 at 32x32 0.86 / 1.08 (1.06 / 1.03), at 56x56 0.92 /
+# 0.95 (1.00 / 0.95); above, 12->128 at 28x28 0.88 (0.94), 16->32 at 56x56 batch 8 0.83
+# (0.89), 20->20 at 28x28 batch 8 0.76 (0.73).
+_RULE = {"min_channels": 8, "min_channels_grouped": 16, "min_channel_hmean": 16,
          "min_output": 6, "f4_min_pixels": 14 * 14,
          "f6_min_plane": 112 * 112, "f6_max_channels": 128}
 WINOGRAD_RULE = {"avx512": dict(_RULE), "avx2": dict(_RULE), "baseline": dict(_RULE, float32=False)}
@@ -133,7 +132,7 @@ def heuristic(p):
     - depthwise (groups == C_in > 1): ``direct``, whose depthwise kernel streams each
       plane once; GEMM formulations have K = kH*kW there and waste the BLAS;
     - 3x3, stride 1, dilation 1, at least 8 channels in and out (16 per group when
-      grouped) with a harmonic mean of at least 20, and an output of at least 6x6
+      grouped) with a harmonic mean of at least 16, and an output of at least 6x6
       (``WINOGRAD_RULE``, per ISA): Winograd,
       F(4x4) when the batch holds at least 14*14 output pixels per channel, else F(2x2)
       (on a 7x7 image at batch 1 F(4x4) has 4 mostly-padded tiles and its big

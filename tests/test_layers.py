@@ -310,9 +310,10 @@ def test_thread_count_api():
     ((1, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f2x3"),
     ((8, 512, 7, 7), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 512, 5, 5), dict(in_channels=512, out_channels=512, kernel_size=3, padding=1), "igemm"),
-    # few channels: their harmonic mean below 20 -> igemm (8->8, 16->16, the seed CNN's 10->16)
+    # few channels: their harmonic mean below 16 -> igemm (8->8, 8->64, the seed CNN's 10->16)
     ((1, 8, 56, 56), dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), "igemm"),
-    ((1, 16, 56, 56), dict(in_channels=16, out_channels=16, kernel_size=3, padding=1), "igemm"),
+    ((1, 8, 56, 56), dict(in_channels=8, out_channels=64, kernel_size=3, padding=1), "igemm"),
+    ((1, 16, 56, 56), dict(in_channels=16, out_channels=16, kernel_size=3, padding=1), "winograd_f4x3"),
     ((8, 10, 31, 31), dict(in_channels=10, out_channels=16, kernel_size=3, padding=1), "igemm"),
     ((1, 16, 56, 56), dict(in_channels=16, out_channels=32, kernel_size=3, padding=1), "winograd_f4x3"),
     ((1, 20, 28, 28), dict(in_channels=20, out_channels=20, kernel_size=3, padding=1), "winograd_f4x3"),

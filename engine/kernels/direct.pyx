@@ -42,6 +42,7 @@ from libc.string cimport memcpy, memset
 from ._ranges cimport _ceil_div, _tap_range
 from ._rows cimport _copy_strided
 from ._shares cimport ws_share_t, ws_next, shares_new
+from ._thread_scratch cimport ts_get
 
 cdef enum:
     # Output channels accumulated together by conv2d_direct (shares every input row load).
@@ -662,9 +663,13 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef int64_t want = max(1, ntask // (32 * nt))
     cdef ws_share_t* shares = shares_new(nt, ntask)
     with nogil, parallel(num_threads=nt):
-        # this thread's scratch; calloc: the slack past the band is read (lanes dropped)
-        blk = <floating*>calloc(<size_t>blk_elems, sizeof(floating))
-        wide = <floating*>malloc(<size_t>wide_elems * sizeof(floating))
+        # this thread's scratch, kept from call to call (_thread_scratch.h); zeroed:
+        # the band's pad columns are never written, and the slack past it is read
+        # (lanes dropped)
+        blk = <floating*>ts_get(0, <size_t>blk_elems * sizeof(floating))
+        if blk != NULL:
+            memset(blk, 0, <size_t>blk_elems * sizeof(floating))
+        wide = <floating*>ts_get(1, <size_t>wide_elems * sizeof(floating))
         for tid in prange(nt, schedule="static", chunksize=1):
             if blk == NULL or wide == NULL:
                 nfail += 1
@@ -690,8 +695,6 @@ def conv2d_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
                         oh1 = OH
                     _dw_task(xp, wp, bp, op, blk, wide, n, c, oh0, oh1, C, H, W, mult, OH, OW,
                              kH, kW, sh, sw, pad_top, pad_left, dilation_h, dilation_w, PW, relu)
-        free(blk)
-        free(wide)
     free(shares)
     if nfail:
         raise MemoryError("conv2d_depthwise: could not allocate per-thread scratch")

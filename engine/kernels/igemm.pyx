@@ -62,7 +62,8 @@ from libc.stdlib cimport free
 from libc.string cimport memset
 
 from ._rows cimport _copy_strided
-from ._shares cimport posix_memalign, ws_share_t, ws_next, ws_share_end, shares_new
+from ._shares cimport ws_share_t, ws_next, ws_share_end, shares_new
+from ._thread_scratch cimport ts_get
 from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX, IG_PADDED_RUN, UK_KC_PADDED
 
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
@@ -319,12 +320,9 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
     cdef float* Cb = NULL
     cdef ws_share_t* shares = shares_new(nt, n_items)
     with nogil, parallel(num_threads=nt):
-        Bb = NULL
-        Cb = NULL
-        if posix_memalign(<void**>&Bb, 64, bsize * sizeof(float)) != 0:
-            Bb = NULL
-        if posix_memalign(<void**>&Cb, 64, csize * sizeof(float)) != 0:
-            Cb = NULL
+        # the thread's blocks kept from call to call (_thread_scratch.h)
+        Bb = <float*>ts_get(0, bsize * sizeof(float))
+        Cb = <float*>ts_get(1, csize * sizeof(float))
         # one share per thread (nt iterations, one each), so that a thread's panels
         # are consecutive and can be packed several at a time
         for tid in prange(nt, schedule="static", chunksize=1):
@@ -345,8 +343,6 @@ cdef int _run_gather(uk_conv_t* cv, const uk_kernels_t* uk, Py_ssize_t columns, 
                     uk.igemm(cv, <int>g, <int>m0, <int>(cv.Mg - m0 if cv.Mg - m0 < mb else mb),
                              c0, min(cnt * NR, columns - c0), Bb, Cb)
                     it = it + cnt
-        free(Bb)
-        free(Cb)
     free(shares)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")
@@ -572,14 +568,10 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
     cdef float* Cb = NULL
     cdef ws_share_t* shares = shares_new(nt, n_items)
     with nogil, parallel(num_threads=nt):
-        Pb = NULL
-        Cb = NULL
-        if posix_memalign(<void**>&Pb, 64, group_floats * sizeof(float)) != 0:
-            Pb = NULL
-        else:
+        Pb = <float*>ts_get(0, group_floats * sizeof(float))    # (_thread_scratch.h)
+        if Pb != NULL:
             memset(Pb + group_floats - Wq, 0, Wq * sizeof(float))
-        if posix_memalign(<void**>&Cb, 64, mb * NR * sizeof(float)) != 0:
-            Cb = NULL
+        Cb = <float*>ts_get(1, mb * NR * sizeof(float))
         # one share per thread (nt iterations, one each; with stealing, _shares.h): its
         # (image, group)s in order, a chunk of panels at a time
         for tid in prange(nt, schedule="static", chunksize=1):
@@ -640,8 +632,6 @@ cdef int _run_padded(uk_conv_t* cv, const uk_kernels_t* uk, int nt, Py_ssize_t m
                                               + _panel_len(pa + cnt - 1, ppr, cv.OW, Q, NR)),
                                         <int>Wq, Pb, boff, Cb)
                         it = it + cnt
-        free(Pb)
-        free(Cb)
     free(shares)
     if failed:
         raise MemoryError("conv2d_igemm: could not allocate the per-thread workspace")

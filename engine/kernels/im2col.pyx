@@ -49,12 +49,8 @@ from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
 from ._ranges cimport _tap_range
-from ._shares cimport posix_memalign, ws_share_t, ws_next, shares_new
-
-# Column buffers start on a cache line whichever thread allocates them (malloc's
-# alignment depends on the thread's arena), so nothing a GEMM sees depends on the
-# calling thread.
-cdef size_t COL_ALIGN = 64
+from ._shares cimport ws_share_t, ws_next, shares_new
+from ._thread_scratch cimport ts_get
 
 
 # Tuning constants, measured on the 2-core Sapphire Rapids box (L2 = 2 MiB per core)
@@ -344,11 +340,13 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
         # Per-thread scratch, allocated inside the team: the column slice and the key
         # of the slice it currently holds.
         saved = blas_serial_begin()
+        # (the thread's blocks kept from call to call, _thread_scratch.h: 64-byte aligned
+        # in every thread, as malloc's alignment, which depends on the thread's arena,
+        # is not; nothing a GEMM sees depends on the calling thread)
         col = NULL
         if colsize > 0:
-            if posix_memalign(<void**>&col, COL_ALIGN, colsize * sizeof(floating)) != 0:
-                col = NULL
-        built = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
+            col = <floating*>ts_get(0, colsize * sizeof(floating))
+        built = <Py_ssize_t*>ts_get(1, sizeof(Py_ssize_t))
         if built != NULL:
             built[0] = -1
         if built == NULL or (colsize > 0 and col == NULL):
@@ -361,8 +359,6 @@ def conv2d_im2col(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w
             if built != NULL and (colsize == 0 or col != NULL):
                 while ws_next(shares, nt, tid, 1, &lo, &hi):
                     _item(xp, wp, bptr, op, &g, relu, lo, col, built)
-        free(col)
-        free(built)
         blas_serial_end(saved)
     free(shares)
     if failed:

@@ -53,9 +53,10 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport calloc, malloc, free
+from libc.string cimport memset
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
+from ._thread_scratch cimport ts_get
 
 from .. import winograd_transforms as _wt
 
@@ -400,12 +401,15 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
     outp = &out[0, 0, 0, 0]
     with nogil, parallel(num_threads=nthr):
         saved_threads = blas_serial_begin()     # float64's dgemm: one thread per GEMM
-        V = <floating*>malloc(aa * C * TB * sizeof(floating))
-        # zeroed once: lanes past a block's last tile are never written by the GEMM,
-        # and the output transform reads them (then drops them)
-        Mw = <floating*>calloc(aa * MR * TB, sizeof(floating))
-        tinfo = <int*>malloc(5 * TB * sizeof(int))
-        state = <Py_ssize_t*>malloc(sizeof(Py_ssize_t))
+        # the thread's blocks kept from call to call (_thread_scratch.h)
+        V = <floating*>ts_get(0, aa * C * TB * sizeof(floating))
+        # zeroed once a call: lanes past a block's last tile are never written by the
+        # GEMM, and the output transform reads them (then drops them)
+        Mw = <floating*>ts_get(1, aa * MR * TB * sizeof(floating))
+        if Mw != NULL:
+            memset(Mw, 0, aa * MR * TB * sizeof(floating))
+        tinfo = <int*>ts_get(2, 5 * TB * sizeof(int))
+        state = <Py_ssize_t*>ts_get(3, sizeof(Py_ssize_t))
         if state != NULL:
             state[0] = -1                  # tile block currently in V
         # Every thread reaches the work-sharing loop (OpenMP requires it); one whose
@@ -417,10 +421,6 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
                 _work_item(xp, Up, bp, outp, w // ncb, w % ncb, state, V, Mw, tinfo,
                            C, H, W, Cout, OH, OW, TH, TW, n_tiles, TB, cbs, MR,
                            groups, Cig, Cog, m, pad_top, pad_left, relu, uk, tk, nTB)
-        free(V)
-        free(Mw)
-        free(tinfo)
-        free(state)
         blas_serial_end(saved_threads)
     if failed:
         raise MemoryError("winograd: could not allocate the per-thread workspace")
