@@ -218,3 +218,51 @@ def test_avg_pool_kernel_writes_every_element(case, dtype):
         if fill is np.nan:
             assert not np.isnan(out).any()
         ref.assert_close(out, expected, algos.tolerance("pool", dtype))
+
+
+# ------------------------------------------------------------------ kept workspaces
+# (name, x shape, weight shape, padding, groups): a layer each algorithm computes
+KEPT_SCRATCH_LAYERS = [
+    ("direct", (2, 6, 21, 19), (5, 6, 3, 3), 1, 1),
+    ("direct", (2, 12, 9, 13), (12, 1, 5, 5), 2, 12),           # depthwise: its zeroed band
+    ("direct", (1, 8, 7, 7), (8, 1, 3, 3), 1, 8),               # depthwise, small planes
+    ("im2col", (2, 6, 21, 19), (5, 6, 3, 3), 2, 1),
+    ("igemm", (2, 6, 21, 19), (9, 6, 3, 3), 1, 1),
+    ("igemm", (2, 8, 17, 17), (8, 2, 3, 3), 1, 4),              # grouped: padded planes
+    ("winograd_f2x3", (2, 6, 21, 19), (5, 6, 3, 3), 1, 1),
+    ("winograd_f4x3", (2, 6, 21, 19), (5, 6, 3, 3), 1, 1),
+    ("winograd_f6x3", (2, 6, 21, 19), (5, 6, 3, 3), 1, 1),
+]
+
+
+@pytest.mark.parametrize("name, xs, ws, pad, groups", KEPT_SCRATCH_LAYERS,
+                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("isa", ISAS)
+def test_kept_workspaces_carry_nothing_into_the_next_call(name, xs, ws, pad, groups, isa, use_isa):
+    """Each kernel thread keeps its workspace blocks from call to call
+    (_thread_scratch.h). A larger call on NaN input first leaves NaN all over them;
+    the next, smaller call (padding read from the kept blocks, lanes past a block's
+    last tile) must still give the reference's values, at 1 and 2 threads."""
+    import engine
+    from engine import functional as F
+    use_isa(isa)
+    if algos.REGISTRY.get(name) is None:
+        pytest.skip(f"{name} is not in this build")
+    rng = np.random.default_rng(7)
+    big_x = np.full((xs[0] + 2, xs[1], xs[2] * 3, xs[3] * 3), np.nan, np.float32)
+    big_w = rng.standard_normal(ws).astype(np.float32)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    expected = ref.conv2d(x.astype(np.float64), w, b, padding=pad, groups=groups)
+    before = engine.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            engine.set_num_threads(threads)
+            poisoned = F.conv2d(big_x, big_w, None, padding=pad, groups=groups, algorithm=name)
+            assert np.isnan(poisoned).all()
+            out = F.conv2d(x, w, b, padding=pad, groups=groups, algorithm=name)
+            ref.assert_close(out, expected, algos.tolerance(name, "float32"),
+                             what=f"{name}/{isa} after a NaN call, {threads} thread(s)")
+    finally:
+        engine.set_num_threads(before)
