@@ -3,8 +3,8 @@
  * glibc gives large freed blocks back to the system (mmap'ed ones at once, and the
  * threads' arenas trim their tops), so a workspace malloc'ed and freed in every call is
  * page-faulted in, and zeroed by the kernel, again in every call: Winograd F(4x4) on 16
- * channels at 56x56, batch 8, took 2.67 ms so and 0.62 ms with the blocks kept (Zen 4,
- * 2 threads; the same run with glibc's mmap and trim thresholds raised). The Python
+ * channels at 56x56, batch 8, took 2.67 ms so and 0.60 ms with the blocks kept (Zen 4,
+ * 2 threads; 0.62 with glibc's mmap and trim thresholds raised instead). The Python
  * side's equivalent is registry._Scratch.
  *
  *   void* p = ts_get(slot, bytes)   this thread's block number slot (0 <= slot <

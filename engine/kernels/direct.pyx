@@ -36,7 +36,7 @@ import numpy
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdint cimport int64_t
-from libc.stdlib cimport calloc, malloc, free
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from ._ranges cimport _ceil_div, _tap_range
@@ -532,9 +532,9 @@ cdef void _dw_task(const floating* x, const floating* wt, const floating* bias,
     # the u whose input column 2u - pl (even) or 2u + 1 - pl (odd) lies in [0, W)
     cdef Py_ssize_t e_lo = (pl + 1) // 2, e_hi = (W - 1 + pl) // 2 + 1
     cdef Py_ssize_t o_lo = pl // 2, o_hi = (W - 2 + pl) // 2 + 1 if W + pl >= 2 else 0
-    # src = x plane band, dst = padded block. blk was calloc'ed and its columns outside
-    # [pl, pl + W) (their places) are never written, so only rows need zeroing (they
-    # may hold data of an earlier band).
+    # src = x plane band, dst = padded block. blk is zeroed at the start of each call
+    # (conv2d_depthwise) and its columns outside [pl, pl + W) (their places) are never
+    # written, so only rows need zeroing (they may hold data of an earlier band).
     for r in range(nrows):
         ih = R0 + r - pt
         if ih < 0 or ih >= H:
