@@ -35,8 +35,8 @@ def kernel_info(int isa):
     """Names and register tile of ISA ``isa``'s kernels (a dict)."""
     cdef const uk_kernels_t* t = _table(isa)
     return {"isa": t.isa.decode(), "sgemm": t.sgemm_name.decode(),
-            "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "sgemm_vec": t.sgemm_vec, "winograd": t.wg_name.decode(),
-            "igemm": t.igemm_name.decode(), "igemm_kc": t.igemm_kc}
+            "sgemm_tile": (t.sgemm_mr, t.sgemm_nr), "sgemm_vec": t.sgemm_vec,
+            "winograd": t.wg_name.decode(), "igemm": t.igemm_name.decode(), "igemm_kc": t.igemm_kc}
 
 
 cdef const uk_kernels_t* _table(int isa) except NULL:

@@ -64,7 +64,8 @@ from libc.string cimport memset
 from ._rows cimport _copy_strided
 from ._shares cimport ws_share_t, ws_next, ws_share_end, shares_new
 from ._thread_scratch cimport ts_get
-from ._ukernels cimport uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX, IG_PADDED_RUN, UK_KC_PADDED
+from ._ukernels cimport (uk_kernels, uk_kernels_t, uk_cpu_isa, uk_conv_t, UK_ISA_COUNT, IG_WIDE_MAX,
+                        IG_PADDED_RUN, UK_KC_PADDED)
 
 # Bytes of A (mb rows x K) one channel block may hold (mb is at most MAX_MB): a thread
 # re-reads its block for every panel, and gathers each panel once per block, so larger

@@ -44,7 +44,7 @@ test_robustness.py); the kernels that use no BLAS agree bitwise.
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, blas_serial_begin, blas_serial_end
